@@ -1,0 +1,1 @@
+"""Built-in detector plugins, registered in melt's pyproject under ``melt.detectors``."""

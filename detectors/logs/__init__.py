@@ -1,0 +1,1 @@
+"""Built-in logs detectors."""

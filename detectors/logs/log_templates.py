@@ -1,0 +1,142 @@
+"""Template-frequency anomalies per (service, window): new templates, bursts and drops.
+
+Counts of each Drain template per service and window are compared with their training mean and
+variance (a Poisson-inflated z-score, as in count-based log anomaly detection, He et al., ISSRE
+2016 "Experience Report: System Log Analysis for Anomaly Detection"). Lines that match no learned
+template count as a new template, keyed by their masked text, without changing the fitted miner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import pandas as pd
+
+from detectors.logs.templates import UNMATCHED, TemplateMiner
+from melt.bundle import MeltBundle
+from melt.detector import Detector, empty_scores
+from melt.timeutil import parse_duration
+
+QUIET_LEVEL_WEIGHT = 0.5  # INFO/DEBUG bursts track traffic; WARN/ERROR bursts track failures
+
+
+class LogTemplateDetector(Detector):
+    """New, bursting and vanishing log templates.
+
+    Args:
+        window: bucket width for template counts.
+        sim_th: Drain similarity threshold.
+        depth: Drain parse-tree depth.
+        new_template_score: raw score of a template never seen in training (plus log of its count).
+        steady_min_mean: a template with at least this mean count per window can be flagged for a drop.
+        masks: ``[regex, token]`` masking rules; ``None`` uses the built-in set.
+    """
+
+    name = "log_templates"
+    signal = "logs"
+
+    def __init__(self, window: str = "1m", sim_th: float = 0.4, depth: int = 4, new_template_score: float = 8.0,
+                 steady_min_mean: float = 5.0, masks: list[list[str]] | None = None) -> None:
+        self.window = window
+        self.sim_th = sim_th
+        self.depth = depth
+        self.new_template_score = new_template_score
+        self.steady_min_mean = steady_min_mean
+        self.masks = masks
+
+    def _miner(self) -> TemplateMiner:
+        return TemplateMiner(masks=self.masks, sim_th=self.sim_th, depth=self.depth)
+
+    def fit(self, bundle: MeltBundle) -> Self:
+        logs = self.require(bundle)
+        self.miner_ = self._miner()
+        ids = self.miner_.fit(logs["message"])
+        counts = self._counts(logs, ids.astype(str))
+        n_windows = max(counts["bucket"].nunique(), 1)
+        counts["square"] = counts["count"].astype(float) ** 2
+        sums = counts.groupby(["service", "template"], observed=True)[["count", "square"]].sum()
+        mean, sq = sums["count"] / n_windows, sums["square"]
+        var = (sq / n_windows - mean**2).clip(lower=0)
+        level = logs.assign(template=ids.astype(str)).groupby("template", observed=True)["level"].agg(lambda s: s.mode().iat[0])
+        self.baseline_ = pd.DataFrame({"mean": mean, "var": var})
+        self.template_level_ = level.to_dict()
+        self.template_text_ = {str(k): v for k, v in self.miner_.templates().items()}
+        return self
+
+    def _counts(self, logs: pd.DataFrame, template: np.ndarray) -> pd.DataFrame:
+        bucket = logs["timestamp"].dt.floor(parse_duration(self.window))
+        frame = pd.DataFrame({"service": logs["service"].to_numpy(), "template": template, "bucket": bucket.to_numpy(),
+                              "row": np.arange(len(logs))})
+        return (frame.groupby(["service", "template", "bucket"], observed=True, sort=True)
+                .agg(count=("row", "size"), example=("row", "first")).reset_index())
+
+    def score(self, bundle: MeltBundle) -> pd.DataFrame:
+        logs = self.require(bundle)
+        if logs.empty:
+            return empty_scores()
+        ids, masked = self.miner_.match(logs["message"])
+        template = np.where(ids == UNMATCHED, "new:" + pd.Series(masked).astype(str).to_numpy(), ids.astype(str))
+        counts = self._counts(logs, template)
+        grid_buckets = counts["bucket"].unique()
+        # steady templates that vanish have no row: add zero counts for them
+        steady = self.baseline_[self.baseline_["mean"] >= self.steady_min_mean].index
+        active_services = counts["service"].unique()
+        steady = [k for k in steady if k[0] in set(active_services)]
+        if steady and len(grid_buckets):
+            full = pd.MultiIndex.from_tuples([(s, t, b) for s, t in steady for b in grid_buckets],
+                                             names=["service", "template", "bucket"])
+            present = pd.MultiIndex.from_frame(counts[["service", "template", "bucket"]])
+            zero = full.difference(present)
+            if len(zero):
+                counts = pd.concat([counts, pd.DataFrame({"service": zero.get_level_values(0),
+                                    "template": zero.get_level_values(1), "bucket": zero.get_level_values(2),
+                                    "count": 0, "example": -1})], ignore_index=True)
+        keys = pd.MultiIndex.from_arrays([counts["service"], counts["template"]])
+        base = self.baseline_.reindex(keys)
+        known = base["mean"].notna().to_numpy()
+        mean = base["mean"].fillna(0).to_numpy()
+        sd = np.sqrt(base["var"].fillna(0).to_numpy() + mean + 0.5)
+        count = counts["count"].to_numpy().astype(float)
+        z = (count - mean) / sd
+        levels = pd.Series(counts["template"]).map(self.template_level_).fillna("").to_numpy()
+        new_level = logs["level"].to_numpy()[np.maximum(counts["example"].to_numpy(), 0)]
+        levels = np.where(known, levels, new_level)
+        quiet = np.isin(levels, ["INFO", "DEBUG"])
+        burst = np.where(quiet, z * QUIET_LEVEL_WEIGHT, z)
+        drop = np.where(mean >= self.steady_min_mean, -z, 0.0)
+        raw = np.where(known, np.maximum(burst, drop), self.new_template_score + np.log1p(count))
+        kind = np.where(~known, "new_template", np.where(burst >= drop, "log_burst", "log_drop"))
+        examples = counts["example"].to_numpy()
+        messages = logs["message"].to_numpy()
+        text = [self.template_text_.get(t, t[4:] if t.startswith("new:") else t) for t in counts["template"]]
+        evidence = [
+            {"value": int(c), "expected_range": [round(max(m - 3 * s, 0.0), 2), round(m + 3 * s, 2)],
+             "anomaly_type": k, "template": tx, "level": lv, "expected_count": round(float(m), 2),
+             "example": str(messages[e]) if e >= 0 else None}
+            for c, m, s, k, tx, lv, e in zip(count, mean, sd, kind, text, levels, examples, strict=True)
+        ]
+        return pd.DataFrame({
+            "timestamp": counts["bucket"].to_numpy(),
+            "service": counts["service"].to_numpy(),
+            "detector": self.name,
+            "entity": text,
+            "score": raw,
+            "evidence": evidence,
+        })
+
+    def _save_state(self, root: Path) -> None:
+        import joblib
+
+        self.miner_.save(root / "drain3_state.json")
+        joblib.dump({"baseline_": self.baseline_, "template_level_": self.template_level_,
+                     "template_text_": self.template_text_}, root / "state.joblib")
+
+    def _load_state(self, root: Path) -> None:
+        import joblib
+
+        self.miner_ = self._miner()
+        self.miner_.load(root / "drain3_state.json")
+        for key, value in joblib.load(root / "state.joblib").items():
+            setattr(self, key, value)

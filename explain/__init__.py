@@ -1,0 +1,1 @@
+"""Explanations of incidents: facts, prompt providers (openai) and the offline template provider."""

@@ -1,0 +1,127 @@
+"""Offline, deterministic explanation built from the fault signature, the path and the evidence.
+
+Each evidence item of the top cause is mapped to a suggested cause by its signature (what kind
+of anomaly, on which signal, in which feature), the way an SRE runbook reads symptoms. The text
+cites evidence ids only from the facts, like the LLM provider must.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from explain.facts import minutes_between
+
+RESOURCE_CAUSES = {
+    "cpu": "CPU saturation on {service} ({feature} {value} vs expected {low}-{high})",
+    "memory": "memory pressure or a leak in {service} ({feature} {value} vs expected {low}-{high})",
+    "gc": "long garbage-collection pauses in {service} ({feature} {value})",
+    "pool": "connection-pool exhaustion in {service} ({feature} {value})",
+    "latency": "{service} responds slowly ({feature} {value} vs expected {low}-{high})",
+    "error": "{service} returns errors ({feature} {value})",
+}
+RECOMMENDATIONS = {
+    "cpu": "Check CPU limits and throttling of {service}; scale out or profile the hot path.",
+    "memory": "Inspect heap/RSS growth of {service}; look for a leak and OOM restarts.",
+    "latency": "Profile {service}'s own processing ({feature}); check locks, GC and slow queries.",
+    "error": "Read the stack traces of {service} around {start}; roll back the last change if it matches.",
+    "change": "Review the {kind} of {service} just before the incident; roll it back if it matches.",
+    "downstream": "Check {service}'s dependencies on the path {path}.",
+}
+
+
+def _signature(item: dict[str, Any]) -> str:
+    feature = str(item.get("feature", "")).lower()
+    kind = str(item.get("anomaly_type", ""))
+    if item.get("component") == "events":
+        return "change"
+    if kind in ("error_burst", "new_template") or "error" in feature or "exception" in feature:
+        return "error"
+    for key in ("cpu", "memory", "gc", "pool"):
+        if key in feature:
+            return key
+    return "latency"
+
+
+def _range(item: dict[str, Any]) -> tuple[str, str]:
+    rng = item.get("expected_range")
+    if isinstance(rng, list | tuple) and len(rng) == 2:
+        return str(rng[0]), str(rng[1])
+    return "?", "?"
+
+
+def suggested_causes(facts: dict[str, Any]) -> list[str]:
+    """One cause per distinct signature of the top candidate's evidence, strongest first."""
+    if not facts["top_causes"]:
+        return []
+    top = facts["top_causes"][0]["service"]
+    causes: list[str] = []
+    seen: set[str] = set()
+    for item in facts["evidence"]:
+        if item["service"] != top:
+            continue
+        signature = _signature(item)
+        if signature in seen:
+            continue
+        seen.add(signature)
+        low, high = _range(item)
+        if signature == "change":
+            causes.append(f"recent {item.get('feature')} of {top}: {item.get('message', '')} [{item['id']}]")
+        elif signature == "error" and item.get("template"):
+            label = "new" if item.get("anomaly_type") == "new_template" else "bursting"
+            causes.append(f"{label} error log template in {top}: \"{item['template']}\" [{item['id']}]")
+        else:
+            text = RESOURCE_CAUSES[signature].format(service=top, feature=item.get("feature"), value=item.get("value"),
+                                                     low=low, high=high)
+            causes.append(f"{text} [{item['id']}]")
+    path = facts["top_causes"][0]["path"]
+    if len(path) > 1:
+        causes.append(f"callers {', '.join(path[:-1])} are affected through the call path {' -> '.join(path)}")
+    return causes
+
+
+def recommendations(facts: dict[str, Any]) -> list[str]:
+    if not facts["top_causes"]:
+        return []
+    top = facts["top_causes"][0]
+    out: list[str] = []
+    for item in facts["evidence"]:
+        if item["service"] != top["service"]:
+            continue
+        signature = {"gc": "memory", "pool": "latency"}.get(_signature(item), _signature(item))
+        text = RECOMMENDATIONS[signature].format(service=top["service"], feature=item.get("feature"),
+                                                 start=facts["incident"]["start"], kind=item.get("feature"),
+                                                 path=" -> ".join(top["path"]))
+        if text not in out:
+            out.append(text)
+    if len(top["path"]) > 1:
+        out.append(RECOMMENDATIONS["downstream"].format(service=top["path"][0], path=" -> ".join(top["path"])))
+    return out
+
+
+class TemplateExplainer:
+    """The offline provider: ``explain(facts)`` gives text, causes, recommendations and its source."""
+
+    source = "template"
+
+    def explain(self, facts: dict[str, Any]) -> dict[str, Any]:
+        incident = facts["incident"]
+        causes = suggested_causes(facts)
+        minutes = minutes_between(incident["start"], incident["end"])
+        if not facts["top_causes"]:
+            text = f"Anomalies in {', '.join(incident['services'])} for {minutes:.0f} min; no root cause could be ranked."
+        else:
+            top = facts["top_causes"][0]
+            others = [c["service"] for c in facts["top_causes"][1:]]
+            cited = ", ".join(top["evidence_ids"][:4]) or "no direct evidence"
+            text = (f"{incident['severity'].capitalize()} incident over {minutes:.0f} min affecting "
+                    f"{', '.join(incident['services'][:5])}. The most likely root cause is {top['service']} "
+                    f"(score {top['score']:.2f}; evidence {cited})")
+            if causes:
+                text += f": {causes[0]}"
+            text += "."
+            if len(top["path"]) > 1:
+                text += f" The fault propagates to callers along {' -> '.join(top['path'])}."
+            if others:
+                text += f" Next candidates: {', '.join(others)}."
+        return {"text": text, "suggested_causes": causes, "recommendations": recommendations(facts),
+                "source": self.source}

@@ -1,0 +1,154 @@
+"""MeltBundle: a directory of up to four parquet frames plus an optional ``truth.json``.
+
+The bundle is validated once, where it enters melt (:func:`MeltBundle.read` or the constructor),
+so detectors and later stages can rely on column names and dtypes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from melt.errors import BundleError
+from melt.schema import SIGNALS, validate_frame
+
+TIME_COLUMNS = {"metrics": "timestamp", "logs": "timestamp", "events": "timestamp", "traces": "start_time"}
+
+
+@dataclass
+class MeltBundle:
+    """The four MELT frames of one system over one period, each optional.
+
+    Args:
+        metrics: long-format metric points.
+        logs: log lines.
+        traces: spans.
+        events: change events (deploys, config changes, restarts, scaling).
+        truth: ground truth (``{"faults": [...]}``) when the data is labelled.
+        validate: check and coerce every frame against :mod:`melt.schema`.
+    """
+
+    metrics: pd.DataFrame | None = None
+    logs: pd.DataFrame | None = None
+    traces: pd.DataFrame | None = None
+    events: pd.DataFrame | None = None
+    truth: dict[str, Any] | None = None
+    validate: bool = field(default=True, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.validate:
+            for name in SIGNALS:
+                frame = getattr(self, name)
+                if frame is not None:
+                    setattr(self, name, validate_frame(name, frame, allow_empty=(name == "events")))
+        self.validate = False
+
+    # ------------------------------------------------------------------ queries
+    def signals(self) -> list[str]:
+        """Names of the frames present (events may be present and empty)."""
+        return [name for name in SIGNALS if getattr(self, name) is not None]
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """Return frame ``name`` or raise a one-line :class:`BundleError` if it is absent."""
+        frame = getattr(self, name, None)
+        if frame is None:
+            raise BundleError(f"the bundle has no {name} (no {name}.parquet)")
+        return frame
+
+    def services(self) -> list[str]:
+        """Every service named in any frame, sorted."""
+        names: set[str] = set()
+        for name in self.signals():
+            column = "service_name" if name == "traces" else "service"
+            names.update(self.frame(name)[column].dropna().unique().tolist())
+        return sorted(names)
+
+    def time_range(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """Earliest and latest timestamp over all frames that carry one."""
+        lows, highs = [], []
+        for name in self.signals():
+            column = TIME_COLUMNS[name]
+            frame = self.frame(name)
+            if column in frame.columns and len(frame):
+                lows.append(frame[column].min())
+                highs.append(frame[column].max())
+        if not lows:
+            raise BundleError("the bundle has no timestamps (no frame with rows)")
+        return min(lows), max(highs)
+
+    def slice_time(self, start: pd.Timestamp | None, end: pd.Timestamp | None) -> MeltBundle:
+        """A new bundle with the rows in ``[start, end)``; whole traces are kept or dropped together."""
+        parts: dict[str, pd.DataFrame | None] = {}
+        for name in SIGNALS:
+            frame = getattr(self, name)
+            if frame is None or TIME_COLUMNS[name] not in frame.columns:
+                parts[name] = frame
+                continue
+            times = frame[TIME_COLUMNS[name]]
+            if name == "traces":
+                times = frame.groupby("trace_id", sort=False)["start_time"].transform("min")
+            keep = pd.Series(True, index=frame.index)
+            if start is not None:
+                keep &= times >= start
+            if end is not None:
+                keep &= times < end
+            parts[name] = frame[keep].reset_index(drop=True)
+        return MeltBundle(**parts, truth=self.truth, validate=False)
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def read(cls, path: str | Path, signals: list[str] | None = None) -> MeltBundle:
+        """Read a bundle directory; ``signals`` limits which frames are loaded.
+
+        Raises:
+            BundleError: the directory is missing, holds no frame, or a frame is invalid.
+        """
+        root = Path(path)
+        if not root.exists():
+            raise BundleError(f"bundle directory not found: {root}")
+        if not root.is_dir():
+            raise BundleError(f"not a bundle directory: {root}")
+        frames: dict[str, pd.DataFrame] = {}
+        for name in signals or SIGNALS:
+            file = root / f"{name}.parquet"
+            if file.exists():
+                frames[name] = _read_parquet(file)
+        if not frames:
+            raise BundleError(f"{root}: no frame found (expected any of {', '.join(f'{s}.parquet' for s in SIGNALS)})")
+        truth = None
+        truth_file = root / "truth.json"
+        if truth_file.exists():
+            try:
+                truth = json.loads(truth_file.read_text())
+            except json.JSONDecodeError as exc:
+                raise BundleError(f"{truth_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        try:
+            return cls(**frames, truth=truth)
+        except BundleError as exc:
+            raise BundleError(f"{root}/{exc}") from None
+
+    def write(self, path: str | Path) -> Path:
+        """Write every present frame as parquet (zstd) and ``truth.json``; returns the directory."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        for name in self.signals():
+            self.frame(name).to_parquet(root / f"{name}.parquet", index=False, compression="zstd")
+        if self.truth is not None:
+            (root / "truth.json").write_text(json.dumps(self.truth, indent=2, sort_keys=True) + "\n")
+        return root
+
+    def summary(self) -> dict[str, int]:
+        """Row count per present frame."""
+        return {name: len(self.frame(name)) for name in self.signals()}
+
+
+def _read_parquet(file: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(file)
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise BundleError(f"{file}: cannot read parquet ({reason})") from None

@@ -1,0 +1,145 @@
+"""The ``melt`` command line: a thin click layer over the library.
+
+Every error a user can cause is a :class:`melt.errors.MeltError`; :func:`main` prints it as one
+line on stderr and exits with code 2. Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+import melt
+from melt.errors import MeltError
+
+EXIT_USER_ERROR = 2
+
+
+def _config(ctx: click.Context) -> dict[str, Any]:
+    from melt.config import load_config
+
+    return load_config(ctx.obj.get("config_path"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(melt.__version__, prog_name="melt")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: ./config.yaml if present, else built-in defaults).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """melt: anomalies across metrics, events, logs and traces, ranked to a root-cause service."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@click.option("--services", type=int, default=None, help="Number of services (default from config: 12).")
+@click.option("--duration", default=None, help="Simulated period, e.g. 2h.")
+@click.option("--interval", default=None, help="Metric interval, e.g. 1m.")
+@click.option("--faults", type=int, default=None, help="Number of injected faults.")
+@click.option("--seed", type=int, default=None, help="Random seed; the same seed gives identical files.")
+@click.option("--preset", type=click.Choice(["easy", "realistic", "hard"]), default=None, help="Difficulty.")
+@click.option("--topology", "topology_file", type=click.Path(dir_okay=False), default=None, help="Topology YAML.")
+@click.pass_context
+def generate(ctx: click.Context, out: str, **options: Any) -> None:
+    """Write a synthetic MELT bundle with injected faults and ground truth."""
+    from synth.generate import SynthConfig
+    from synth.generate import generate as run_generate
+
+    config = _config(ctx)
+    synth_config = SynthConfig.from_config(config["synth"], **options)
+    bundle = run_generate(synth_config, quiet=False)
+    bundle.write(out)
+    counts = ", ".join(f"{k}={v}" for k, v in bundle.summary().items())
+    click.echo(f"wrote {out}: {counts}, faults={len(bundle.truth['faults'])}")
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(), help="Bundle directory to analyse.")
+@click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the reports.")
+@click.option("--train", "train_dir", type=click.Path(), default=None, help="Bundle of normal data to fit on.")
+@click.option("--model", "model_dir", type=click.Path(), default=None, help="Fitted models from 'melt train'.")
+@click.option("--sink", "sinks", multiple=True, type=click.Choice(["files", "stdout"]),
+              help="Where reports go (repeatable; default from config: files).")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.pass_context
+def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir: str | None, model_dir: str | None,
+           sinks: tuple[str, ...], quiet: bool) -> None:
+    """Detect incidents, rank root causes and write one JSON report per incident."""
+    from melt.pipeline import detect as run_detect
+
+    if train_dir and model_dir:
+        raise MeltError("give either --train or --model, not both")
+    result = run_detect(data, models_spec, out, _config(ctx), train_dir=train_dir, model_dir=model_dir,
+                        sinks=list(sinks) or None, quiet=quiet)
+    if "stdout" in sinks:
+        return
+    click.echo(_table(result.reports))
+    click.echo(f"{len(result.reports)} incident(s); reports in {out}/ (index.json)")
+
+
+def _table(reports: list[dict[str, Any]]) -> str:
+    rows = [("incident", "window (UTC)", "top root-cause candidates", "score")]
+    for report in reports:
+        window = report["window"]
+        span = f"{window['start'][11:16]}-{window['end'][11:16]}"
+        ranked = report["root_cause_analysis"]["ranked_causes"]
+        top = ", ".join(c["service"] for c in ranked[:3])
+        rows.append((report["incident_id"], span, top, f"{ranked[0]['score']:.2f}" if ranked else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(), help="Bundle of (mostly) normal data.")
+@click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.pass_context
+def train(ctx: click.Context, data: str, models_spec: str, out: str) -> None:
+    """Fit detectors and save them for 'melt detect --model'."""
+    from melt.pipeline import train as run_train
+
+    path = run_train(data, models_spec, out, _config(ctx))
+    click.echo(f"saved models to {path}")
+
+
+@cli.command()
+def plugins() -> None:
+    """List detector plugins (entry-point group melt.detectors) and any that failed to load."""
+    from melt.registry import discover
+
+    loaded, failures = discover()
+    rows = [("name", "signal", "distribution", "target")]
+    rows += [(p.name, p.signal, p.distribution, p.target) for p in loaded.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if failures:
+        click.echo("\nfailed to load:")
+        for f in failures:
+            click.echo(f"  {f.name} ({f.distribution}, {f.target}): {f.reason}")
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except MeltError as exc:
+        click.echo(f"melt: error: {exc}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except click.exceptions.Abort:
+        click.echo("melt: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"melt: error: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

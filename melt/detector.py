@@ -1,0 +1,190 @@
+"""The detector contract every plugin implements (see the architecture doc).
+
+A plugin writes ``fit`` and ``score``; the base class adds calibration, parameter handling and
+persistence. Rules, after scikit-learn and PyOD: the constructor only stores keyword parameters,
+learned state ends in ``_`` and is set in ``fit``, ``score`` never changes fitted state, and higher
+scores mean more anomalous.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+import melt
+from melt.bundle import MeltBundle
+from melt.calibration import ScoreCalibrator
+from melt.errors import BundleError, NotFittedError, PluginError
+
+SCORE_COLUMNS: tuple[str, ...] = ("timestamp", "service", "detector", "entity", "score", "evidence")
+FORMAT_VERSION = 1
+
+
+class Detector:
+    """Base class of every detector plugin.
+
+    Subclasses set ``name`` (the entry-point name) and ``signal`` and implement :meth:`fit` and
+    :meth:`score`. ``score`` returns one row per scored unit with the columns of
+    :data:`SCORE_COLUMNS`: ``evidence`` is a dict that ends up in the report (include
+    ``value``, ``expected_range`` and ``anomaly_type`` where they make sense).
+    """
+
+    name: ClassVar[str] = ""
+    signal: ClassVar[str] = ""
+
+    # ----------------------------------------------------------- to implement
+    def fit(self, bundle: MeltBundle) -> Self:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score(self, bundle: MeltBundle) -> pd.DataFrame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ----------------------------------------------------------- parameters
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Constructor keyword parameters and their defaults."""
+        signature = inspect.signature(cls.__init__)
+        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return {p.name: p.default for p in signature.parameters.values() if p.name != "self" and p.kind in kinds}
+
+    def get_params(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.param_defaults()}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    # ----------------------------------------------------------- fitting + calibration
+    def is_fitted(self) -> bool:
+        return getattr(self, "calibrator_", None) is not None
+
+    def check_is_fitted(self) -> None:
+        if not self.is_fitted():
+            raise NotFittedError(f"detector '{self.name}' is not fitted: call fit_calibrated() or load a model")
+
+    def require(self, bundle: MeltBundle) -> pd.DataFrame:
+        """The frame of this detector's signal, or a one-line :class:`PluginError`."""
+        frame = getattr(bundle, self.signal, None)
+        if frame is None:
+            raise PluginError(f"detector '{self.name}' needs {self.signal} but the bundle has no {self.signal}.parquet")
+        return frame
+
+    def fit_calibrated(self, bundle: MeltBundle) -> Self:
+        """Fit, then learn the calibration from the scores of the training data."""
+        self.require(bundle)
+        self.fit(bundle)
+        raw = self._checked(self.score(bundle))
+        self.calibrator_ = ScoreCalibrator().fit(raw["score"].to_numpy())
+        return self
+
+    def detect(self, bundle: MeltBundle) -> pd.DataFrame:
+        """Score ``bundle`` and calibrate: ``score`` is calibrated, ``raw_score`` is what ``score`` gave."""
+        self.check_is_fitted()
+        self.require(bundle)
+        out = self._checked(self.score(bundle))
+        out["raw_score"] = out["score"]
+        out["score"] = self.calibrator_.transform(out["raw_score"].to_numpy())
+        return out
+
+    def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
+        if missing:
+            raise PluginError(f"detector '{self.name}' returned a score frame without column '{missing[0]}'")
+        frame = frame.loc[:, list(SCORE_COLUMNS) + [c for c in frame.columns if c not in SCORE_COLUMNS]].copy()
+        frame["score"] = frame["score"].astype(float)
+        if len(frame) and not np.isfinite(frame["score"].to_numpy()).all():
+            raise PluginError(f"detector '{self.name}' returned non-finite scores")
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+        return frame.reset_index(drop=True)
+
+    # ----------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Save as a directory: ``manifest.json``, ``params.json``, ``calibration.json`` and state."""
+        self.check_is_fitted()
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        params = self.get_params()
+        params_json = json.dumps(params, sort_keys=True, default=str)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "detector": self.name,
+            "signal": self.signal,
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "melt_version": melt.__version__,
+            "libraries": _library_versions(),
+            "config_hash": hashlib.sha256(params_json.encode()).hexdigest()[:16],
+        }
+        (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (root / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True, default=str) + "\n")
+        (root / "calibration.json").write_text(json.dumps(self.calibrator_.to_dict()) + "\n")
+        self._save_state(root)
+        return root
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Load a directory written by :meth:`save`."""
+        root = Path(path)
+        manifest_file = root / "manifest.json"
+        if not manifest_file.is_file():
+            raise BundleError(f"{root}: not a saved detector (no manifest.json)")
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise PluginError(f"{root}: model format {manifest.get('format_version')} is not supported (want {FORMAT_VERSION})")
+        if cls.name and manifest.get("detector") != cls.name:
+            raise PluginError(f"{root}: holds detector '{manifest.get('detector')}', not '{cls.name}'")
+        params = json.loads((root / "params.json").read_text())
+        detector = cls(**params)
+        detector._load_state(root)
+        detector.calibrator_ = ScoreCalibrator.from_dict(json.loads((root / "calibration.json").read_text()))
+        return detector
+
+    def learned_state(self) -> dict[str, Any]:
+        """Learned attributes (public names ending in ``_``), except the calibrator."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_") and k != "calibrator_"}
+
+    def _save_state(self, root: Path) -> None:
+        """Default persistence: joblib of the learned attributes. Torch/Drain3 detectors override."""
+        import joblib
+
+        joblib.dump(self.learned_state(), root / "state.joblib")
+
+    def _load_state(self, root: Path) -> None:
+        import joblib
+
+        for key, value in joblib.load(root / "state.joblib").items():
+            setattr(self, key, value)
+
+
+def _library_versions() -> dict[str, str]:
+    import sys
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for package in ("numpy", "pandas", "scikit-learn", "torch", "torch-geometric", "drain3"):
+        module = package.replace("-", "_").replace("scikit_learn", "sklearn")
+        if module in sys.modules:
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                pass
+    return versions
+
+
+def empty_scores() -> pd.DataFrame:
+    """An empty score frame with the contract's columns and dtypes."""
+    return pd.DataFrame(
+        {
+            "timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),
+            "service": pd.Series([], dtype="string"),
+            "detector": pd.Series([], dtype="string"),
+            "entity": pd.Series([], dtype="string"),
+            "score": pd.Series([], dtype="float64"),
+            "evidence": pd.Series([], dtype=object),
+        }
+    )

@@ -1,0 +1,152 @@
+"""The detect and train pipelines: bundle -> detectors -> ensemble -> rca -> explain -> report -> sinks.
+
+Each stage only consumes what earlier stages produced; this module is the one place that wires
+them together, so the CLI stays a thin layer over :func:`train` and :func:`detect`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from melt.bundle import MeltBundle
+from melt.detector import Detector
+from melt.ensemble import Incident, group_incidents
+from melt.errors import BundleError, PluginError
+from melt.registry import build_detector, get_plugin, resolve_models
+from melt.sinks import make_sinks
+from melt.timeutil import parse_duration
+
+
+def log(message: str, quiet: bool = False) -> None:
+    """Progress on stderr, so stdout stays clean for data."""
+    if not quiet:
+        print(f"[melt] {message}", file=sys.stderr, flush=True)
+
+
+def training_split(bundle: MeltBundle, fraction: float) -> MeltBundle:
+    """The leading ``fraction`` of the bundle's period, used to fit when no training data is given."""
+    start, end = bundle.time_range()
+    return bundle.slice_time(None, start + (end - start) * fraction)
+
+
+def fit_detectors(train: MeltBundle, names: list[str], config: dict[str, Any], quiet: bool = False) -> dict[str, Detector]:
+    """Build each detector from ``config['detectors']`` and fit it with calibration."""
+    models = {}
+    for name in names:
+        detector = build_detector(name, config["detectors"].get(name))
+        frame = getattr(train, detector.signal)
+        if frame is None or len(frame) < int(config["detect"]["min_train_rows"]) and detector.signal != "events":
+            rows = 0 if frame is None else len(frame)
+            raise PluginError(f"detector '{name}' has too little training data: {rows} {detector.signal} rows "
+                              f"(need {config['detect']['min_train_rows']}; use --train or a longer bundle)")
+        began = time.perf_counter()
+        models[name] = detector.fit_calibrated(train)
+        log(f"fitted {name} on {len(frame)} {detector.signal} rows in {time.perf_counter() - began:.1f}s", quiet)
+    return models
+
+
+def save_models(models: dict[str, Detector], out_dir: str | Path) -> Path:
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, model in models.items():
+        model.save(root / name)
+    (root / "models.json").write_text(json.dumps({"detectors": sorted(models)}, indent=2) + "\n")
+    return root
+
+
+def load_models(model_dir: str | Path, names: list[str] | None = None) -> dict[str, Detector]:
+    root = Path(model_dir)
+    index = root / "models.json"
+    if not index.is_file():
+        raise BundleError(f"{root}: not a model directory (no models.json; create one with 'melt train')")
+    available = json.loads(index.read_text())["detectors"]
+    wanted = available if names is None else names
+    missing = [n for n in wanted if n not in available]
+    if missing:
+        raise PluginError(f"{root}: has no fitted model for '{missing[0]}' (it has: {', '.join(available)})")
+    return {name: get_plugin(name).cls.load(root / name) for name in wanted}
+
+
+def score_all(models: dict[str, Detector], bundle: MeltBundle, quiet: bool = False) -> pd.DataFrame:
+    frames = []
+    for name, model in models.items():
+        began = time.perf_counter()
+        frame = model.detect(bundle)
+        log(f"scored {name}: {len(frame)} rows in {time.perf_counter() - began:.1f}s", quiet)
+        frames.append(frame)
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["timestamp", "service", "detector", "entity", "score", "evidence", "raw_score"])
+
+
+@dataclass
+class DetectResult:
+    """What ``detect`` produced: reports (also delivered to sinks), incidents and notes."""
+
+    reports: list[dict[str, Any]]
+    incidents: list[Incident]
+    detectors: list[str]
+    skipped: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+def train(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any], quiet: bool = False) -> Path:
+    bundle = MeltBundle.read(data)
+    names, skipped = resolve_models(models_spec, bundle.signals())
+    for note in skipped:
+        log(f"skipped {note}", quiet)
+    return save_models(fit_detectors(bundle, names, config, quiet), out_dir)
+
+
+def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any],
+           train_dir: str | Path | None = None, model_dir: str | Path | None = None,
+           sinks: list[str] | None = None, quiet: bool = False) -> DetectResult:
+    """Run the whole pipeline on bundle ``data`` and deliver one report per incident."""
+    from explain.facts import build_facts
+    from explain.template import TemplateExplainer
+    from melt.evidence import select_evidence
+    from melt.report import build_report
+    from rca.graph import dependency_graph
+    from rca.rank import rank_root_causes
+
+    bundle = MeltBundle.read(data)
+    log(f"read {data}: " + ", ".join(f"{k}={v}" for k, v in bundle.summary().items()), quiet)
+    names, skipped = resolve_models(models_spec, bundle.signals())
+    for note in skipped:
+        log(f"skipped {note}", quiet)
+    if model_dir is not None:
+        models = load_models(model_dir, names if models_spec.strip() != "all" else None)
+        models = {n: m for n, m in models.items() if m.signal in bundle.signals()}
+    else:
+        fit_on = MeltBundle.read(train_dir) if train_dir else training_split(bundle, config["detect"]["train_fraction"])
+        models = fit_detectors(fit_on, names, config, quiet)
+    signal_of = {name: model.signal for name, model in models.items()}
+    scores = score_all(models, bundle, quiet)
+    incidents = group_incidents(scores, signal_of, config["ensemble"])
+    log(f"{len(incidents)} incident(s)", quiet)
+    graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
+    explainer = TemplateExplainer()
+    threshold = float(config["ensemble"]["threshold"])
+    lookback = parse_duration(config["rca"]["lookback"])
+    reports = []
+    for incident in incidents:
+        candidates = [c.__dict__ for c in rank_root_causes(incident, scores, graph, signal_of, config["rca"], threshold)]
+        ranked_services = [c["service"] for c in candidates] or incident.services
+        # the incident's rows plus the lookback before it, where change events and early signs sit
+        nearby = scores[(scores["timestamp"] >= incident.start - lookback) & (scores["timestamp"] < incident.end)]
+        evidence = select_evidence(nearby, ranked_services, signal_of, int(config["report"]["max_evidence"]))
+        for candidate in candidates:
+            candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
+        facts = build_facts(incident.summary(), candidates, evidence)
+        explanation = explainer.explain(facts)
+        reports.append(build_report(incident, candidates, evidence, explanation))
+    for sink in make_sinks(sinks or config["report"]["sinks"], out_dir):
+        sink.deliver(reports)
+    return DetectResult(reports, incidents, list(models), skipped, Path(out_dir))

@@ -1,0 +1,78 @@
+"""The JSON incident report: the seed tool's fields plus incident id, fingerprint and ranked causes."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import melt
+from melt.ensemble import Incident
+
+SCHEMA_VERSION = "1.0"
+
+
+def fingerprint(top_service: str, services: list[str], start: pd.Timestamp) -> str:
+    """Stable id for de-duplication: the cause, the involved services and the onset hour."""
+    key = "|".join([top_service, ",".join(sorted(services)), start.floor("h").isoformat()])
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def correlated_anomalies(incident: Incident, top: str, window: str = "1min") -> list[dict[str, Any]]:
+    """Other services' strongest feature, with the correlation of their score series to the cause's."""
+    rows = incident.evidence
+    if rows.empty:
+        return []
+    series = (rows.assign(w=rows["timestamp"].dt.floor(window))
+              .pivot_table(index="w", columns="service", values="score", aggfunc="max").fillna(0.0))
+    strongest = rows.sort_values("score", ascending=False).drop_duplicates("service")
+    out = []
+    for row in strongest.itertuples(index=False):
+        if row.service == top:
+            continue
+        corr = 0.0
+        if top in series and series[top].std() > 0 and series[row.service].std() > 0:
+            corr = float(np.corrcoef(series[top], series[row.service])[0, 1])
+        out.append({"service": row.service, "metric": row.entity, "correlation_score": round(corr, 3)})
+    return out[:10]
+
+
+def build_report(incident: Incident, candidates: list[dict[str, Any]], evidence: list[dict[str, Any]],
+                 explanation: dict[str, Any], facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble one report. ``candidates`` and ``evidence`` are plain dicts (from rca and melt.evidence)."""
+    top = candidates[0]["service"] if candidates else incident.services[0]
+    main = next((e for e in evidence if e["service"] == top and e["component"] != "events"), None) or (
+        evidence[0] if evidence else {})
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "melt_version": melt.__version__,
+        "incident_id": incident.id,
+        "fingerprint": fingerprint(top, incident.services, incident.start),
+        "timestamp": incident.start.isoformat(),
+        "window": {"start": incident.start.isoformat(), "end": incident.end.isoformat()},
+        "service": top,
+        "component": main.get("component", "unknown"),
+        "feature": main.get("feature"),
+        "anomaly_details": {
+            "value": main.get("value"),
+            "expected_range": main.get("expected_range"),
+            "anomaly_type": main.get("anomaly_type"),
+            "severity": incident.severity,
+            "confidence": round(incident.confidence, 3),
+        },
+        "services": incident.services,
+        "root_cause_analysis": {
+            "ranked_causes": [{"rank": i + 1, **c} for i, c in enumerate(candidates)],
+            "correlated_anomalies": correlated_anomalies(incident, top),
+            "suggested_causes": explanation["suggested_causes"],
+        },
+        "evidence": evidence,
+        "recommendations": explanation["recommendations"],
+        "explanation": explanation["text"],
+        "explanation_source": explanation["source"],
+    }
+    if facts is not None:
+        report["facts"] = facts
+    return report

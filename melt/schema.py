@@ -1,0 +1,155 @@
+"""Column schemas of the four MELT frames (see docs/data-format.md).
+
+Each frame is long format, one parquet file per signal, with UTC timestamps. ``validate_frame``
+is called once, where data enters melt (bundle read, importers, generator), and coerces dtypes so
+that every later stage can rely on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from melt.errors import BundleError
+
+SIGNALS: tuple[str, ...] = ("metrics", "logs", "traces", "events")
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+EVENT_KINDS: tuple[str, ...] = ("deploy", "config_change", "restart", "scale", "other")
+
+
+@dataclass(frozen=True)
+class FrameSchema:
+    """Required and optional columns of one frame, with the kind each column is coerced to.
+
+    Kinds: ``time`` (UTC datetime64[ns]), ``str``, ``float``, ``int``; ``prefix`` names optional
+    free-form columns such as ``attr.*``.
+    """
+
+    name: str
+    required: dict[str, str]
+    optional: dict[str, str] = field(default_factory=dict)
+    prefix: str | None = None
+    nullable: frozenset[str] = frozenset()
+
+
+SCHEMAS: dict[str, FrameSchema] = {
+    "metrics": FrameSchema(
+        "metrics",
+        required={"timestamp": "time", "service": "str", "metric": "str", "value": "float"},
+        optional={"instance": "str", "label": "int"},
+        nullable=frozenset({"value", "instance"}),
+    ),
+    "logs": FrameSchema(
+        "logs",
+        required={"timestamp": "time", "service": "str", "level": "str", "message": "str"},
+        optional={"trace_id": "str", "span_id": "str", "instance": "str", "label": "int"},
+        nullable=frozenset({"trace_id", "span_id", "instance"}),
+    ),
+    "traces": FrameSchema(
+        "traces",
+        required={
+            "trace_id": "str",
+            "span_id": "str",
+            "parent_span_id": "str",
+            "span_name": "str",
+            "service_name": "str",
+            "duration": "float",
+        },
+        optional={"start_time": "time", "status_code": "int", "span_kind": "str", "label": "int"},
+        prefix="attr.",
+        nullable=frozenset({"parent_span_id", "status_code", "span_kind"}),
+    ),
+    "events": FrameSchema(
+        "events",
+        required={"timestamp": "time", "service": "str", "kind": "str", "message": "str"},
+        optional={"attributes": "str"},
+        nullable=frozenset({"attributes"}),
+    ),
+}
+
+
+def _fail(frame: str, column: str, problem: str) -> BundleError:
+    return BundleError(f"{frame}: column '{column}' {problem}")
+
+
+def _coerce(series: pd.Series, kind: str, frame: str, column: str) -> pd.Series:
+    try:
+        if kind == "time":
+            if pd.api.types.is_numeric_dtype(series):
+                # epoch numbers: guess the unit from the magnitude (s, ms, us, ns)
+                magnitude = float(np.nanmedian(np.abs(series.to_numpy(dtype=float)))) if len(series) else 0.0
+                unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
+                return pd.to_datetime(series, unit=unit, utc=True).dt.as_unit("ns")
+            return pd.to_datetime(series, utc=True, format="ISO8601").dt.as_unit("ns")
+        if kind == "float":
+            return pd.to_numeric(series, errors="raise").astype("float64")
+        if kind == "int":
+            return pd.to_numeric(series, errors="raise").astype("Int64")
+        if kind == "str":
+            out = series.astype("string")
+            return out
+    except (ValueError, TypeError, OverflowError) as exc:
+        first = str(exc).splitlines()[0][:120]
+        raise _fail(frame, column, f"cannot be read as {kind}: {first}") from None
+    raise AssertionError(f"unknown column kind {kind}")
+
+
+def validate_frame(name: str, df: pd.DataFrame, *, allow_empty: bool = False) -> pd.DataFrame:
+    """Check ``df`` against the schema of frame ``name`` and return it with coerced dtypes.
+
+    Raises:
+        BundleError: one line naming the frame, the column and the problem.
+    """
+    if name not in SCHEMAS:
+        raise BundleError(f"unknown frame '{name}' (known: {', '.join(SIGNALS)})")
+    schema = SCHEMAS[name]
+    if not isinstance(df, pd.DataFrame):
+        raise BundleError(f"{name}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in schema.required if c not in df.columns]
+    if missing:
+        raise _fail(name, missing[0], f"is required but missing (have: {', '.join(map(str, df.columns[:12]))})")
+    if len(df) == 0 and not allow_empty:
+        raise BundleError(f"{name}: the frame is empty (0 rows)")
+    out = df.copy() if len(df) else df.copy()
+    columns = {**schema.required, **schema.optional}
+    for column, kind in columns.items():
+        if column not in out.columns:
+            continue
+        out[column] = _coerce(out[column], kind, name, column)
+        if column not in schema.nullable and column in schema.required and out[column].isna().any():
+            row = int(np.flatnonzero(out[column].isna().to_numpy())[0])
+            raise _fail(name, column, f"has a null value (first at row {row})")
+    if schema.prefix:
+        for column in out.columns:
+            if column.startswith(schema.prefix) and out[column].dtype == object:
+                out[column] = out[column].astype("string")
+    if name == "traces":
+        out = _check_traces(out)
+    if name == "logs":
+        out["level"] = normalise_levels(out["level"])
+    return out.reset_index(drop=True)
+
+
+def normalise_levels(levels: pd.Series) -> pd.Series:
+    """Map level spellings (warning, Err, E, ...) onto :data:`LOG_LEVELS`, vectorised."""
+    upper = levels.astype("string").str.upper().str.strip()
+    mapping = {"WARNING": "WARN", "ERR": "ERROR", "CRITICAL": "FATAL", "TRACE": "DEBUG", "E": "ERROR",
+               "W": "WARN", "I": "INFO", "D": "DEBUG", "F": "FATAL", "SEVERE": "ERROR", "NOTICE": "INFO"}
+    return upper.replace(mapping).astype("string")
+
+
+def _check_traces(df: pd.DataFrame) -> pd.DataFrame:
+    """Normalise root markers and reject negative durations and duplicate span ids."""
+    parent = df["parent_span_id"]
+    roots = parent.isna() | parent.isin(["", "root", "0", "None", "null"])
+    df["parent_span_id"] = parent.mask(roots, pd.NA)
+    if (df["duration"] < 0).any():
+        row = int(np.flatnonzero((df["duration"] < 0).to_numpy())[0])
+        raise _fail("traces", "duration", f"is negative (first at row {row}); durations are milliseconds")
+    duplicated = df.duplicated(["trace_id", "span_id"])
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise _fail("traces", "span_id", f"is duplicated within a trace (first at row {row})")
+    return df

@@ -1,0 +1,67 @@
+"""Service dependency graph from spans: caller service -> callee service.
+
+Each edge carries call count, error count and mean latency of the callee's spans, computed with
+one vectorised self-join of spans on (trace_id, parent_span_id). An optional topology from config
+adds services and edges that the traces did not show.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+import pandas as pd
+
+from melt.errors import ConfigError
+
+
+def dependency_graph(spans: pd.DataFrame | None, topology_file: str | Path | None = None) -> nx.DiGraph:
+    """Build the graph; ``spans`` may be ``None`` when only a topology is known."""
+    graph = nx.DiGraph()
+    if spans is not None and len(spans):
+        graph.add_nodes_from(spans["service_name"].dropna().unique().tolist())
+        parents = spans[["trace_id", "span_id", "service_name"]].rename(
+            columns={"span_id": "parent_span_id", "service_name": "caller"})
+        error = spans["status_code"].fillna(0).astype("int64") >= 500 if "status_code" in spans.columns else False
+        children = spans.assign(error=error)[["trace_id", "parent_span_id", "service_name", "duration", "error"]]
+        calls = children.dropna(subset=["parent_span_id"]).merge(parents, on=["trace_id", "parent_span_id"], how="inner")
+        calls = calls[calls["caller"] != calls["service_name"]]
+        edges = calls.groupby(["caller", "service_name"], observed=True).agg(
+            calls=("duration", "size"), errors=("error", "sum"), latency_ms=("duration", "mean")).reset_index()
+        for row in edges.itertuples(index=False):
+            graph.add_edge(row.caller, row.service_name, calls=int(row.calls), errors=int(row.errors),
+                           latency_ms=round(float(row.latency_ms), 3))
+    if topology_file:
+        _merge_topology(graph, Path(topology_file))
+    return graph
+
+
+def _merge_topology(graph: nx.DiGraph, file: Path) -> None:
+    """Add ``services`` and ``edges: [[caller, callee], ...]`` from a YAML file."""
+    import yaml
+
+    if not file.is_file():
+        raise ConfigError(f"rca.topology_file not found: {file}")
+    spec = yaml.safe_load(file.read_text()) or {}
+    graph.add_nodes_from(spec.get("services", []))
+    for edge in spec.get("edges", []):
+        if not isinstance(edge, list | tuple) or len(edge) != 2:
+            raise ConfigError(f"{file}: each edge must be [caller, callee], got {edge!r}")
+        if not graph.has_edge(*edge):
+            graph.add_edge(edge[0], edge[1], calls=0, errors=0, latency_ms=None)
+
+
+def export_graph(graph: nx.DiGraph, path: str | Path) -> Path:
+    """Write JSON (node-link) or GraphML, chosen by the file suffix."""
+    import json
+
+    file = Path(path)
+    if file.suffix == ".graphml":
+        clean = nx.DiGraph()
+        clean.add_nodes_from(graph.nodes)
+        for a, b, data in graph.edges(data=True):
+            clean.add_edge(a, b, **{k: v for k, v in data.items() if v is not None})
+        nx.write_graphml(clean, file)
+    else:
+        file.write_text(json.dumps(nx.node_link_data(graph, edges="links"), indent=2, default=str) + "\n")
+    return file

@@ -6,7 +6,6 @@ line on stderr and exits with code 2. Heavy imports happen inside the commands.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -23,7 +22,18 @@ def _config(ctx: click.Context) -> dict[str, Any]:
     return load_config(ctx.obj.get("config_path"))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class MeltGroup(click.Group):
+    """Turns every :class:`MeltError` into one line on stderr and exit code 2, for all commands."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MeltError as exc:
+            click.echo(f"melt: error: {exc}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+@click.group(cls=MeltGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(melt.__version__, prog_name="melt")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Config file (default: ./config.yaml if present, else built-in defaults).")
@@ -125,20 +135,8 @@ def plugins() -> None:
 
 
 def main() -> None:
-    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
-    try:
-        cli.main(standalone_mode=False)
-    except MeltError as exc:
-        click.echo(f"melt: error: {exc}", err=True)
-        sys.exit(EXIT_USER_ERROR)
-    except click.exceptions.Abort:
-        click.echo("melt: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        click.echo(f"melt: error: {exc.format_message()}", err=True)
-        sys.exit(EXIT_USER_ERROR)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    """Console-script entry point."""
+    cli(prog_name="melt")
 
 
 if __name__ == "__main__":

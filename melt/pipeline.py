@@ -19,7 +19,7 @@ from melt.bundle import MeltBundle
 from melt.detector import Detector
 from melt.ensemble import Incident, group_incidents
 from melt.errors import BundleError, PluginError
-from melt.registry import build_detector, get_plugin, resolve_models
+from melt.registry import build_detector, get_plugin, requested_names, resolve_models
 from melt.sinks import make_sinks
 from melt.timeutil import parse_duration
 
@@ -98,6 +98,7 @@ class DetectResult:
 
 
 def train(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any], quiet: bool = False) -> Path:
+    requested_names(models_spec)
     bundle = MeltBundle.read(data)
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
@@ -116,6 +117,7 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict
     from rca.graph import dependency_graph
     from rca.rank import rank_root_causes
 
+    requested_names(models_spec)
     bundle = MeltBundle.read(data)
     log(f"read {data}: " + ", ".join(f"{k}={v}" for k, v in bundle.summary().items()), quiet)
     names, skipped = resolve_models(models_spec, bundle.signals())

@@ -85,6 +85,18 @@ def get_plugin(name: str) -> PluginInfo:
     raise PluginError(f"unknown detector '{name}'{hint}")
 
 
+def requested_names(spec: str) -> list[str]:
+    """Check ``--models`` before any data is read: ``[]`` for ``all``, else the known names asked for."""
+    if spec.strip() == "all":
+        return []
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise PluginError("--models is empty: give 'all' or a comma-separated list of detector names")
+    for name in names:
+        get_plugin(name)
+    return list(dict.fromkeys(names))
+
+
 def resolve_models(spec: str, signals: list[str]) -> tuple[list[str], list[str]]:
     """Turn ``--models all|a,b`` into detector names.
 
@@ -98,14 +110,12 @@ def resolve_models(spec: str, signals: list[str]) -> tuple[list[str], list[str]]
         if not chosen:
             raise PluginError(f"no detector can run on this bundle (it has: {', '.join(signals) or 'nothing'})")
         return chosen, skipped
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        raise PluginError("--models is empty: give 'all' or a comma-separated list of detector names")
+    names = requested_names(spec)
     for name in names:
         info = get_plugin(name)
         if info.signal not in signals:
             raise PluginError(f"detector '{name}' needs {info.signal} but the bundle has no {info.signal}.parquet")
-    return list(dict.fromkeys(names)), []
+    return names, []
 
 
 def build_detector(name: str, params: Mapping[str, Any] | None = None) -> Detector:

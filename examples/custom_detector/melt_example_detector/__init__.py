@@ -1,0 +1,1 @@
+"""Example melt plugin package."""

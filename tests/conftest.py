@@ -1,0 +1,39 @@
+"""Shared fixtures: small generated bundles (no network, no ../shared needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from melt.bundle import MeltBundle
+from synth.generate import SynthConfig, generate
+
+REPO = Path(__file__).resolve().parents[1]
+MELT = [sys.executable, "-m", "melt.cli"]
+
+
+def small_config(**overrides) -> SynthConfig:
+    values = dict(seed=11, services=7, duration="50m", requests_per_minute=40.0, faults=1,
+                  fault_types=["latency"], fault_duration="8m", warmup_fraction=0.5)
+    values.update(overrides)
+    return SynthConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle() -> MeltBundle:
+    return generate(small_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_bundle: MeltBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bundle.write(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+def run_melt(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI as a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*MELT, *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=300)

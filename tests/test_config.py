@@ -1,0 +1,78 @@
+"""config.yaml matches the code defaults; bad keys and types fail with one line naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from melt.config import default_config, load_config
+from melt.errors import ConfigError
+from melt.registry import build_detector, discover
+from tests.conftest import REPO
+
+
+def test_top_level_config_yaml_equals_code_defaults() -> None:
+    shipped = load_config(REPO / "config.yaml", env={})
+    expected = default_config()
+    expected["detectors"] = shipped["detectors"]
+    assert shipped == expected
+
+
+def test_config_yaml_documents_every_builtin_detector_parameter() -> None:
+    documented = yaml.safe_load((REPO / "config.yaml").read_text())["detectors"]
+    loaded, _ = discover()
+    for name, info in loaded.items():
+        if info.distribution != "melt-rca":
+            continue
+        assert documented[name] == info.cls.param_defaults(), name
+
+
+def write(tmp_path, text: str):
+    file = tmp_path / "c.yaml"
+    file.write_text(text)
+    return file
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ensemble:\n  treshold: 3\n", "unknown key 'ensemble.treshold' (did you mean 'ensemble.threshold'?)"),
+        ("ensembel: {}\n", "unknown key 'ensembel' (did you mean 'ensemble'?)"),
+        ("ensemble:\n  threshold: high\n", "key 'ensemble.threshold' must be a number"),
+        ("synth:\n  services: 2.5\n", "key 'synth.services' must be an integer"),
+        ("ensemble:\n  merge_gap: soon\n", "key 'ensemble.merge_gap': 'soon' is not a duration"),
+        ("ensemble:\n  combiner: median\n", "key 'ensemble.combiner' must be one of max, mean, weighted"),
+        ("ensemble: [1, 2]\n", "section 'ensemble' must be a mapping"),
+        ("ensemble: {threshold: 3\n", "not valid YAML at line"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(tmp_path, text, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_partial_file_keeps_defaults_and_env_overrides(tmp_path) -> None:
+    config = load_config(write(tmp_path, "ensemble:\n  threshold: 3\n"), env={"MELT_LOG_LEVEL": "debug"})
+    assert config["ensemble"]["threshold"] == 3.0
+    assert config["ensemble"]["combiner"] == "max"
+    assert config["log_level"] == "DEBUG"
+    config = load_config(write(tmp_path, "{}\n"), env={"MELT_THRESHOLD": "5.5", "MELT_LLM_API_KEY_ENV": "MY_KEY"})
+    assert config["ensemble"]["threshold"] == 5.5
+    assert config["explain"]["openai"]["api_key_env"] == "MY_KEY"
+    with pytest.raises(ConfigError, match="MELT_THRESHOLD must be a number"):
+        load_config(write(tmp_path, "{}\n"), env={"MELT_THRESHOLD": "lots"})
+
+
+def test_detector_parameters_are_checked_against_the_plugin() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'detectors.zscore.expected_sigma' \(did you mean 'expected_sigmas'"):
+        build_detector("zscore", {"expected_sigma": 2})
+    with pytest.raises(ConfigError, match="key 'detectors.zscore.min_points' must be int"):
+        build_detector("zscore", {"min_points": "ten"})
+    assert build_detector("zscore", {"min_points": 4}).min_points == 4
+
+
+def test_missing_config_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml", env={})

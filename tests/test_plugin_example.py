@@ -1,0 +1,32 @@
+"""The example plugin, installed from its own pyproject, is picked up with no change to melt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_melt
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> str:
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(REPO / "examples" / "custom_detector")], check=True, timeout=300)
+    return str(target)
+
+
+def test_plugins_lists_the_example(installed) -> None:
+    result = run_melt("plugins", env={"PYTHONPATH": installed})
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("error_share"))
+    assert row.split()[:3] == ["error_share", "logs", "melt-example-detector"]
+
+
+def test_detect_runs_the_example(installed, tiny_dir, tmp_path) -> None:
+    result = run_melt("detect", "--data", str(tiny_dir), "--models", "error_share,span_latency",
+                      "--out", str(tmp_path), env={"PYTHONPATH": installed})
+    assert result.returncode == 0, result.stderr
+    assert "fitted error_share" in result.stderr and "scored error_share" in result.stderr

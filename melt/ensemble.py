@@ -98,7 +98,8 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
         start, end = group["window"].min(), group["window"].max() + step
         services = group.groupby("service", observed=True)["fused"].max().sort_values(ascending=False)
         peak = float(services.iloc[0])
-        in_window = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
+        in_window = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)
+                           & scores["detector"].map(signal_of).isin(ALERT_SIGNALS)]
         # confidence: how far past the threshold, and how many signals agree
         n_signals = int(group["signals"].max())
         confidence = float(np.clip(1 - np.exp(-(peak - threshold) / threshold - 0.3 * (n_signals - 1)), 0.05, 0.99))

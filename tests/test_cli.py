@@ -84,3 +84,13 @@ def test_user_errors_exit_2_with_one_line_as_subprocess(tmp_path, tiny_dir) -> N
         assert result.stderr.startswith("melt: error: ") and message in result.stderr, name
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, name
         assert result.stdout == "", name
+
+
+def test_detect_fits_on_a_separate_training_bundle(tiny_dir, tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--train", str(tiny_dir), "--models",
+                                      "zscore,span_latency", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "index.json").exists()
+    both = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--train", str(tiny_dir), "--model",
+                                    str(tmp_path), "--out", str(tmp_path)])
+    assert both.exit_code == 2 and "either --train or --model" in both.output

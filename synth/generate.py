@@ -154,7 +154,7 @@ def _span_frame(topology: Topology, spans, times, duration, start_ns, status, la
     services = np.array(topology.services)[spans.service]
     names = np.array(topology.endpoint_name)[spans.endpoint]
     method = np.where(np.char.startswith(names.astype(str), "GET"), "GET", "POST")
-    kind = np.where(spans.is_async, "consumer", np.where(spans.depth == 0, "server", "server"))
+    kind = np.where(spans.is_async, "consumer", "server")
     return pd.DataFrame({
         "trace_id": trace_ids[spans.request],
         "span_id": span_ids,

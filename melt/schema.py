@@ -88,8 +88,7 @@ def _coerce(series: pd.Series, kind: str, frame: str, column: str) -> pd.Series:
         if kind == "int":
             return pd.to_numeric(series, errors="raise").astype("Int64")
         if kind == "str":
-            out = series.astype("string")
-            return out
+            return series.astype("string")
     except (ValueError, TypeError, OverflowError) as exc:
         first = str(exc).splitlines()[0][:120]
         raise _fail(frame, column, f"cannot be read as {kind}: {first}") from None
@@ -112,7 +111,7 @@ def validate_frame(name: str, df: pd.DataFrame, *, allow_empty: bool = False) ->
         raise _fail(name, missing[0], f"is required but missing (have: {', '.join(map(str, df.columns[:12]))})")
     if len(df) == 0 and not allow_empty:
         raise BundleError(f"{name}: the frame is empty (0 rows)")
-    out = df.copy() if len(df) else df.copy()
+    out = df.copy()
     columns = {**schema.required, **schema.optional}
     for column, kind in columns.items():
         if column not in out.columns:

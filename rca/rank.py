@@ -98,9 +98,10 @@ def rank_root_causes(incident: Incident, all_scores: pd.DataFrame, graph: nx.DiG
     """Ranked candidates for ``incident`` (config: the ``rca`` section)."""
     lookback = parse_duration(config["lookback"])
     evidence = all_scores[(all_scores["timestamp"] >= incident.start - lookback) & (all_scores["timestamp"] < incident.end)]
+    anomaly = anomaly_term(evidence, signal_of)
     terms = pd.DataFrame({
-        "anomaly": anomaly_term(evidence, signal_of),
-        "pagerank": pagerank_term(graph, anomaly_term(evidence, signal_of), float(config["pagerank_alpha"])),
+        "anomaly": anomaly,
+        "pagerank": pagerank_term(graph, anomaly, float(config["pagerank_alpha"])),
         "precedence": precedence_term(evidence, signal_of, threshold),
         "change": change_term(all_scores, signal_of, incident.start, lookback),
     }).fillna(0.0)

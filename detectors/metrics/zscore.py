@@ -60,11 +60,12 @@ class RobustZScore(Detector):
         low, high = median - self.expected_sigmas * sigma, median + self.expected_sigmas * sigma
         direction = severity_direction(z)
         instance = frame["instance"].fillna("").to_numpy() if "instance" in frame.columns else np.full(len(frame), "")
-        evidence = [
-            {"value": round(float(v), 4), "expected_range": [round(float(lo), 4), round(float(hi), 4)],
-             "anomaly_type": d, "z": round(float(zz), 2), "instance": inst or None}
-            for v, lo, hi, d, zz, inst in zip(value, low, high, direction, z, instance, strict=True)
-        ]
+        evidence = pd.DataFrame({
+            "value": np.round(value, 4),
+            "expected_range": np.stack([np.round(low, 4), np.round(high, 4)], axis=1).tolist(),
+            "anomaly_type": direction, "z": np.round(z, 2),
+            "instance": pd.Series(instance).replace("", None).to_numpy(dtype=object),
+        }).to_dict("records")
         return pd.DataFrame({
             "timestamp": frame["timestamp"].to_numpy(),
             "service": frame["service"].to_numpy(),

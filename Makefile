@@ -27,7 +27,8 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do $(BIN)/python $$b; done || echo "no benchmarks yet"
+	$(BIN)/python benchmarks/synth_speed.py
+	$(BIN)/python benchmarks/pipeline_synth.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

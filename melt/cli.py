@@ -53,11 +53,19 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--seed", type=int, default=None, help="Random seed; the same seed gives identical files.")
 @click.option("--preset", type=click.Choice(["easy", "realistic", "hard"]), default=None, help="Difficulty.")
 @click.option("--topology", "topology_file", type=click.Path(dir_okay=False), default=None, help="Topology YAML.")
+@click.option("--requests-per-minute", "requests_per_minute", type=float, default=None, help="Mean request rate.")
+@click.option("--fault-types", default=None,
+              help="Comma-separated fault types, cycled in order (see docs/synth.md).")
+@click.option("--fault-duration", default=None, help="Length of each fault, e.g. 10m.")
+@click.option("--overlap/--no-overlap", default=None, help="Let fault windows overlap.")
 @click.pass_context
 def generate(ctx: click.Context, out: str, **options: Any) -> None:
     """Write a synthetic MELT bundle with injected faults and ground truth."""
     from synth.generate import SynthConfig
     from synth.generate import generate as run_generate
+
+    if options["fault_types"] is not None:
+        options["fault_types"] = [t.strip() for t in options["fault_types"].split(",") if t.strip()]
 
     config = _config(ctx)
     synth_config = SynthConfig.from_config(config["synth"], **options)

@@ -1,8 +1,10 @@
-"""Fault schedule and its effects on spans, with ground truth.
+"""Fault schedule, the faults' effects on spans, and the spans each fault changed (ground truth).
 
-Effects are applied to a span's *own* work and status, before durations are aggregated upward,
-so latency propagates to every caller through the call tree and errors propagate to callers
-with a per-hop probability: the root cause is where the change starts, not where it is loudest.
+Effects touch a span's *own* work, its wait before the call, or its *own* error only; latency,
+timeouts and errors then reach the callers through ``synth.calls``, so the root cause is where a
+change starts, not where it is loudest. The fault types follow the chaos experiments of the Nezha,
+RCAEval and AIOps-challenge datasets (CPU, memory, network delay, exceptions, pool exhaustion,
+bad deploys).
 """
 
 from __future__ import annotations
@@ -15,8 +17,30 @@ import pandas as pd
 from synth.topology import Topology
 from synth.workload import SpanArrays
 
-FAULT_TYPES = ("latency", "error_burst", "cpu_saturation")
-ELIGIBLE_ROLES = {"latency": ("service", "db", "cache"), "error_burst": ("service",), "cpu_saturation": ("service",)}
+FAULT_TYPES = ("latency", "error_burst", "cpu_saturation", "memory_leak", "network_delay", "pool_exhaustion",
+               "bad_deploy")
+ELIGIBLE_ROLES = {
+    "latency": ("service", "db", "cache"),
+    "error_burst": ("service",),
+    "cpu_saturation": ("service", "frontend"),
+    "memory_leak": ("service", "frontend"),
+    "network_delay": ("service", "db", "cache"),
+    "pool_exhaustion": ("db",),
+    "bad_deploy": ("service", "frontend"),
+}
+POD_FAULTS = ("cpu_saturation", "memory_leak")  # injected into one pod, not the whole service
+ERROR_FAULTS = ("error_burst", "bad_deploy")  # change only the spans that fail
+MAGNITUDE = {  # (low, high) before the preset's severity scale; see apply_effects for the units
+    "latency": (50.0, 250.0), "error_burst": (0.3, 0.6), "cpu_saturation": (3.0, 6.0), "memory_leak": (3.0, 6.0),
+    "network_delay": (80.0, 250.0), "pool_exhaustion": (150.0, 400.0), "bad_deploy": (0.15, 0.35),
+}
+RESTART_NS = 60_000_000_000  # an OOM-killed pod is down this long before the fault window ends
+
+# why a span raised its own error (the log template and status depend on it)
+CAUSE_NONE, CAUSE_BACKGROUND, CAUSE_EXCEPTION, CAUSE_DEPLOY, CAUSE_POOL, CAUSE_DOWN = range(6)
+CAUSE_STATUS = np.array([0, 500, 500, 500, 503, 503])
+FAULT_CAUSE = {"error_burst": CAUSE_EXCEPTION, "bad_deploy": CAUSE_DEPLOY, "pool_exhaustion": CAUSE_POOL,
+               "memory_leak": CAUSE_DOWN}
 
 
 @dataclass
@@ -30,10 +54,16 @@ class Fault:
     start: int
     end: int
     magnitude: float
+    peer: int | None = None  # network_delay: the calling service whose calls are delayed
+
+    @property
+    def leak_end(self) -> int:
+        """memory_leak: when the pod is OOM-killed (it restarts until ``end``)."""
+        return self.end - min(RESTART_NS, (self.end - self.start) // 3)
 
     def to_truth(self, topology: Topology, affected: list[str]) -> dict[str, object]:
         name = topology.services[self.service]
-        return {
+        truth: dict[str, object] = {
             "id": self.id,
             "type": self.type,
             "root_cause_service": name,
@@ -43,71 +73,144 @@ class Fault:
             "affected_services": affected,
             "magnitude": round(self.magnitude, 3),
         }
+        if self.peer is not None:
+            truth["peer_service"] = topology.services[self.peer]
+        return truth
 
 
-def schedule_faults(topology: Topology, n_faults: int, types: list[str], start_ns: int, end_ns: int,
-                    warmup_fraction: float, duration_ns: int, rng: np.random.Generator) -> list[Fault]:
-    """Place ``n_faults`` non-overlapping faults after the warm-up, cycling through ``types``."""
+def schedule_faults(topology: Topology, spans: SpanArrays, n_faults: int, types: list[str], start_ns: int,
+                    end_ns: int, warmup_fraction: float, duration_ns: int, severity: float, overlap: bool,
+                    rng: np.random.Generator) -> list[Fault]:
+    """Place ``n_faults`` faults after the warm-up, cycling through ``types``.
+
+    Targets are services that at least 5% of requests reach (a fault nobody calls is invisible);
+    a network delay's peer is a service that really calls the target that often. Without
+    ``overlap`` each fault gets its own slot; with it, start times are uniform and faults may
+    overlap. ``severity`` scales every magnitude (presets make faults subtler or louder).
+    """
     if n_faults == 0:
         return []
     first = start_ns + int((end_ns - start_ns) * warmup_fraction)
-    span = end_ns - first
-    slot = span // n_faults
-    if slot < duration_ns:
-        raise ValueError(f"{n_faults} faults of {duration_ns / 6e10:.0f} min do not fit after the warm-up; "
-                         "use fewer faults, a shorter fault duration or a longer period")
+    slot = fault_slot(end_ns - first, n_faults, duration_ns, overlap)
     roles = np.array(topology.roles)
+    n_requests = max(int(np.unique(spans.request).size), 1)
+    reached = np.bincount(spans.service, minlength=len(roles)) >= 0.05 * n_requests
+    callers = _busy_callers(topology, spans, 0.05 * n_requests)
     faults = []
     for i in range(n_faults):
         kind = types[i % len(types)]
-        candidates = np.flatnonzero(np.isin(roles, ELIGIBLE_ROLES[kind]))
+        candidates = np.flatnonzero(np.isin(roles, ELIGIBLE_ROLES[kind]) & reached)
+        if kind == "network_delay":
+            candidates = np.array([c for c in candidates if callers[c]])
+        if candidates.size == 0:
+            raise ValueError(f"the topology has no service that a '{kind}' fault can target "
+                             f"(roles {', '.join(ELIGIBLE_ROLES[kind])})")
         service = int(rng.choice(candidates))
-        begin = first + i * slot + int(rng.uniform(0.1, 0.9) * (slot - duration_ns))
-        instance = int(rng.integers(0, topology.instances[service])) if kind == "cpu_saturation" else None
-        magnitude = {"latency": rng.uniform(8, 20), "error_burst": rng.uniform(0.3, 0.6),
-                     "cpu_saturation": rng.uniform(3, 6)}[kind]
-        faults.append(Fault(f"F{i + 1:03d}", kind, service, instance, begin, begin + duration_ns, float(magnitude)))
+        offset = 0 if overlap else i * slot
+        begin = first + offset + int(rng.uniform(0.05 if overlap else 0.1, 0.95 if overlap else 0.9) * (slot - duration_ns))
+        instance = int(rng.integers(0, topology.instances[service])) if kind in POD_FAULTS else None
+        low, high = MAGNITUDE[kind]
+        magnitude = rng.uniform(low, high) * severity
+        if kind in ("cpu_saturation", "memory_leak"):  # multipliers: scale the excess over 1
+            magnitude = 1 + (rng.uniform(low, high) - 1) * severity
+        peer = int(rng.choice(callers[service])) if kind == "network_delay" else None
+        faults.append(Fault(f"F{i + 1:03d}", kind, service, instance, begin, begin + duration_ns,
+                            float(min(magnitude, 0.95) if kind in ERROR_FAULTS else magnitude), peer))
     return faults
 
 
+def fault_slot(after_warmup_ns: int, n_faults: int, duration_ns: int, overlap: bool) -> int:
+    """Length of the time slot each fault is placed in; ValueError if the faults do not fit."""
+    slot = after_warmup_ns // (1 if overlap else max(n_faults, 1))
+    if slot < duration_ns:
+        raise ValueError(f"{n_faults} faults of {duration_ns / 6e10:.0f} min do not fit after the warm-up; "
+                         "use fewer faults, a shorter fault duration or a longer period")
+    return slot
+
+
+def _busy_callers(topology: Topology, spans: SpanArrays, min_calls: float) -> list[list[int]]:
+    """Per service, the application services (not datastores) that call it at least ``min_calls`` times."""
+    has_parent = np.flatnonzero(spans.parent >= 0)
+    pairs = pd.Series(1, index=pd.MultiIndex.from_arrays(
+        [spans.service[spans.parent[has_parent]], spans.service[has_parent]])).groupby(level=[0, 1]).sum()
+    callers: list[list[int]] = [[] for _ in topology.services]
+    for (caller, callee), count in pairs.items():
+        if count >= min_calls and topology.roles[caller] in ("gateway", "frontend", "service"):
+            callers[int(callee)].append(int(caller))
+    return callers
+
+
 def fault_masks(spans: SpanArrays, faults: list[Fault]) -> list[np.ndarray]:
-    """Per fault, the spans it hits directly (its service/instance, inside its window)."""
+    """Per fault, the spans it hits directly: its service (pod) inside its window; for a network
+    delay, the calls from the peer service to the target."""
     masks = []
     for fault in faults:
         hit = (spans.service == fault.service) & (spans.request_time >= fault.start) & (spans.request_time < fault.end)
         if fault.instance is not None:
             hit &= spans.instance == fault.instance
+        if fault.peer is not None:
+            hit &= (spans.parent >= 0) & (spans.service[np.maximum(spans.parent, 0)] == fault.peer)
         masks.append(hit)
     return masks
 
 
-def apply_self_time(spans: SpanArrays, faults: list[Fault], masks: list[np.ndarray], topology: Topology) -> None:
-    """Latency and CPU faults stretch the own work of the spans they hit (in place)."""
-    for fault, hit in zip(faults, masks, strict=True):
-        if fault.type == "latency":
-            spans.self_ms[hit] += fault.magnitude * topology.base_latency_ms[fault.service] * 4
-        elif fault.type == "cpu_saturation":
-            spans.self_ms[hit] *= fault.magnitude
+def own_error_causes(spans: SpanArrays, faults: list[Fault], masks: list[np.ndarray], background: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Per span, why it raised an error itself (``CAUSE_*``), or ``CAUSE_NONE``.
 
-
-def status_codes(spans: SpanArrays, faults: list[Fault], masks: list[np.ndarray], propagate: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """HTTP status per span and whether the error originated in the span itself.
-
-    Background: 0.2% of spans fail on their own. Error bursts fail a share of the root cause's
-    spans; a failed synchronous child fails its caller with probability ``propagate`` per hop.
+    Args:
+        background: per service, the share of its spans that fail on their own in normal operation.
     """
-    own_error = rng.random(spans.request.size) < 0.002
+    cause = np.where(rng.random(spans.size) < background[spans.service], CAUSE_BACKGROUND, CAUSE_NONE)
     for fault, hit in zip(faults, masks, strict=True):
-        if fault.type == "error_burst":
-            own_error |= hit & (rng.random(spans.request.size) < fault.magnitude)
-    error = own_error.copy()
-    upward = rng.random(spans.request.size) < propagate
-    for d in range(int(spans.depth.max()), 0, -1):
-        level = np.flatnonzero((spans.depth == d) & error & ~spans.is_async & upward)
-        error[spans.parent[level]] = True
-    status = np.where(error, 500, 200)
-    return status, own_error
+        draw = rng.random(spans.size)
+        if fault.type in ("error_burst", "bad_deploy"):
+            cause[hit & (draw < fault.magnitude)] = FAULT_CAUSE[fault.type]
+        elif fault.type == "pool_exhaustion":  # callers time out waiting for a connection
+            cause[hit & (draw < min(0.15 + fault.magnitude / 1500, 0.6))] = CAUSE_POOL
+        elif fault.type == "memory_leak":  # the pod is down while it restarts after the OOM kill
+            cause[hit & (spans.request_time >= fault.leak_end) & (draw < 0.97)] = CAUSE_DOWN
+    return cause.astype(np.int8)
+
+
+def retry_roots(spans: SpanArrays, cause: np.ndarray, roles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Failed synchronous calls that their caller retries: always on 503, on 500 three times in ten."""
+    caller_role = roles[spans.service[np.maximum(spans.parent, 0)]]
+    retryable = (CAUSE_STATUS[cause] == 503) | ((cause != CAUSE_NONE) & (rng.random(spans.size) < 0.3))
+    eligible = (cause != CAUSE_NONE) & (spans.parent >= 0) & ~spans.is_async & ~spans.is_retry
+    return np.flatnonzero(eligible & retryable & np.isin(caller_role, ["gateway", "frontend", "service"]))
+
+
+def apply_effects(spans: SpanArrays, faults: list[Fault], masks: list[np.ndarray], topology: Topology,
+                  rng: np.random.Generator) -> None:
+    """Stretch own work (``self_ms``) or the wait before a call (``gap_ms``) of the hit spans, in place."""
+    for fault, hit in zip(faults, masks, strict=True):
+        idx = np.flatnonzero(hit)
+        if fault.type == "latency":  # magnitude: mean extra ms of work per span, as chaos tools inject it
+            spans.self_ms[idx] += fault.magnitude * rng.lognormal(0, 0.25, idx.size)
+        elif fault.type == "cpu_saturation":  # magnitude: slowdown factor of the pod's work
+            spans.self_ms[idx] *= fault.magnitude
+        elif fault.type == "memory_leak":  # GC thrash grows with the heap: slowdown up to magnitude
+            progress = np.clip((spans.request_time[idx] - fault.start) / (fault.leak_end - fault.start), 0, 1)
+            spans.self_ms[idx] *= 1 + (fault.magnitude - 1) * progress ** 2
+        elif fault.type == "network_delay":  # magnitude: mean extra ms per call from the peer
+            spans.gap_ms[idx] += fault.magnitude * rng.lognormal(0, 0.3, idx.size)
+        elif fault.type == "pool_exhaustion":  # magnitude: mean wait (ms) for a free connection
+            spans.gap_ms[idx] += rng.exponential(fault.magnitude, idx.size)
+        elif fault.type == "bad_deploy":  # the new build is also a little slower
+            spans.self_ms[idx] *= 1.3
+
+
+def changed_spans(spans: SpanArrays, fault: Fault, hit: np.ndarray, cause: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """Spans whose behaviour the fault changed: the hit spans (for error faults, those that failed
+    because of it) and every synchronous caller above them that the change reached."""
+    changed = hit & (cause == FAULT_CAUSE[fault.type]) if fault.type in ERROR_FAULTS else hit.copy()
+    for d in range(spans.max_depth, 0, -1):
+        level = np.flatnonzero((spans.depth == d) & changed & ~spans.is_async)
+        if fault.type in ERROR_FAULTS:
+            level = level[error[spans.parent[level]]]
+        changed[spans.parent[level]] = True
+    return changed
 
 
 def affected_services(spans: SpanArrays, mask: np.ndarray, changed: np.ndarray, topology: Topology) -> list[str]:

@@ -1,7 +1,8 @@
 """`melt generate`: one simulation that yields all four MELT signals plus ground truth.
 
-Pipeline: topology -> request arrivals -> span trees -> fault effects on own work and status ->
-durations aggregated upward -> spans, logs, metrics and events -> ``truth.json``. All randomness
+Pipeline: topology -> request arrivals -> span trees -> faults' own errors -> retries -> fault
+effects on own work and waits -> timeouts, durations and errors resolved upward -> spans, logs,
+metrics and events -> ``truth.json``. All randomness
 comes from one ``numpy.random.Generator`` seeded from ``seed``, so a seed gives identical files.
 """
 
@@ -17,26 +18,36 @@ import pandas as pd
 from melt.bundle import MeltBundle
 from melt.errors import ConfigError
 from melt.timeutil import parse_duration
+from synth.calls import add_retries, endpoint_timeouts, resolve_calls
+from synth.events import benign_events, fault_events
 from synth.faults import (
+    CAUSE_STATUS,
     FAULT_TYPES,
     affected_services,
-    apply_self_time,
+    apply_effects,
+    changed_spans,
     fault_masks,
+    fault_slot,
+    own_error_causes,
+    retry_roots,
     schedule_faults,
-    status_codes,
 )
-from synth.logs import background_logs, span_logs
+from synth.logs import background_logs, caller_problems, fault_logs, span_logs
 from synth.metrics import golden_signals, resource_metrics, to_long
 from synth.text import random_ids
 from synth.topology import Topology, load_topology, random_topology
-from synth.workload import arrival_times, build_templates, durations_and_starts, expand_requests
+from synth.workload import SpanArrays, arrival_times, build_templates, expand_requests
 
 PRESETS: dict[str, dict[str, float]] = {
-    # noise: scale of metric noise; propagate: per-hop error propagation; surges: benign surges per 2h
-    "easy": {"noise": 0.5, "propagate": 0.5, "surges": 0.0},
-    "realistic": {"noise": 1.0, "propagate": 0.7, "surges": 1.0},
-    "hard": {"noise": 1.6, "propagate": 0.9, "surges": 2.0},
+    # noise: metric noise scale; propagate: chance a failed call fails its caller (per hop);
+    # surges: benign traffic surges per 2 h; severity: fault magnitude scale; noisy: services with
+    # 3x metric noise and 4x background errors; distractors: chance of an innocent deploy just
+    # before each fault; events: benign change events per hour
+    "easy": {"noise": 0.5, "propagate": 0.5, "surges": 0.0, "severity": 1.4, "noisy": 0, "distractors": 0.0, "events": 1.0},
+    "realistic": {"noise": 1.0, "propagate": 0.7, "surges": 1.0, "severity": 1.0, "noisy": 1, "distractors": 0.3, "events": 2.0},
+    "hard": {"noise": 1.6, "propagate": 0.9, "surges": 2.0, "severity": 0.6, "noisy": 3, "distractors": 0.7, "events": 3.0},
 }
+BACKGROUND_ERROR_RATE = 0.002
 
 
 @dataclass
@@ -56,6 +67,7 @@ class SynthConfig:
     warmup_fraction: float = 0.4
     preset: str = "realistic"
     background_logs_per_minute: float = 20.0
+    overlap: bool = False
     topology_file: str | None = None
 
     @classmethod
@@ -75,6 +87,12 @@ class SynthConfig:
             raise ConfigError(f"synth: --services must be at least 4, got {self.services}")
         if self.faults < 0 or self.requests_per_minute <= 0:
             raise ConfigError("synth: faults must be >= 0 and requests_per_minute > 0")
+        try:
+            total, length = parse_duration(self.duration), parse_duration(self.fault_duration)
+            if self.faults:
+                fault_slot(int(total.value * (1 - self.warmup_fraction)), self.faults, length.value, self.overlap)
+        except ValueError as exc:
+            raise ConfigError(f"synth: {exc}") from None
 
 
 def _progress(message: str, quiet: bool) -> None:
@@ -104,53 +122,69 @@ def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
     times = arrival_times(start, minutes, config.requests_per_minute, surges, rng)
     _progress(f"{len(topology.services)} services, {times.size} requests", quiet)
     spans = expand_requests(topology, templates, times, rng)
-    faults = schedule_faults(topology, config.faults, config.fault_types, start.value, end.value,
-                             config.warmup_fraction, fault_length.value, rng)
+    try:
+        faults = schedule_faults(topology, spans, config.faults, config.fault_types, start.value, end.value,
+                                 config.warmup_fraction, fault_length.value, preset["severity"], config.overlap, rng)
+    except ValueError as exc:
+        raise ConfigError(f"synth: {exc}") from None
+    timeouts = endpoint_timeouts(spans, len(topology.endpoint_name))
+    noise, background = _noisy_services(topology, preset, rng)
+
     masks = fault_masks(spans, faults)
-    apply_self_time(spans, faults, masks, topology)
-    duration, start_ns = durations_and_starts(spans)
-    status, own_error = status_codes(spans, faults, masks, preset["propagate"], rng)
+    cause = own_error_causes(spans, faults, masks, background, rng)
+    spans, source = add_retries(spans, retry_roots(spans, cause, np.array(topology.roles), rng), topology.instances, rng)
+    masks = fault_masks(spans, faults)
+    cause = np.where(spans.is_retry, own_error_causes(spans, faults, masks, background, rng), cause[source])
+    apply_effects(spans, faults, masks, topology, rng)
+    outcome = resolve_calls(spans, CAUSE_STATUS[cause], timeouts, preset["propagate"], rng)
+    changed = [changed_spans(spans, f, m, cause, outcome.error) for f, m in zip(faults, masks, strict=True)]
+    label = np.any(changed, axis=0) if faults else np.zeros(spans.size, bool)
 
-    changed_by_fault = []
-    for fault, hit in zip(faults, masks, strict=True):
-        changed = hit & own_error if fault.type == "error_burst" else hit.copy()
-        for d in range(int(spans.depth.max()), 0, -1):  # callers of a changed span changed too
-            level = np.flatnonzero((spans.depth == d) & changed & ~spans.is_async)
-            if fault.type == "error_burst":
-                level = level[status[spans.parent[level]] >= 500]
-            changed[spans.parent[level]] = True
-        changed_by_fault.append(changed)
-    label = np.any(changed_by_fault, axis=0) if faults else np.zeros(spans.request.size, bool)
-
-    _progress(f"{spans.request.size} spans", quiet)
-    trace = _span_frame(topology, spans, times, duration, start_ns, status, label, rng)
-    failed_child, slow_child, slow_limit = _child_problems(spans, status, duration)
+    _progress(f"{spans.size} spans", quiet)
+    trace = _span_frame(topology, spans, times, outcome.duration, outcome.start_ns, outcome.status, label, rng)
     logs = pd.concat([
-        span_logs(trace, topology, own_error, failed_child, slow_child, slow_limit, rng),
+        span_logs(trace, topology, cause, caller_problems(spans, outcome), rng),
         background_logs(topology, start.value, end.value, config.background_logs_per_minute, rng),
+        fault_logs(topology, faults, rng),
     ], ignore_index=True).sort_values("timestamp", kind="stable").reset_index(drop=True)
     _progress(f"{len(logs)} log lines", quiet)
 
     golden = golden_signals(trace, interval, start, end)
-    resources = resource_metrics(golden, topology, faults, preset["noise"], rng)
+    resources = resource_metrics(golden, topology, faults, noise, rng)
     metrics = to_long(golden.join(resources))
     truth_faults = [f.to_truth(topology, affected_services(spans, m, c, topology))
-                    for f, m, c in zip(faults, masks, changed_by_fault, strict=True)]
+                    for f, m, c in zip(faults, masks, changed, strict=True)]
     metrics["label"] = _metric_labels(metrics, truth_faults)
-    events = _events(topology, start, end, rng)
+    events = pd.concat([benign_events(topology, start.value, end.value, preset["events"], rng),
+                        fault_events(topology, faults, preset["distractors"], rng)], ignore_index=True)
+    events = events[(events["timestamp"] >= start) & (events["timestamp"] < end)]
+    events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
     truth = {
         "faults": truth_faults,
         "generator": {"seed": config.seed, "preset": config.preset, "services": topology.services,
                       "roles": topology.roles, "edges": sorted(map(list, topology.service_edges())),
+                      "noisy_services": [topology.services[i] for i in np.flatnonzero(noise > preset["noise"])],
                       "surges": [{"start": (start + pd.Timedelta(minutes=s)).isoformat(), "minutes": n, "factor": round(f, 2)}
                                  for s, n, f in surges]},
     }
     return MeltBundle(metrics=metrics, logs=logs, traces=trace.drop(columns="_service_index"), events=events, truth=truth)
 
 
-def _span_frame(topology: Topology, spans, times, duration, start_ns, status, label, rng) -> pd.DataFrame:
+def _noisy_services(topology: Topology, preset: dict[str, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per service: metric noise scale and background error rate; a few distractor services get more of both."""
+    noise = np.full(len(topology.services), preset["noise"])
+    background = np.full(len(topology.services), BACKGROUND_ERROR_RATE)
+    candidates = np.flatnonzero(np.array(topology.roles) == "service")
+    noisy = rng.choice(candidates, size=min(int(preset["noisy"]), candidates.size), replace=False)
+    noise[noisy] *= 3
+    background[noisy] *= 4
+    return noise, background
+
+
+def _span_frame(topology: Topology, spans: SpanArrays, times: np.ndarray, duration: np.ndarray, start_ns: np.ndarray,
+                status: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     trace_ids = random_ids(rng, times.size, words=2)
-    span_ids = random_ids(rng, spans.request.size)
+    span_ids = random_ids(rng, spans.size)
     services = np.array(topology.services)[spans.service]
     names = np.array(topology.endpoint_name)[spans.endpoint]
     method = np.where(np.char.startswith(names.astype(str), "GET"), "GET", "POST")
@@ -168,26 +202,10 @@ def _span_frame(topology: Topology, spans, times, duration, start_ns, status, la
         "attr.http.method": method,
         "attr.http.response.status_code": status,
         "attr.k8s.pod.name": np.char.add(np.char.add(services.astype(str), "-"), spans.instance.astype(str)),
+        "attr.retry": spans.is_retry.astype(int),
         "label": label.astype(int),
         "_service_index": spans.service,
     })
-
-
-def _child_problems(spans, status: np.ndarray, duration: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per span: the service of a failed sync child and of an abnormally slow sync child (or -1)."""
-    n = spans.request.size
-    failed_child = np.full(n, -1)
-    slow_child = np.full(n, -1)
-    slow_limit = np.zeros(n)
-    child = np.flatnonzero((spans.parent >= 0) & ~spans.is_async)
-    failed = child[status[child] >= 500]
-    failed_child[spans.parent[failed]] = spans.service[failed]
-    typical = pd.Series(duration).groupby(spans.endpoint).transform("median").to_numpy()
-    limit = np.maximum(5 * typical, typical + 50)
-    slow = child[duration[child] > limit[child]]
-    slow_child[spans.parent[slow]] = spans.service[slow]
-    slow_limit[spans.parent[slow]] = limit[slow]
-    return failed_child, slow_child, slow_limit
 
 
 def _metric_labels(metrics: pd.DataFrame, faults: list[dict[str, Any]]) -> np.ndarray:
@@ -196,17 +214,3 @@ def _metric_labels(metrics: pd.DataFrame, faults: list[dict[str, Any]]) -> np.nd
         window = (metrics["timestamp"] >= pd.Timestamp(fault["start"]).floor("min")) & (metrics["timestamp"] < pd.Timestamp(fault["end"]))
         label |= (window & metrics["service"].isin(fault["affected_services"])).to_numpy().astype(int)
     return label
-
-
-def _events(topology: Topology, start: pd.Timestamp, end: pd.Timestamp, rng: np.random.Generator) -> pd.DataFrame:
-    """Benign change events: deploys, config changes and scaling, spread over the period."""
-    hours = max((end - start) / pd.Timedelta(hours=1), 1.0)
-    n = int(rng.poisson(2 * hours)) + 1
-    services = np.array(topology.services)[rng.integers(0, len(topology.services), n)]
-    kind = rng.choice(np.array(["deploy", "config_change", "scale"]), n, p=[0.5, 0.3, 0.2])
-    version = np.char.add("1.", rng.integers(0, 30, n).astype(str))
-    message = np.where(kind == "deploy", np.char.add("Deployed version ", version),
-                       np.where(kind == "config_change", "Updated configmap settings", "Scaled replicas"))
-    times = pd.to_datetime(np.sort(rng.integers(start.value, end.value, n)), utc=True)
-    return pd.DataFrame({"timestamp": times, "service": services, "kind": kind, "message": message,
-                         "attributes": '{"benign": true}'})

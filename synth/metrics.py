@@ -1,8 +1,9 @@
 """Per-instance metrics at a fixed interval, derived from the same simulation as the spans.
 
 Golden signals (request rate, error rate, latency p50/p95/p99) are aggregated from the spans.
-Resource metrics (CPU, memory, GC pause, connection pool) follow load, with daily seasonality,
-autocorrelated noise and the resource effects of faults (CPU saturation pins one pod's CPU).
+Resource metrics (CPU, memory, GC pause, connection pool, queue depth) follow load, with daily
+seasonality, autocorrelated noise and the resource effects of faults: CPU saturation pins one pod's
+CPU, a memory leak grows the heap and GC pauses until the OOM kill, pool exhaustion pins the pool.
 """
 
 from __future__ import annotations
@@ -33,15 +34,21 @@ def golden_signals(spans: pd.DataFrame, interval: pd.Timedelta, start: pd.Timest
     return wide[["request_rate", "error_rate", "latency_p50", "latency_p95", "latency_p99"]]
 
 
-def resource_metrics(golden: pd.DataFrame, topology: Topology, faults: list[Fault], noise: float,
+def resource_metrics(golden: pd.DataFrame, topology: Topology, faults: list[Fault], noise: np.ndarray,
                      rng: np.random.Generator) -> pd.DataFrame:
-    """CPU %, memory MB, GC pause ms and pool usage per (service, instance, bucket)."""
+    """CPU %, memory MB, GC pause ms, connection-pool use and queue depth per (service, instance, bucket).
+
+    Args:
+        noise: per service, the scale of its metric noise (noisy services are distractors).
+    """
     index = golden.index
     n = len(index)
     services = index.get_level_values(0).to_numpy()
     pods = index.get_level_values(1).to_numpy()
-    times = index.get_level_values(2)
+    times = pd.DatetimeIndex(index.get_level_values(2)).as_unit("ns")
+    t_ns = times.asi8
     service_index = pd.Index(topology.services).get_indexer(services)
+    scale = noise[service_index]
     rate = golden["request_rate"].to_numpy()
     typical = pd.Series(rate).groupby(pods).transform("median").to_numpy() + 1e-3
     load = rate / typical
@@ -51,21 +58,34 @@ def resource_metrics(golden: pd.DataFrame, topology: Topology, faults: list[Faul
     hour = (times.hour + times.minute / 60).to_numpy()
     daily = np.sin(2 * np.pi * (hour - 9) / 24)
     base_cpu = 15 + 25 * ((service_index * 7919) % 13) / 13
-    cpu = base_cpu * (0.6 + 0.4 * load) + 3 * daily + noise * 4 * ar
-    memory = 400 + 60 * ((service_index * 104729) % 11) + 20 * load + noise * 8 * ar + rng.normal(0, 2, n)
+    cpu = base_cpu * (0.6 + 0.4 * load) + 3 * daily + scale * 4 * ar
+    memory = 400 + 60 * ((service_index * 104729) % 11) + 20 * load + scale * 8 * ar + rng.normal(0, 2, n)
+    gc_factor = np.ones(n)
+    pool_size = np.where(np.array(topology.roles)[service_index] == "db", 100, 50)
+    pool_share = np.clip(0.15 * load + 0.04 * scale * ar + rng.normal(0, 0.02, n), 0, 1)
     for fault in faults:
-        if fault.type != "cpu_saturation":
-            continue
         name = topology.services[fault.service]
-        window = (times.asi8 >= fault.start - 60e9) & (times.asi8 < fault.end)
-        hit = (services == name) & (pods == f"{name}-{fault.instance}") & window
-        cpu[hit] = np.maximum(cpu[hit], 0) + (100 - np.maximum(cpu[hit], 0)) * 0.85
+        window = (t_ns >= fault.start - 60_000_000_000) & (t_ns < fault.end)
+        pod = (pods == f"{name}-{fault.instance}") if fault.instance is not None else services == name
+        hit = pod & window
+        if fault.type == "cpu_saturation":
+            cpu[hit] = np.maximum(cpu[hit], 0) + (100 - np.maximum(cpu[hit], 0)) * 0.85
+        elif fault.type == "memory_leak":  # heap climbs to the limit, GC thrashes, then the OOM kill resets it
+            progress = np.clip((t_ns - fault.start) / (fault.leak_end - fault.start), 0, 1)
+            leaking = pod & (t_ns >= fault.start) & (t_ns < fault.leak_end)
+            memory[leaking] += 1600 * progress[leaking]
+            gc_factor[leaking] *= 1 + 8 * progress[leaking] ** 2
+            cpu[leaking] += 20 * progress[leaking]
+            restarting = pod & (t_ns >= fault.leak_end) & (t_ns < fault.end)
+            memory[restarting] *= 0.6
+        elif fault.type == "pool_exhaustion":  # the database's pool is pinned; callers queue for it
+            pool_share[hit] = np.maximum(pool_share[hit], rng.uniform(0.97, 1.0, int(hit.sum())))
     cpu = np.clip(cpu + rng.normal(0, 0.5, n), 0, 100)
-    gc_pause = np.exp(rng.normal(np.log(4 + 0.08 * cpu), 0.25))
-    pool_size = 50
-    pool_used = np.clip(pool_size * 0.15 * load + 2 * ar * noise + rng.normal(0, 1, n), 0, pool_size)
-    return pd.DataFrame({"cpu_usage": cpu, "memory_usage": memory, "gc_pause_ms": gc_pause, "conn_pool_used": pool_used},
-                        index=index)
+    gc_pause = np.exp(rng.normal(np.log((4 + 0.08 * cpu) * gc_factor), 0.25))
+    # Little's law: requests in flight = arrival rate x time in system
+    queue_depth = np.maximum(rate * np.nan_to_num(golden["latency_p50"].to_numpy()) / 1000 * (1 + 0.05 * scale * ar), 0)
+    return pd.DataFrame({"cpu_usage": cpu, "memory_usage": memory, "gc_pause_ms": gc_pause,
+                         "conn_pool_used": np.round(pool_share * pool_size), "queue_depth": queue_depth}, index=index)
 
 
 def to_long(wide: pd.DataFrame) -> pd.DataFrame:

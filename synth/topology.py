@@ -101,13 +101,17 @@ def random_topology(n_services: int, endpoints_per_service: int, rng: np.random.
 
     endpoint_service: list[int] = []
     endpoint_name: list[str] = []
+    nouns = sorted({names[s].split("-")[0] for s in mids})
     for s, role in enumerate(roles):
         ops = OPERATIONS.get(role)
-        if ops is None:
+        if role == "gateway":  # one public route per request type; big systems have many, each touching a few services
+            routes = [f"{'GET' if v in ('get', 'list', 'query') else 'POST'} /api/v1/{noun}/{v}" for noun in nouns for v in VERBS]
+            n_routes = min(max(endpoints_per_service, len(mids) // 2), len(routes))
+            ops = sorted(rng.choice(routes, size=n_routes, replace=False))
+        elif ops is None:
             noun = names[s].split("-")[0]
             ops = [f"{'GET' if v in ('get', 'list', 'query') else 'POST'} /api/{noun}/{v}" for v in VERBS]
-            ops = list(rng.choice(ops, size=min(endpoints_per_service, len(ops)), replace=False))
-            ops = sorted(ops)
+            ops = sorted(rng.choice(ops, size=min(endpoints_per_service, len(ops)), replace=False))
         endpoint_service += [s] * len(ops)
         endpoint_name += list(ops)
     ep_service = np.array(endpoint_service)
@@ -116,16 +120,19 @@ def random_topology(n_services: int, endpoints_per_service: int, rng: np.random.
     def endpoints_of(services: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(ep_service, services))
 
-    # every non-gateway service gets at least one caller in a shallower layer
+    # every endpoint gets a caller that is itself reached, in a shallower layer, so no endpoint is dead
+    reached = set(endpoints_of(np.flatnonzero(role_arr == "gateway")).tolist())
     for s in np.argsort(layers, kind="stable"):
         if roles[s] == "gateway":
             continue
-        shallower = np.flatnonzero((layers < layers[s]) & np.isin(role_arr, ["gateway", "frontend", "service"]))
-        if roles[s] == "service" and layers[s] == 1:
-            shallower = np.flatnonzero(np.isin(role_arr, ["gateway", "frontend"]))
-        caller_ep = int(rng.choice(endpoints_of(shallower)))
-        callee_ep = int(rng.choice(endpoints_of(np.array([s]))))
-        calls[caller_ep].append((callee_ep, 1.0, roles[s] == "queue"))
+        app = np.isin(role_arr, ["gateway", "frontend"] if roles[s] == "service" and layers[s] == 1
+                      else ["gateway", "frontend", "service"])
+        shallower = endpoints_of(np.flatnonzero((layers < layers[s]) & app))
+        callers = np.array([ep for ep in shallower if ep in reached])
+        for callee_ep in endpoints_of(np.array([s])):
+            caller_ep = int(rng.choice(callers))
+            calls[caller_ep].append((int(callee_ep), 1.0, roles[s] == "queue"))
+            reached.add(int(callee_ep))
     # extra fan-out: each mid-tier endpoint calls 0-2 deeper endpoints, some optional
     for ep, s in enumerate(ep_service):
         if roles[s] not in ("gateway", "frontend", "service"):

@@ -3,8 +3,8 @@
 Each gateway endpoint expands once into a call-tree *template* (arrays in pre-order). A request
 copies its template's arrays; optional calls are dropped with their subtree; self times are
 heavy-tailed (log-normal body, Pareto tail); a span's duration is its self time plus its
-synchronous children's durations, aggregated level by level from the leaves up. No Python loop
-runs per span: loops run per template or per tree depth only.
+synchronous children's durations (``synth.calls``). No Python loop runs per span: loops run per
+template or per tree depth only.
 """
 
 from __future__ import annotations
@@ -32,24 +32,26 @@ class CallTemplate:
 
 
 def build_templates(topology: Topology) -> list[CallTemplate]:
-    """Expand each gateway endpoint into its call tree (pre-order)."""
+    """Expand each gateway endpoint into its call tree, in pre-order (every subtree is contiguous)."""
     templates = []
     for root in topology.roots():
-        endpoint, parent, depth, prob, is_async = [int(root)], [-1], [0], [1.0], [False]
-        stack = [(0, int(root))]
+        endpoint: list[int] = []
+        parent: list[int] = []
+        depth: list[int] = []
+        prob: list[float] = []
+        is_async: list[bool] = []
+        stack = [(int(root), -1, 0, 1.0, False)]
         while stack:
-            node, ep = stack.pop()
-            if depth[node] >= MAX_DEPTH:
+            ep, up, level, p, asy = stack.pop()
+            if level > MAX_DEPTH:
                 raise ConfigError(f"topology: call chain deeper than {MAX_DEPTH} at '{topology.endpoint_name[ep]}' (a cycle?)")
-            children = []
-            for callee, p, asy in topology.calls[ep]:
-                children.append(len(endpoint))
-                endpoint.append(callee)
-                parent.append(node)
-                depth.append(depth[node] + 1)
-                prob.append(p)
-                is_async.append(asy)
-            stack.extend((c, endpoint[c]) for c in reversed(children))
+            node = len(endpoint)
+            endpoint.append(ep)
+            parent.append(up)
+            depth.append(level)
+            prob.append(p)
+            is_async.append(asy)
+            stack.extend((callee, node, level + 1, cp, ca) for callee, cp, ca in reversed(topology.calls[ep]))
         templates.append(CallTemplate(np.array(endpoint), np.array(parent), np.array(depth), np.array(prob), np.array(is_async)))
     return templates
 
@@ -73,7 +75,7 @@ def arrival_times(start: pd.Timestamp, minutes: int, rate_per_minute: float, sur
 
 @dataclass
 class SpanArrays:
-    """Flat arrays of every span of every request (one row per span)."""
+    """Flat arrays of every span of every request (one row per span, pre-order within a request)."""
 
     request: np.ndarray  # request (trace) index
     parent: np.ndarray  # global span index of the parent, -1 at roots
@@ -84,6 +86,23 @@ class SpanArrays:
     is_async: np.ndarray
     self_ms: np.ndarray
     request_time: np.ndarray  # ns, the trace's arrival time
+    gap_ms: np.ndarray | None = None  # wait before the call starts (network delay, pool wait)
+    is_retry: np.ndarray | None = None  # the span is a retried copy of a failed call
+    retried: np.ndarray | None = None  # the call failed and its caller retried it
+
+    def __post_init__(self) -> None:
+        n = self.request.size
+        self.gap_ms = np.zeros(n) if self.gap_ms is None else self.gap_ms
+        self.is_retry = np.zeros(n, bool) if self.is_retry is None else self.is_retry
+        self.retried = np.zeros(n, bool) if self.retried is None else self.retried
+
+    @property
+    def size(self) -> int:
+        return int(self.request.size)
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depth.max()) if self.size else 0
 
 
 def expand_requests(topology: Topology, templates: list[CallTemplate], times: np.ndarray,
@@ -126,26 +145,3 @@ def expand_requests(topology: Topology, templates: list[CallTemplate], times: np
     tail = np.where(rng.random(request.size) < 0.01, rng.pareto(2.5, request.size) * 4 + 1, 1.0)
     self_ms = topology.base_latency_ms[service] * body * tail
     return SpanArrays(request, parent, endpoint, service, instance, depth, is_async, self_ms, times[request])
-
-
-def durations_and_starts(spans: SpanArrays) -> tuple[np.ndarray, np.ndarray]:
-    """Durations (ms) and start times (ns since epoch).
-
-    Duration = own work + synchronous children; children start after 20% of the parent's own work,
-    one after the other. Async children start like sync ones but do not extend their caller.
-    """
-    duration = spans.self_ms.copy()
-    max_depth = int(spans.depth.max())
-    sync = ~spans.is_async
-    for d in range(max_depth, 0, -1):
-        level = np.flatnonzero((spans.depth == d) & sync)
-        np.add.at(duration, spans.parent[level], duration[level] + 0.05)
-    # exclusive cumulative sum of earlier synchronous siblings' durations
-    frame = pd.DataFrame({"parent": spans.parent, "step": np.where(sync, duration + 0.05, 0.0)})
-    before = frame.groupby("parent", sort=False)["step"].cumsum().to_numpy() - frame["step"].to_numpy()
-    offset_ms = np.zeros(spans.request.size)  # relative to the request, so ns precision survives
-    for d in range(1, max_depth + 1):
-        level = np.flatnonzero(spans.depth == d)
-        p = spans.parent[level]
-        offset_ms[level] = offset_ms[p] + 0.2 * spans.self_ms[p] + before[level]
-    return duration, spans.request_time + np.round(offset_ms * 1e6).astype(np.int64)

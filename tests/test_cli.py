@@ -94,3 +94,24 @@ def test_detect_fits_on_a_separate_training_bundle(tiny_dir, tmp_path) -> None:
     both = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--train", str(tiny_dir), "--model",
                                     str(tmp_path), "--out", str(tmp_path)])
     assert both.exit_code == 2 and "either --train or --model" in both.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fault-types", "latency,bogus"], "unknown fault type 'bogus'"),
+    (["--duration", "30m", "--faults", "5"], "do not fit after the warm-up"),
+    (["--preset", "realistic", "--topology", "missing.yaml"], "topology file not found"),
+])
+def test_generate_rejects_bad_settings_with_one_line(args, message, tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["generate", "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_generate_flags_reach_the_generator(tmp_path) -> None:
+    out = tmp_path / "g"
+    result = CliRunner().invoke(cli, ["generate", "--out", str(out), "--duration", "40m", "--services", "6",
+                                      "--faults", "2", "--fault-types", "bad_deploy,memory_leak", "--fault-duration", "5m",
+                                      "--requests-per-minute", "20", "--overlap"])
+    assert result.exit_code == 0, result.output
+    truth = json.loads((out / "truth.json").read_text())
+    assert [f["type"] for f in truth["faults"]] == ["bad_deploy", "memory_leak"]

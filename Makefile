@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= data/demo
 REPORTS?= out/demo-reports
+DATA   ?= ../shared/data
 
 .PHONY: demo test bench lint clean
 
@@ -29,6 +30,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_speed.py
 	$(BIN)/python benchmarks/pipeline_synth.py
+	$(BIN)/python benchmarks/metrics_synth.py quality
+	$(BIN)/python benchmarks/metrics_synth.py speed
+	@if [ -d "$(DATA)/skab" ]; then $(BIN)/python benchmarks/metrics_skab.py $(DATA)/skab; \
+	else echo "skipping SKAB: no $(DATA)/skab (set DATA=path/to/shared/data)"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

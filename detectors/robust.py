@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import pandas as pd
 
@@ -9,8 +11,14 @@ MAD_TO_SIGMA = 1.4826
 
 
 def robust_baseline(values: pd.Series, keys: list[pd.Series] | pd.Series, rel_floor: float = 0.02,
-                    abs_floor: float = 1e-6) -> pd.DataFrame:
-    """Per group: median, MAD-based sigma (floored so constant series do not divide by zero), count."""
+                    abs_floor: float = 1e-6, tail_quantile: float | None = None) -> pd.DataFrame:
+    """Per group: median, MAD-based sigma (floored so constant series do not divide by zero), count.
+
+    ``tail_quantile`` (e.g. 0.99) also floors sigma so that the group's own training deviation at
+    that quantile scores as that quantile of a normal: a series that is zero 98% of the time (an
+    error rate) then gets a scale from its non-zero points instead of the absolute floor, and its
+    ordinary blips do not score in the tens of thousands.
+    """
     frame = pd.DataFrame({"value": values.to_numpy(dtype=float)})
     keys = keys if isinstance(keys, list) else [keys]
     names = []
@@ -22,6 +30,10 @@ def robust_baseline(values: pd.Series, keys: list[pd.Series] | pd.Series, rel_fl
     median = grouped.median()
     mad = (frame["value"] - grouped.transform("median")).abs().groupby([frame[n] for n in names], observed=True).median()
     sigma = np.maximum(mad * MAD_TO_SIGMA, np.maximum(median.abs() * rel_floor, abs_floor))
+    if tail_quantile is not None:
+        deviation = (frame["value"] - grouped.transform("median")).abs()
+        tail = deviation.groupby([frame[n] for n in names], observed=True).quantile(tail_quantile)
+        sigma = np.maximum(sigma, tail / NormalDist().inv_cdf((1 + tail_quantile) / 2))
     return pd.DataFrame({"median": median, "sigma": sigma, "count": grouped.count()})
 
 

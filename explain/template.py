@@ -49,6 +49,14 @@ def _range(item: dict[str, Any]) -> tuple[str, str]:
     return "?", "?"
 
 
+def _inside_expected_range(item: dict[str, Any]) -> bool:
+    """A multivariate detector's top metric can be normal on its own; such a value names no cause."""
+    rng, value = item.get("expected_range"), item.get("value")
+    if not isinstance(rng, list | tuple) or len(rng) != 2 or not isinstance(value, int | float):
+        return False
+    return bool(rng[0] <= value <= rng[1])
+
+
 def suggested_causes(facts: dict[str, Any]) -> list[str]:
     """One cause per distinct signature of the top candidate's evidence, strongest first."""
     if not facts["top_causes"]:
@@ -57,7 +65,7 @@ def suggested_causes(facts: dict[str, Any]) -> list[str]:
     causes: list[str] = []
     seen: set[str] = set()
     for item in facts["evidence"]:
-        if item["service"] != top:
+        if item["service"] != top or _inside_expected_range(item):
             continue
         signature = _signature(item)
         if signature in seen:

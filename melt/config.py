@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "window": Duration("1m"),
         "threshold": 4.0,
         "combiner": "max",
-        "weights": FreeMap(),
+        "weights": FreeMap({"zscore": 0.67, "iforest": 0.67, "lstm_ae": 0.5}),
         "min_signals": 1,
         "merge_gap": Duration("5m"),
         "min_alerts": 2,

@@ -79,9 +79,16 @@ class Detector:
         """Fit, then learn the calibration from the scores of the training data."""
         self.require(bundle)
         self.fit(bundle)
-        raw = self._checked(self.score(bundle))
-        self.calibrator_ = ScoreCalibrator().fit(raw["score"].to_numpy())
+        self.calibrator_ = ScoreCalibrator().fit(self.calibration_scores(bundle))
         return self
+
+    def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:
+        """Raw scores the calibration is learned from: by default the training data's own scores.
+
+        Detectors that fit their training data closely (neural networks) override this to return
+        scores of data held out from ``fit``, or their thresholds come out too low.
+        """
+        return self._checked(self.score(bundle))["score"].to_numpy()
 
     def detect(self, bundle: MeltBundle) -> pd.DataFrame:
         """Score ``bundle`` and calibrate: ``score`` is calibrated, ``raw_score`` is what ``score`` gave."""

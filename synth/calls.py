@@ -92,6 +92,7 @@ class CallOutcome:
     timed_out: np.ndarray  # its caller gave up waiting for it
     child_timed_out: np.ndarray  # it gave up waiting for a child
     failed_child: np.ndarray  # index of a failed (and not retried) synchronous child, or -1
+    cancelled: np.ndarray  # cut at a caller's deadline (it, or a caller above it, timed out)
 
     @property
     def error(self) -> np.ndarray:
@@ -172,4 +173,4 @@ def resolve_calls(spans: SpanArrays, own_status: np.ndarray, timeout_ms: np.ndar
         offset[level] = np.minimum(offset[level], limit)
     status = np.select([own_status > 0, cancelled | child_timed_out, error], [own_status, 504, 500], 200)
     start_ns = spans.request_time + np.round(offset * 1e6).astype(np.int64)
-    return CallOutcome(end - offset, start_ns, status, timed_out, child_timed_out, failed_child)
+    return CallOutcome(end - offset, start_ns, status, timed_out, child_timed_out, failed_child, cancelled)

@@ -138,6 +138,8 @@ def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
     apply_effects(spans, faults, masks, topology, rng)
     outcome = resolve_calls(spans, CAUSE_STATUS[cause], timeouts, preset["propagate"], rng)
     changed = [changed_spans(spans, f, m, cause, outcome.error) for f, m in zip(faults, masks, strict=True)]
+    for fault_changed, hit in zip(changed, masks, strict=True):  # deadlines cancel, and retries repeat, downstream work
+        fault_changed |= (outcome.cancelled | spans.is_retry) & np.isin(spans.request, np.unique(spans.request[hit]))
     label = np.any(changed, axis=0) if faults else np.zeros(spans.size, bool)
 
     _progress(f"{spans.size} spans", quiet)

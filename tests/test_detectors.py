@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -61,15 +62,21 @@ def test_score_does_not_mutate_state(name, fitted, split) -> None:
     detector = fitted[name]
     before = copy.deepcopy({k: v for k, v in detector.learned_state().items() if k != "miner_"})
     templates = detector.miner_.templates() if hasattr(detector, "miner_") else None
+    weights = {k: v.clone() for k, v in detector.network_.state_dict().items()} if hasattr(detector, "network_") else None
+    estimators = {k: pickle.dumps(v) for k, v in detector.learned_state().items() if hasattr(v, "get_params")}
     detector.detect(split[1])
     after = {k: v for k, v in detector.learned_state().items() if k != "miner_"}
     for key, value in before.items():
         if isinstance(value, pd.DataFrame | pd.Series):
             pd.testing.assert_frame_equal(pd.DataFrame(after[key]), pd.DataFrame(value))
+        elif key in estimators:  # a fitted scikit-learn estimator: compare what it learned
+            assert pickle.dumps(after[key]) == estimators[key], key
         else:
             assert after[key] == value, key
     if templates is not None:
         assert detector.miner_.templates() == templates
+    if weights is not None:
+        assert all((detector.network_.state_dict()[k] == v).all() for k, v in weights.items())
 
 
 @pytest.mark.parametrize("name", BUILTINS)

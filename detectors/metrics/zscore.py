@@ -1,8 +1,11 @@
 """Robust z-score per (service, instance, metric) series against a median/MAD baseline.
 
 The classic robust outlier rule (Hampel 1974; Iglewicz & Hoaglin's modified z-score): median and
-MAD are not dragged by the outliers they must find. The score is |x - median| / (1.4826 MAD).
-Seasonal baselines (STL) arrive with the metric-detector issue; this version is the reference.
+MAD are not dragged by the outliers they must find. The score is |x - expected| / (1.4826 MAD).
+When the training data covers at least ``min_seasons`` seasons (days, by default), the expected
+value is a seasonal profile, the median of the series at the same time of day (the robust
+profile behind STL's seasonal step, Cleveland et al. 1990), and the MAD is taken of the residuals,
+so a daily peak is not an anomaly. With less history, the expected value is the series median.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
+from detectors.metrics.matrix import smooth
 from detectors.robust import robust_baseline, severity_direction
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
+from melt.timeutil import parse_duration
 
 
 class RobustZScore(Detector):
@@ -24,15 +29,30 @@ class RobustZScore(Detector):
         expected_sigmas: half-width of ``expected_range`` in robust sigmas.
         min_points: series with fewer training points are not scored.
         rel_floor: scale floor as a share of the median, so near-constant series do not explode.
+        season: length of the seasonal cycle; ``profile_bucket`` the time-of-day resolution of the profile.
+        min_seasons: seasons of training data needed before the seasonal profile is used.
+        smooth_window: the score is the trailing median of |z| over this many points of the series,
+            so a lone one-point blip (a p99 of three requests) does not alert; 1 = off.
     """
 
     name = "zscore"
     signal = "metrics"
 
-    def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05) -> None:
+    def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
+                 season: str = "1d", profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3) -> None:
         self.expected_sigmas = expected_sigmas
         self.min_points = min_points
         self.rel_floor = rel_floor
+        self.season = season
+        self.profile_bucket = profile_bucket
+        self.min_seasons = min_seasons
+        self.smooth_window = smooth_window
+
+    def _phase(self, timestamps: pd.Series) -> np.ndarray:
+        """Index of each time's bucket within the season (e.g. the half hour of the day)."""
+        ns = pd.to_datetime(timestamps, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+        season, bucket = parse_duration(self.season).value, parse_duration(self.profile_bucket).value
+        return (ns % season) // bucket
 
     @staticmethod
     def _keys(frame: pd.DataFrame) -> list[pd.Series]:
@@ -41,12 +61,30 @@ class RobustZScore(Detector):
 
     def fit(self, bundle: MeltBundle) -> Self:
         frame = self.require(bundle).dropna(subset=["value"])
-        baseline = robust_baseline(frame["value"], self._keys(frame), rel_floor=self.rel_floor)
+        keys = self._keys(frame)
+        baseline = robust_baseline(frame["value"], keys, rel_floor=self.rel_floor, tail_quantile=0.99)
+        self.profile_: pd.Series | None = None
+        span = frame["timestamp"].max() - frame["timestamp"].min() if len(frame) else pd.Timedelta(0)
+        if len(frame) and span >= parse_duration(self.season) * self.min_seasons:
+            phase = pd.Series(self._phase(frame["timestamp"]), index=frame.index, name="phase")
+            profile = frame["value"].groupby([*keys, phase], observed=True).median()
+            expected = profile.reindex(pd.MultiIndex.from_arrays([*keys, phase])).to_numpy()
+            residual = robust_baseline(pd.Series(frame["value"].to_numpy() - expected), keys, rel_floor=0.0, tail_quantile=0.99)
+            floor = np.maximum(baseline["median"].abs() * self.rel_floor, 1e-6)
+            baseline["sigma"] = np.maximum(residual["sigma"].reindex(baseline.index).to_numpy(), floor)
+            self.profile_ = profile
+        # a series that never moved in training (an error rate of 0) borrows half the typical scale
+        # of its metric, so its first blip scores in the tens, not the hundreds of thousands
+        metric = baseline.index.get_level_values("metric")
+        moving = baseline["sigma"] > baseline["median"].abs() * self.rel_floor + 1e-6
+        typical = baseline["sigma"].where(moving).groupby(metric).median().reindex(metric).to_numpy()
+        borrowed = np.fmax(baseline["sigma"].to_numpy(), 0.5 * typical)
+        baseline["sigma"] = np.where(moving.to_numpy(), baseline["sigma"].to_numpy(), borrowed)
         self.baseline_ = baseline[baseline["count"] >= self.min_points]
         return self
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
-        frame = self.require(bundle).dropna(subset=["value"])
+        frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
         if frame.empty:
             return empty_scores()
         keys = pd.MultiIndex.from_arrays([k.to_numpy() for k in self._keys(frame)], names=["service", "instance", "metric"])
@@ -55,8 +93,14 @@ class RobustZScore(Detector):
         frame = frame[known]
         median = stats["median"].to_numpy()[known]
         sigma = stats["sigma"].to_numpy()[known]
+        if self.profile_ is not None:
+            phase = self._phase(frame["timestamp"])
+            index = pd.MultiIndex.from_arrays([*(k.to_numpy() for k in self._keys(frame)), phase])
+            seasonal = self.profile_.reindex(index).to_numpy()
+            median = np.where(np.isnan(seasonal), median, seasonal)
         value = frame["value"].to_numpy()
         z = (value - median) / sigma
+        series = pd.MultiIndex.from_arrays([k.to_numpy() for k in self._keys(frame)]).factorize()[0]
         low, high = median - self.expected_sigmas * sigma, median + self.expected_sigmas * sigma
         direction = severity_direction(z)
         instance = frame["instance"].fillna("").to_numpy() if "instance" in frame.columns else np.full(len(frame), "")
@@ -71,6 +115,6 @@ class RobustZScore(Detector):
             "service": frame["service"].to_numpy(),
             "detector": self.name,
             "entity": frame["metric"].to_numpy(),
-            "score": np.abs(z),
+            "score": smooth(np.abs(z), series, self.smooth_window, how="median"),
             "evidence": evidence,
         })

@@ -1,0 +1,211 @@
+"""LSTM autoencoder over sliding windows of a unit's metrics (Malhotra et al., 2016, "LSTM-based
+encoder-decoder for multi-sensor anomaly detection"; the LSTM-AE of the SKAB leaderboard).
+
+Each (service, instance) unit gives one window per timestamp: the last ``window`` rows of its
+scaled metrics (padded with the unit's first row at its start). The encoder's last hidden state,
+projected to a small code, is repeated and decoded back to the window. The score of a timestamp is
+the squared reconstruction error of its row, averaged over metrics; the metrics with the largest
+errors are the evidence. One model is shared by all units. The last ``validation_fraction`` of the
+training period is held out for early stopping and for calibration, so thresholds do not come
+from data the network has memorised. CPU by default, a GPU when one is present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import pandas as pd
+
+from detectors.metrics.matrix import (
+    fit_scaler,
+    scale,
+    scorable_wide,
+    score_frame,
+    smooth,
+    unit_codes,
+    wide_metrics,
+)
+from melt.bundle import MeltBundle
+from melt.detector import Detector, empty_scores
+
+
+def window_index(units: np.ndarray, window: int) -> np.ndarray:
+    """rows x window matrix of row indices: each row's last ``window`` rows in its unit, padded at the start."""
+    n = units.size
+    rows = np.arange(n)
+    first = pd.Series(rows).groupby(units, sort=False).transform("min").to_numpy()
+    offsets = np.arange(window) - (window - 1)
+    return np.maximum(rows[:, None] + offsets[None, :], first[:, None])
+
+
+class LSTMAutoencoder(Detector):
+    """Sequence-to-sequence LSTM autoencoder; reconstruction error is the anomaly score.
+
+    Args:
+        window: rows per window.
+        hidden: LSTM hidden size; ``latent`` the size of the code between encoder and decoder.
+        epochs: maximum epochs; ``patience`` epochs without validation improvement stop training.
+        batch_size, learning_rate: Adam settings.
+        max_train_windows: windows sampled for training (keeps big bundles to seconds per epoch).
+        validation_fraction: trailing share of the training period held out (early stopping, calibration).
+        smooth_window: trailing mean of the score over this many rows of a unit (1 = off).
+        expected_sigmas: half-width of ``expected_range`` in robust sigmas around the reconstruction.
+        device: "auto" (GPU if present), "cpu" or "cuda".
+        seed: seed of initialisation, sampling and shuffling.
+    """
+
+    name = "lstm_ae"
+    signal = "metrics"
+
+    def __init__(self, window: int = 10, hidden: int = 32, latent: int = 8, epochs: int = 40, patience: int = 4,
+                 batch_size: int = 128, learning_rate: float = 3e-3, max_train_windows: int = 20000,
+                 validation_fraction: float = 0.2, smooth_window: int = 3, expected_sigmas: float = 3.0,
+                 device: str = "auto", seed: int = 0) -> None:
+        self.window = window
+        self.hidden = hidden
+        self.latent = latent
+        self.epochs = epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.max_train_windows = max_train_windows
+        self.validation_fraction = validation_fraction
+        self.smooth_window = smooth_window
+        self.expected_sigmas = expected_sigmas
+        self.device = device
+        self.seed = seed
+
+    # ------------------------------------------------------------------ model
+    def _torch_device(self):
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _build(self, n_features: int):
+        import torch
+        from torch import nn
+
+        class Network(nn.Module):
+            def __init__(self, features: int, hidden: int, latent: int) -> None:
+                super().__init__()
+                self.encoder = nn.LSTM(features, hidden, batch_first=True)
+                self.to_code = nn.Linear(hidden, latent)
+                self.decoder = nn.LSTM(latent, hidden, batch_first=True)
+                self.output = nn.Linear(hidden, features)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                _, (h, _) = self.encoder(x)
+                code = self.to_code(h[-1]).unsqueeze(1).expand(-1, x.size(1), -1)
+                out, _ = self.decoder(code.contiguous())
+                return self.output(out)
+
+        torch.manual_seed(self.seed)
+        return Network(n_features, self.hidden, self.latent)
+
+    def _windows(self, wide: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z = scale(wide, self.scaler_, self.features_)
+        units = unit_codes(wide)
+        return z[window_index(units, self.window)].astype(np.float32), z, units
+
+    def _reconstruct(self, windows: np.ndarray) -> np.ndarray:
+        import torch
+
+        device = self._torch_device()
+        self.network_.to(device).eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(windows), 4096):
+                batch = torch.from_numpy(windows[start:start + 4096]).to(device)
+                out.append(self.network_(batch).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros_like(windows)
+
+    # ------------------------------------------------------------------ contract
+    def fit(self, bundle: MeltBundle) -> Self:
+        import torch
+
+        frame = self.require(bundle)
+        self.scaler_ = fit_scaler(frame)
+        self.features_ = sorted(frame["metric"].astype(str).unique())
+        wide = wide_metrics(frame)
+        windows, _, _ = self._windows(wide)
+        times = wide.index.get_level_values("timestamp")
+        self.holdout_start_ = times.min() + (times.max() - times.min()) * (1 - self.validation_fraction)
+        held_out = (times >= self.holdout_start_)
+        rng = np.random.default_rng(self.seed)
+        train = np.flatnonzero(~held_out)
+        if train.size > self.max_train_windows:
+            train = np.sort(rng.choice(train, self.max_train_windows, replace=False))
+        validation = np.flatnonzero(held_out)[: max(self.max_train_windows // 4, 1)]
+        device = self._torch_device()
+        network = self._build(len(self.features_)).to(device)
+        optimiser = torch.optim.Adam(network.parameters(), lr=self.learning_rate)
+        x_train = torch.from_numpy(windows[train]).to(device)
+        x_val = torch.from_numpy(windows[validation]).to(device) if validation.size else x_train
+        generator = torch.Generator().manual_seed(self.seed)
+        best, best_state, waited = np.inf, None, 0
+        self.history_: list[tuple[float, float]] = []
+        for _ in range(self.epochs):
+            network.train()
+            order = torch.randperm(len(x_train), generator=generator)
+            total = 0.0
+            for start in range(0, len(order), self.batch_size):
+                batch = x_train[order[start:start + self.batch_size].to(device)]
+                optimiser.zero_grad()
+                loss = torch.mean((network(batch) - batch) ** 2)
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach()) * len(batch)
+            network.eval()
+            with torch.no_grad():
+                val = float(torch.mean((network(x_val) - x_val) ** 2))
+            self.history_.append((total / max(len(x_train), 1), val))
+            if val < best - 1e-5:
+                best, waited = val, 0
+                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        if best_state is not None:
+            network.load_state_dict(best_state)
+        self.network_ = network.cpu()
+        return self
+
+    def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:
+        """Scores of the held-out tail of the training period (not seen by the optimiser)."""
+        scores = self._checked(self.score(bundle))
+        held_out = scores[scores["timestamp"] >= self.holdout_start_]
+        return (held_out if len(held_out) else scores)["score"].to_numpy()
+
+    def score(self, bundle: MeltBundle) -> pd.DataFrame:
+        wide = scorable_wide(self.require(bundle), self.scaler_)
+        if wide.empty:
+            return empty_scores()
+        windows, z, units = self._windows(wide)
+        reconstruction = self._reconstruct(windows)[:, -1, :]
+        error = (reconstruction - z) ** 2
+        raw = smooth(error.mean(axis=1), units, self.smooth_window)
+        return score_frame(self.name, wide, raw, error, self.features_, self.scaler_, reconstruction, self.expected_sigmas)
+
+    # ------------------------------------------------------------------ persistence
+    def learned_state(self) -> dict:
+        state = super().learned_state()
+        state.pop("network_", None)
+        return state
+
+    def _save_state(self, root: Path) -> None:
+        import torch
+
+        super()._save_state(root)
+        torch.save(self.network_.state_dict(), root / "network.pt")
+
+    def _load_state(self, root: Path) -> None:
+        import torch
+
+        super()._load_state(root)
+        self.network_ = self._build(len(self.features_))
+        self.network_.load_state_dict(torch.load(root / "network.pt", map_location="cpu", weights_only=True))

@@ -1,0 +1,103 @@
+"""Metric detectors: seasonality, awkward data (gaps, NaN, constants, late metrics, lone points), scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from melt.bundle import MeltBundle
+from melt.registry import build_detector
+from melt.scoring import eventwise, pointwise
+
+METRIC_DETECTORS = ["zscore", "iforest", "lstm_ae"]
+FAST = {"lstm_ae": {"epochs": 5, "max_train_windows": 2000}}
+
+
+def metrics_frame(start: str, minutes: int, seed: int = 0, services: tuple[str, ...] = ("api", "db")) -> pd.DataFrame:
+    """Two services with a daily cycle in load, CPU following load, and noise."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range(start, periods=minutes, freq="1min", tz="UTC")
+    hour = times.hour + times.minute / 60
+    rows = []
+    for k, service in enumerate(services):
+        load = 100 * (1 + 0.6 * np.sin(2 * np.pi * (hour - 9) / 24)) * (1 + k)
+        for metric, values in {"request_rate": load + rng.normal(0, 3, minutes),
+                               "cpu_usage": 20 + 0.2 * load + rng.normal(0, 1, minutes),
+                               "latency_p95": 50 + rng.normal(0, 2, minutes)}.items():
+            rows.append(pd.DataFrame({"timestamp": times, "service": service, "instance": f"{service}-0",
+                                      "metric": metric, "value": values}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_seasonal_profile_keeps_the_daily_peak_quiet() -> None:
+    train = MeltBundle(metrics=metrics_frame("2026-01-01", 3 * 1440))
+    test_frame = metrics_frame("2026-01-04", 1440, seed=1)
+    spike = (test_frame["service"] == "api") & (test_frame["metric"] == "cpu_usage") & \
+        test_frame["timestamp"].between(pd.Timestamp("2026-01-04T03:00Z"), pd.Timestamp("2026-01-04T03:09Z"))
+    test_frame.loc[spike, "value"] += 25
+    seasonal = build_detector("zscore").fit_calibrated(train)
+    flat = build_detector("zscore", {"min_seasons": 99}).fit_calibrated(train)
+    assert seasonal.profile_ is not None and flat.profile_ is None
+
+    def night_spike_and_peak(detector) -> tuple[float, float]:
+        scores = detector.detect(MeltBundle(metrics=test_frame)).set_index("timestamp")
+        cpu = scores[(scores["service"] == "api") & (scores["entity"] == "cpu_usage")]["score"]
+        peak = scores[(scores["entity"] == "request_rate") & (scores.index.hour == 15)]["score"]
+        return float(cpu.loc["2026-01-04T03:02Z":"2026-01-04T03:09Z"].min()), float((peak >= 4).mean())  # smoothing: 2 min to rise
+
+    spike, peak_alerts = night_spike_and_peak(seasonal)
+    assert spike > 5 and peak_alerts < 0.05  # the daily peak is expected; a night-time jump is not
+    flat_spike, _ = night_spike_and_peak(flat)
+    assert flat_spike < 4  # against one all-day median the same jump hides inside the daily range
+
+
+@pytest.mark.parametrize("name", METRIC_DETECTORS)
+def test_awkward_data_neither_crashes_nor_floods(name) -> None:
+    train_frame = metrics_frame("2026-01-01", 600)
+    constant = train_frame[train_frame["metric"] == "latency_p95"].assign(metric="pool_size", value=50.0)
+    lone = pd.DataFrame({"timestamp": [pd.Timestamp("2026-01-01T05:00Z")], "service": ["cron"], "instance": [None],
+                         "metric": ["cpu_usage"], "value": [3.0]})
+    train = MeltBundle(metrics=pd.concat([train_frame, constant, lone], ignore_index=True))
+    detector = build_detector(name, FAST.get(name)).fit_calibrated(train)
+
+    test_frame = metrics_frame("2026-01-02T02:00Z", 300, seed=2)  # the same hours as training, a day later
+    test_frame.loc[test_frame.sample(frac=0.1, random_state=0).index, "value"] = np.nan  # NaN holes
+    test_frame = test_frame[~test_frame["timestamp"].between(pd.Timestamp("2026-01-02T03:00Z"),
+                                                             pd.Timestamp("2026-01-02T03:30Z"))]  # a gap
+    late = test_frame[(test_frame["metric"] == "cpu_usage") & (test_frame["timestamp"] >= pd.Timestamp("2026-01-02T05:00Z"))]
+    extra = [test_frame, constant.assign(timestamp=constant["timestamp"] + pd.Timedelta("26h")).iloc[:300],
+             late.assign(metric="gc_pause_ms"), lone.assign(timestamp=pd.Timestamp("2026-01-02T04:00Z"))]
+    scores = detector.detect(MeltBundle(metrics=pd.concat(extra, ignore_index=True)))
+    assert len(scores) and np.isfinite(scores["score"]).all()
+    assert (scores["score"] >= 4).mean() < 0.02  # normal data with holes: no flood of alerts
+    assert not (scores["service"] == "cron").any()  # one training point: not enough to score
+
+
+@pytest.mark.parametrize("name", METRIC_DETECTORS)
+def test_evidence_names_the_metric_that_moved(name) -> None:
+    train = MeltBundle(metrics=metrics_frame("2026-01-01", 600))
+    test_frame = metrics_frame("2026-01-02T02:00Z", 120, seed=3)
+    hit = (test_frame["service"] == "db") & (test_frame["metric"] == "latency_p95") & \
+        test_frame["timestamp"].between(pd.Timestamp("2026-01-02T03:00Z"), pd.Timestamp("2026-01-02T03:15Z"))
+    test_frame.loc[hit, "value"] += 40
+    scores = build_detector(name, FAST.get(name)).fit_calibrated(train).detect(MeltBundle(metrics=test_frame))
+    top = scores.sort_values("score").iloc[-1]
+    assert top["service"] == "db" and top["entity"] == "latency_p95"
+    low, high = top["evidence"]["expected_range"]
+    assert low < high < top["evidence"]["value"] and top["evidence"]["anomaly_type"] == "spike"
+
+
+def test_pointwise_and_eventwise_scoring() -> None:
+    m = pointwise(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 1, 0, 1]))
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["far"] == pytest.approx(0.5) and m["mar"] == pytest.approx(1 / 3)
+    t = pd.Timestamp("2026-01-01T00:00Z")
+    faults = [{"start": str(t + pd.Timedelta("10min")), "end": str(t + pd.Timedelta("20min")), "root_cause_service": "a",
+               "affected_services": ["a", "b"]},
+              {"start": str(t + pd.Timedelta("60min")), "end": str(t + pd.Timedelta("70min")), "root_cause_service": "c"}]
+    alerts = pd.DataFrame({"service": ["b", "b", "a", "c"],
+                           "timestamp": [t + pd.Timedelta(m, "min") for m in (12, 13, 40, 90)]})
+    result = eventwise(alerts, faults)
+    assert result["found_per_fault"] == [True, False]
+    assert result["episodes"] == 3 and result["false_alarms"] == 2

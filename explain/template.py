@@ -54,7 +54,8 @@ def _inside_expected_range(item: dict[str, Any]) -> bool:
     rng, value = item.get("expected_range"), item.get("value")
     if not isinstance(rng, list | tuple) or len(rng) != 2 or not isinstance(value, int | float):
         return False
-    return bool(rng[0] <= value <= rng[1])
+    low, high = rng
+    return (low is None or low <= value) and (high is None or value <= high)
 
 
 def suggested_causes(facts: dict[str, Any]) -> list[str]:

@@ -61,3 +61,13 @@ def eventwise(alerts: pd.DataFrame, faults: list[dict], services_per_fault: str 
         false_alarm &= ~overlaps.to_numpy()
     return {"faults": len(faults), "found": int(sum(found)), "recall": float(np.mean(found)) if found else 0.0,
             "episodes": len(episodes), "false_alarms": int(false_alarm.sum()), "found_per_fault": found}
+
+
+def grouping_accuracy(truth: pd.Series, predicted: np.ndarray) -> float:
+    """Share of lines whose predicted group is exactly the set of lines of their labelled group
+    (grouping accuracy of log parsers, Zhu et al., ICSE-SEIP 2019)."""
+    frame = pd.DataFrame({"truth": truth.to_numpy(), "pred": predicted})
+    truth_size = frame.groupby("truth")["pred"].transform("size")
+    pure = frame.groupby("pred")["truth"].transform("nunique") == 1
+    pred_size = frame.groupby("pred")["truth"].transform("size")
+    return float((pure & (pred_size == truth_size)).mean())

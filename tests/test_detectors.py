@@ -71,6 +71,8 @@ def test_score_does_not_mutate_state(name, fitted, split) -> None:
             pd.testing.assert_frame_equal(pd.DataFrame(after[key]), pd.DataFrame(value))
         elif key in estimators:  # a fitted scikit-learn estimator: compare what it learned
             assert pickle.dumps(after[key]) == estimators[key], key
+        elif isinstance(value, np.ndarray):
+            assert np.array_equal(after[key], value), key
         else:
             assert after[key] == value, key
     if templates is not None:

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# RE2-compatible (no look-arounds), so pandas runs them in pyarrow's vectorised regex engine; a
+# user mask with look-arounds still works, through Python's re, only slower.
 DEFAULT_MASKS: list[list[str]] = [
     [r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "<UUID>"],
     [r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<IP>"],
-    [r"\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b", "<HEX>"],
-    [r"(?<![\w.])/(?:[\w.-]+/)*[\w.-]*\d[\w.-]*", "<PATH>"],
+    [r"\b[0-9a-fA-F]{8,}\b", "<HEX>"],  # ids, hashes, long numbers (and the rare 8-letter a-f word)
+    [r"(^|[^\w.])/(?:[\w.-]+/)*[\w.-]*\d[\w.-]*", r"\1<PATH>"],
     [r"\{[^{}]*\}", "<JSON>"],
-    [r"(?<![A-Za-z])[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB|%)?(?![A-Za-z])", "<NUM>"],
+    [r"\b[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB)?\b%?", "<NUM>"],
 ]
 UNMATCHED = -1
 
@@ -32,10 +34,12 @@ class TemplateMiner:
         sim_th: Drain similarity threshold.
         depth: Drain parse-tree depth.
         max_children: Drain max children per node.
+        numeric_tokens: route tokens that contain a digit through Drain's wildcard branch, as the
+            original Drain does (drain3's ``parametrize_numeric_tokens``); off when masks handle numbers.
     """
 
     def __init__(self, masks: list[list[str]] | None = None, sim_th: float = 0.4, depth: int = 4,
-                 max_children: int = 100) -> None:
+                 max_children: int = 100, numeric_tokens: bool = False) -> None:
         from drain3 import TemplateMiner as Drain3Miner
         from drain3.template_miner_config import TemplateMinerConfig
 
@@ -43,21 +47,21 @@ class TemplateMiner:
         config = TemplateMinerConfig()
         config.drain_sim_th, config.drain_depth, config.drain_max_children = sim_th, depth, max_children
         config.masking_instructions = []  # masking is done here, vectorised
-        config.parametrize_numeric_tokens = False
+        config.parametrize_numeric_tokens = numeric_tokens
         self._config = config
         self._miner = Drain3Miner(config=config)
 
     def mask(self, lines: pd.Series) -> pd.Series:
-        """Apply every mask to every line (pandas vectorised regex)."""
-        out = lines.astype("string").str.strip()
+        """Apply every mask to every line (pyarrow's vectorised RE2 where the pattern allows)."""
+        out = lines.astype("string[pyarrow]").str.strip()
         for pattern, token in self.masks:
             out = out.str.replace(pattern, token, regex=True)
-        return out.str.replace(r"\s+", " ", regex=True)
+        return out
 
     def _distinct(self, lines: pd.Series) -> tuple[np.ndarray, pd.Index]:
         """Codes mapping each line to its distinct masked form (masking runs on distinct raw lines)."""
-        raw_codes, raw_unique = pd.factorize(lines.astype("string"), use_na_sentinel=False)
-        masked = self.mask(pd.Series(raw_unique, dtype="string").fillna(""))
+        raw_codes, raw_unique = pd.factorize(lines.astype("string[pyarrow]"), use_na_sentinel=False)
+        masked = self.mask(pd.Series(raw_unique, dtype="string[pyarrow]").fillna(""))
         masked_codes, masked_unique = pd.factorize(masked, use_na_sentinel=False)
         return masked_codes[raw_codes], pd.Index(masked_unique)
 

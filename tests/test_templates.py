@@ -1,0 +1,48 @@
+"""Template mining: masks, learning kept apart from matching, and the same groups as plain drain3."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from benchmarks.logs_loghub import plain_drain3, same_grouping
+from detectors.logs.templates import DEFAULT_MASKS, UNMATCHED, TemplateMiner
+from melt.scoring import grouping_accuracy
+
+
+def test_default_masks_cover_the_usual_variable_parts() -> None:
+    lines = pd.Series([
+        "took 12.5ms for /api/v1/users/123 id=deadbeef01 uuid 123e4567-e89b-12d3-a456-426614174000 ip 10.0.0.1:8080 at 55%",
+        'payload {"a": 1} user:4411 hit=true',
+        "Handling GET /api/order/get request id=4f1c2b3a9d8e7f60 user=17 completed in 3.2 ms",
+    ])
+    assert TemplateMiner().mask(lines).tolist() == [
+        "took <NUM> for <PATH> id=<HEX> uuid <UUID> ip <IP> at <NUM>",
+        "payload <JSON> user:<NUM> hit=true",
+        "Handling GET /api/order/get request id=<HEX> user=<NUM> completed in <NUM> ms",
+    ]
+
+
+def test_matching_never_changes_the_fitted_miner() -> None:
+    miner = TemplateMiner()
+    miner.fit(pd.Series([f"Connected to db in {i} ms" for i in range(50)] + ["Cache miss for key user:7"] * 5))
+    before = miner.templates()
+    ids, masked = miner.match(pd.Series(["Connected to db in 99 ms", "Totally new kind of line here"]))
+    assert ids[0] != UNMATCHED and ids[1] == UNMATCHED
+    assert masked[1] == "Totally new kind of line here"
+    assert miner.templates() == before
+
+
+@pytest.mark.parametrize("numeric", [False, True])
+def test_fast_path_groups_exactly_like_plain_drain3(tiny_bundle, numeric) -> None:
+    lines = tiny_bundle.frame("logs")["message"].head(5000)
+    fast = TemplateMiner(numeric_tokens=numeric).fit(lines)
+    plain = plain_drain3(lines.astype(str).tolist(), DEFAULT_MASKS, 0.4, 4, numeric)
+    assert same_grouping(fast, plain)
+
+
+def test_grouping_accuracy_counts_only_exact_groups() -> None:
+    truth = pd.Series(["A", "A", "B", "B", "C"])
+    assert grouping_accuracy(truth, pd.Series([1, 1, 2, 2, 3]).to_numpy()) == 1.0
+    assert grouping_accuracy(truth, pd.Series([1, 1, 2, 2, 2]).to_numpy()) == pytest.approx(0.4)  # B and C merged
+    assert grouping_accuracy(truth, pd.Series([1, 2, 3, 3, 4]).to_numpy()) == pytest.approx(0.6)  # A split: only B's and C's lines count

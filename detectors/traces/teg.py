@@ -60,7 +60,8 @@ class TraceEventGraphDetector(Detector):
     def _graphs(self, bundle: MeltBundle, learn: bool) -> TraceGraphs:
         spans = self.require(bundle)
         logs = bundle.logs
-        if logs is not None and "trace_id" in logs.columns and "span_id" in logs.columns:
+        usable = logs is not None and {"trace_id", "span_id"} <= set(logs.columns)
+        if usable and (learn or getattr(self, "miner_", None) is not None):  # a model fitted without logs ignores them
             logs = logs[logs["trace_id"].notna() & logs["span_id"].notna()]
         else:
             logs = None

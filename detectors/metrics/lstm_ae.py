@@ -12,7 +12,6 @@ from data the network has memorised. CPU by default, a GPU when one is present.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Self
 
 import numpy as np
@@ -27,6 +26,7 @@ from detectors.metrics.matrix import (
     unit_codes,
     wide_metrics,
 )
+from detectors.torch_model import EarlyStopping, TorchNetworkMixin, torch_device
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
 
@@ -40,7 +40,7 @@ def window_index(units: np.ndarray, window: int) -> np.ndarray:
     return np.maximum(rows[:, None] + offsets[None, :], first[:, None])
 
 
-class LSTMAutoencoder(Detector):
+class LSTMAutoencoder(TorchNetworkMixin, Detector):
     """Sequence-to-sequence LSTM autoencoder; reconstruction error is the anomaly score.
 
     Args:
@@ -78,12 +78,8 @@ class LSTMAutoencoder(Detector):
         self.seed = seed
 
     # ------------------------------------------------------------------ model
-    def _torch_device(self):
-        import torch
-
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+    def _input_size(self) -> int:
+        return len(self.features_)
 
     def _build(self, n_features: int):
         import torch
@@ -114,7 +110,7 @@ class LSTMAutoencoder(Detector):
     def _reconstruct(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
-        device = self._torch_device()
+        device = torch_device(self.device)
         self.network_.to(device).eval()
         out = []
         with torch.no_grad():
@@ -140,13 +136,13 @@ class LSTMAutoencoder(Detector):
         if train.size > self.max_train_windows:
             train = np.sort(rng.choice(train, self.max_train_windows, replace=False))
         validation = np.flatnonzero(held_out)[: max(self.max_train_windows // 4, 1)]
-        device = self._torch_device()
+        device = torch_device(self.device)
         network = self._build(len(self.features_)).to(device)
         optimiser = torch.optim.Adam(network.parameters(), lr=self.learning_rate)
         x_train = torch.from_numpy(windows[train]).to(device)
         x_val = torch.from_numpy(windows[validation]).to(device) if validation.size else x_train
         generator = torch.Generator().manual_seed(self.seed)
-        best, best_state, waited = np.inf, None, 0
+        stopper = EarlyStopping(self.patience, min_delta=1e-5)
         self.history_: list[tuple[float, float]] = []
         for _ in range(self.epochs):
             network.train()
@@ -163,15 +159,9 @@ class LSTMAutoencoder(Detector):
             with torch.no_grad():
                 val = float(torch.mean((network(x_val) - x_val) ** 2))
             self.history_.append((total / max(len(x_train), 1), val))
-            if val < best - 1e-5:
-                best, waited = val, 0
-                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
-        if best_state is not None:
-            network.load_state_dict(best_state)
+            if stopper.should_stop(val, network):
+                break
+        stopper.restore(network)
         self.network_ = network.cpu()
         return self
 
@@ -190,22 +180,3 @@ class LSTMAutoencoder(Detector):
         error = (reconstruction - z) ** 2
         raw = smooth(error.mean(axis=1), units, self.smooth_window)
         return score_frame(self.name, wide, raw, error, self.features_, self.scaler_, reconstruction, self.expected_sigmas)
-
-    # ------------------------------------------------------------------ persistence
-    def learned_state(self) -> dict:
-        state = super().learned_state()
-        state.pop("network_", None)
-        return state
-
-    def _save_state(self, root: Path) -> None:
-        import torch
-
-        super()._save_state(root)
-        torch.save(self.network_.state_dict(), root / "network.pt")
-
-    def _load_state(self, root: Path) -> None:
-        import torch
-
-        super()._load_state(root)
-        self.network_ = self._build(len(self.features_))
-        self.network_.load_state_dict(torch.load(root / "network.pt", map_location="cpu", weights_only=True))

@@ -20,12 +20,13 @@ import pandas as pd
 
 from detectors.logs.templates import UNMATCHED, TemplateMiner
 from detectors.robust import robust_baseline
+from detectors.torch_model import EarlyStopping, TorchNetworkMixin, torch_device
 from detectors.traces.teg_graphs import TraceGraphs, build_graphs
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
 
 
-class TraceEventGraphDetector(Detector):
+class TraceEventGraphDetector(TorchNetworkMixin, Detector):
     """One-class GGNN over trace-event graphs.
 
     Args:
@@ -88,12 +89,8 @@ class TraceEventGraphDetector(Detector):
         return build_graphs(spans, logs, log_keys, log_unseen, duration_z)
 
     # ------------------------------------------------------------------ network
-    def _torch_device(self):
-        import torch
-
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+    def _input_size(self) -> int:
+        return self.in_dim_
 
     def _build(self, in_dim: int):
         import torch
@@ -147,7 +144,7 @@ class TraceEventGraphDetector(Detector):
             train = rng.choice(train, self.max_train_traces, replace=False)
         train = np.sort(train)
         validation = np.sort(order[cut:])[: max(self.max_train_traces // 4, 1)] if cut < len(order) else train
-        device = self._torch_device()
+        device = torch_device(self.device)
         network = self._build(graphs.x.shape[1]).to(device)
         initial, _ = self._run(graphs, train, network, device)
         centre = initial.mean(axis=0)
@@ -155,7 +152,7 @@ class TraceEventGraphDetector(Detector):
         c = torch.from_numpy(centre).to(device)
         optimiser = torch.optim.Adam(network.parameters(), lr=self.learning_rate, weight_decay=1e-6)
         generator = np.random.default_rng(self.seed)
-        best, best_state, waited = np.inf, None, 0
+        stopper = EarlyStopping(self.patience, min_gain=0.01)
         self.history_: list[tuple[float, float]] = []
         for _ in range(self.epochs):
             network.train()
@@ -174,15 +171,9 @@ class TraceEventGraphDetector(Detector):
             val_z, _ = self._run(graphs, validation, network, device)
             val = float(np.mean(np.sum((val_z - centre) ** 2, axis=1)))
             self.history_.append((total / max(train.size, 1), val))
-            if val < best * 0.99:  # at least 1% better
-                best, waited = val, 0
-                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
-        if best_state is not None:
-            network.load_state_dict(best_state)
+            if stopper.should_stop(val, network):
+                break
+        stopper.restore(network)
         val_z, _ = self._run(graphs, validation, network, device)
         self.expected_high_ = float(np.quantile(np.sum((val_z - centre) ** 2, axis=1), 0.99))
         self.network_ = network.cpu()
@@ -239,24 +230,16 @@ class TraceEventGraphDetector(Detector):
     # ------------------------------------------------------------------ persistence
     def learned_state(self) -> dict:
         state = super().learned_state()
-        state.pop("network_", None)
         state.pop("miner_", None)
         return state
 
     def _save_state(self, root: Path) -> None:
-        import torch
-
         super()._save_state(root)
-        torch.save(self.network_.state_dict(), root / "network.pt")
         if getattr(self, "miner_", None) is not None:
             self.miner_.save(root / "drain3_state.json")
 
     def _load_state(self, root: Path) -> None:
-        import torch
-
         super()._load_state(root)
-        self.network_ = self._build(self.in_dim_)
-        self.network_.load_state_dict(torch.load(root / "network.pt", map_location="cpu", weights_only=True))
         if (root / "drain3_state.json").is_file():
             self.miner_ = TemplateMiner()
             self.miner_.load(root / "drain3_state.json")

@@ -87,20 +87,20 @@ class RobustZScore(Detector):
         frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
         if frame.empty:
             return empty_scores()
-        keys = pd.MultiIndex.from_arrays([k.to_numpy() for k in self._keys(frame)], names=["service", "instance", "metric"])
-        stats = self.baseline_.reindex(keys)
+        key_arrays = [k.to_numpy() for k in self._keys(frame)]
+        stats = self.baseline_.reindex(pd.MultiIndex.from_arrays(key_arrays, names=["service", "instance", "metric"]))
         known = stats["median"].notna().to_numpy()
         frame = frame[known]
+        key_arrays = [k[known] for k in key_arrays]
         median = stats["median"].to_numpy()[known]
         sigma = stats["sigma"].to_numpy()[known]
         if self.profile_ is not None:
-            phase = self._phase(frame["timestamp"])
-            index = pd.MultiIndex.from_arrays([*(k.to_numpy() for k in self._keys(frame)), phase])
+            index = pd.MultiIndex.from_arrays([*key_arrays, self._phase(frame["timestamp"])])
             seasonal = self.profile_.reindex(index).to_numpy()
             median = np.where(np.isnan(seasonal), median, seasonal)
         value = frame["value"].to_numpy()
         z = (value - median) / sigma
-        series = pd.MultiIndex.from_arrays([k.to_numpy() for k in self._keys(frame)]).factorize()[0]
+        series = pd.MultiIndex.from_arrays(key_arrays).factorize()[0]
         low, high = median - self.expected_sigmas * sigma, median + self.expected_sigmas * sigma
         direction = severity_direction(z)
         instance = frame["instance"].fillna("").to_numpy() if "instance" in frame.columns else np.full(len(frame), "")

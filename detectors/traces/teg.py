@@ -180,7 +180,7 @@ class TraceEventGraphDetector(TorchNetworkMixin, Detector):
         self.centre_ = centre
         self.in_dim_ = int(graphs.x.shape[1])
         _, nodes = self._run(graphs, train, self.network_, torch.device("cpu"))
-        keys = np.concatenate([graphs.node_key[graphs.trace_ptr[t]:graphs.trace_ptr[t + 1]] for t in train])
+        keys = graphs.node_key[np.isin(graphs.node_trace, train)]  # _run returns nodes in this (sorted) order
         self.node_centres_ = pd.DataFrame(nodes).groupby(pd.Series(keys, dtype=object).to_numpy()).mean()
         self.node_centre_ = nodes.mean(axis=0)
         return self
@@ -207,17 +207,19 @@ class TraceEventGraphDetector(TorchNetworkMixin, Detector):
         centres = np.where(np.isnan(centres), self.node_centre_, centres)
         node_score = np.sqrt(np.sum((nodes - centres) ** 2, axis=1))
         worst = pd.Series(node_score).groupby(graphs.node_trace).idxmax().to_numpy()
-        evidence = []
-        for t in traces:  # one dict per trace (the report needs per-trace evidence)
-            lo, hi = graphs.trace_ptr[t], graphs.trace_ptr[t + 1]
-            top = lo + np.argsort(-node_score[lo:hi])[: self.top_nodes]
-            evidence.append({
-                "value": round(float(score[t]), 6), "expected_range": [0.0, round(self.expected_high_, 6)],
-                "anomaly_type": "trace_anomaly",
-                "trace_id": str(graphs.trace_id[t]),
-                "worst_nodes": [{"service": str(graphs.node_service[i]), "event": str(graphs.node_key[i])[:200],
-                                 "score": round(float(node_score[i]), 3)} for i in top],
-            })
+        # the top nodes of every trace at once: sort by (trace, -score), keep the first few of each trace
+        order = np.lexsort((-node_score, graphs.node_trace))
+        rank = np.arange(order.size) - graphs.trace_ptr[graphs.node_trace[order]]
+        top = order[rank < self.top_nodes]
+        nodes_frame = pd.DataFrame({"service": graphs.node_service[top].astype(str),
+                                    "event": pd.Series(graphs.node_key[top]).astype(str).str.slice(0, 200).to_numpy(),
+                                    "score": np.round(node_score[top].astype(np.float64), 3)})
+        worst_nodes = pd.Series(nodes_frame.to_dict("records")).groupby(graphs.node_trace[top]).agg(list)
+        evidence = pd.DataFrame({
+            "value": np.round(score, 6), "expected_range": [[0.0, round(self.expected_high_, 6)]] * graphs.n_traces,
+            "anomaly_type": "trace_anomaly", "trace_id": graphs.trace_id.astype(str),
+            "worst_nodes": worst_nodes.reindex(traces).to_numpy(),
+        }).to_dict("records")
         return pd.DataFrame({
             "timestamp": graphs.trace_start,
             "service": graphs.node_service[worst].astype(str),

@@ -37,6 +37,9 @@ bench: $(STAMP)
 	else echo "skipping SKAB: no $(DATA)/skab (set DATA=path/to/shared/data)"; fi
 	@if [ -d "$(DATA)/loghub-2k" ]; then $(BIN)/python benchmarks/logs_loghub.py $(DATA)/loghub-2k; \
 	else echo "skipping loghub: no $(DATA)/loghub-2k (set DATA=path/to/shared/data)"; fi
+	@if [ -d "$(DATA)/nezha-trainticket" ]; then $(BIN)/python benchmarks/import_nezha.py $(DATA)/nezha-trainticket && \
+	$(BIN)/python benchmarks/logs_nezha.py $(DATA)/nezha-trainticket; \
+	else echo "skipping Nezha: no $(DATA)/nezha-trainticket (set DATA=path/to/shared/data)"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

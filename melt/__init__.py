@@ -6,6 +6,6 @@ inside the code that needs them, so ``melt --help`` stays fast.
 
 __version__ = "0.1.0"
 
-from melt.errors import BundleError, ConfigError, MeltError, PluginError  # noqa: E402
+from melt.errors import BundleError, ConfigError, MeltError, PluginError, SourceError  # noqa: E402
 
-__all__ = ["__version__", "MeltError", "BundleError", "ConfigError", "PluginError"]
+__all__ = ["__version__", "MeltError", "BundleError", "ConfigError", "PluginError", "SourceError"]

@@ -125,6 +125,55 @@ def train(ctx: click.Context, data: str, models_spec: str, out: str) -> None:
     click.echo(f"saved models to {path}")
 
 
+@cli.command("import")
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["otlp", "jaeger", "csv", "parquet", "nezha"]))
+@click.argument("src", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@click.option("--signal", type=click.Choice(["metrics", "logs", "traces", "events"]), default=None,
+              help="csv/parquet: the frame the table holds.")
+@click.option("--map", "mappings", multiple=True, metavar="SRC=DST",
+              help="csv/parquet: rename source column SRC to melt column DST (repeatable).")
+@click.option("--wide/--long", default=None, help="csv/parquet metrics: one column per metric.")
+@click.option("--time-unit", type=click.Choice(["auto", "s", "ms", "us", "ns"]), default=None,
+              help="csv/parquet: unit of epoch-number times.")
+@click.option("--duration-unit", type=click.Choice(["ns", "us", "ms", "s"]), default=None,
+              help="csv/parquet traces: unit of span durations.")
+@click.option("--service-from", default=None, help="csv/parquet: column to derive the service from.")
+@click.option("--service-regex", default=None, help="Regex whose group 'service' is the service name.")
+@click.option("--delimiter", default=None, help="csv: field separator.")
+@click.option("--subset", type=click.Choice(["rca", "normal"]), default=None,
+              help="nezha: fault cases (rca_data) or fault-free data (construct_data).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad row instead of skipping and counting it.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.pass_context
+def import_(ctx: click.Context, fmt: str, src: str, out: str, signal: str | None, mappings: tuple[str, ...],
+            wide: bool | None, time_unit: str | None, duration_unit: str | None, service_from: str | None,
+            service_regex: str | None, delimiter: str | None, subset: str | None, strict: bool, force: bool,
+            quiet: bool) -> None:
+    """Import FORMAT data from SRC (a file or directory) into a melt bundle.
+
+    FORMAT is otlp (OTLP/JSON lines), jaeger (Jaeger JSON), csv or parquet (generic tables, see
+    --map), or nezha (the Nezha/TrainTicket layout, with ground truth). See docs/import.md.
+    """
+    from melt.importers import import_source
+
+    column_map = {}
+    for item in mappings:
+        source, sep, target = item.partition("=")
+        if not sep or not source or not target:
+            raise MeltError(f"--map takes SRC=DST, got {item!r}")
+        column_map[source] = target
+    table = {"signal": signal, "map": column_map or None, "wide": wide, "time_unit": time_unit,
+             "duration_unit": duration_unit, "service_from": service_from, "service_regex": service_regex,
+             "delimiter": delimiter}
+    nezha = {"subset": subset, "service_regex": service_regex}
+    summary = import_source(fmt, src, out, _config(ctx), table=table, nezha=nezha, strict=strict, force=force,
+                            quiet=quiet)
+    for line in summary.lines():
+        click.echo(line)
+
+
 @cli.command()
 def plugins() -> None:
     """List detector plugins (entry-point group melt.detectors) and any that failed to load."""

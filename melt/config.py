@@ -89,6 +89,26 @@ DEFAULTS: dict[str, Any] = {
         "sinks": ["files"],
         "max_evidence": 20,
     },
+    "import": {
+        "chunk_rows": 200_000,
+        "chunk_mib": 32.0,
+        "bad_rows_shown": 5,
+        "table": {
+            "signal": "metrics",
+            "map": FreeMap(),
+            "wide": False,
+            "time_unit": "auto",
+            "duration_unit": "ms",
+            "service_from": Nullable(str),
+            "service_regex": Nullable(str),
+            "delimiter": ",",
+        },
+        "nezha": {
+            "subset": "rca",
+            "fault_duration": Duration("3m"),
+            "service_regex": "^(?P<service>.+)-[^-]+-[^-]+$",
+        },
+    },
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -96,6 +116,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "synth.preset": ("easy", "realistic", "hard"),
     "ensemble.combiner": ("max", "mean", "weighted"),
     "explain.provider": ("template", "openai"),
+    "import.table.signal": ("metrics", "logs", "traces", "events"),
+    "import.table.time_unit": ("auto", "s", "ms", "us", "ns"),
+    "import.table.duration_unit": ("ns", "us", "ms", "s"),
+    "import.nezha.subset": ("rca", "normal"),
 }
 
 # The few operational settings that an environment variable may override.

@@ -23,3 +23,7 @@ class PluginError(MeltError):
 
 class NotFittedError(MeltError):
     """A detector was asked to score or save before it was fitted."""
+
+
+class SourceError(MeltError):
+    """An import source is missing or unreadable, or (with ``strict``) holds a bad row."""

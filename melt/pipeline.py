@@ -7,7 +7,6 @@ them together, so the CLI stays a thin layer over :func:`train` and :func:`detec
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +18,10 @@ from melt.bundle import MeltBundle
 from melt.detector import Detector
 from melt.ensemble import Incident, group_incidents
 from melt.errors import BundleError, PluginError
+from melt.progress import log
 from melt.registry import build_detector, get_plugin, requested_names, resolve_models
 from melt.sinks import make_sinks
 from melt.timeutil import parse_duration
-
-
-def log(message: str, quiet: bool = False) -> None:
-    """Progress on stderr, so stdout stays clean for data."""
-    if not quiet:
-        print(f"[melt] {message}", file=sys.stderr, flush=True)
 
 
 def training_split(bundle: MeltBundle, fraction: float) -> MeltBundle:

@@ -74,19 +74,26 @@ def _fail(frame: str, column: str, problem: str) -> BundleError:
     return BundleError(f"{frame}: column '{column}' {problem}")
 
 
-def _coerce(series: pd.Series, kind: str, frame: str, column: str) -> pd.Series:
+def epoch_unit(values: pd.Series) -> str:
+    """Guess the unit of epoch numbers (s, ms, us, ns) from the magnitude of their median."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    magnitude = float(np.nanmedian(np.abs(numbers))) if np.isfinite(numbers).any() else 0.0
+    return "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
+
+
+def _coerce(series: pd.Series, kind: str, frame: str, column: str, errors: str = "raise") -> pd.Series:
     try:
         if kind == "time":
             if pd.api.types.is_numeric_dtype(series):
-                # epoch numbers: guess the unit from the magnitude (s, ms, us, ns)
-                magnitude = float(np.nanmedian(np.abs(series.to_numpy(dtype=float)))) if len(series) else 0.0
-                unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
-                return pd.to_datetime(series, unit=unit, utc=True).dt.as_unit("ns")
-            return pd.to_datetime(series, utc=True, format="ISO8601").dt.as_unit("ns")
+                return pd.to_datetime(series, unit=epoch_unit(series), utc=True, errors=errors).dt.as_unit("ns")
+            return pd.to_datetime(series, utc=True, format="ISO8601", errors=errors).dt.as_unit("ns")
         if kind == "float":
-            return pd.to_numeric(series, errors="raise").astype("float64")
+            return pd.to_numeric(series, errors=errors).astype("float64")
         if kind == "int":
-            return pd.to_numeric(series, errors="raise").astype("Int64")
+            numbers = pd.to_numeric(series, errors=errors)
+            if errors == "coerce":
+                numbers = numbers.where(numbers.isna() | (numbers == np.round(numbers)))
+            return numbers.astype("Int64")
         if kind == "str":
             return series.astype("string")
     except (ValueError, TypeError, OverflowError) as exc:
@@ -129,6 +136,55 @@ def validate_frame(name: str, df: pd.DataFrame, *, allow_empty: bool = False) ->
     if name == "logs":
         out["level"] = normalise_levels(out["level"])
     return out.reset_index(drop=True)
+
+
+def row_problems(name: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Coerce ``df`` leniently and say, per row, what is wrong with it (``<NA>`` for a good row).
+
+    Importers use this to drop and report bad rows instead of rejecting a whole file; the good
+    rows then pass :func:`validate_frame`. A row is bad when a required column is null (unless
+    nullable) or a value cannot be read as its kind, or a span duration is negative.
+
+    Raises:
+        BundleError: a required column is missing altogether (that is a mapping error, not a bad row).
+    """
+    schema = SCHEMAS[name]
+    missing = [c for c in schema.required if c not in df.columns]
+    if missing:
+        raise _fail(name, missing[0], f"is required but missing (have: {', '.join(map(str, df.columns[:12]))})")
+    out = df.copy()
+    masks: list[np.ndarray] = []
+    reasons: list[str] = []
+    for column, kind in {**schema.required, **schema.optional}.items():
+        if column not in out.columns:
+            continue
+        source = out[column]
+        coerced = source if _has_kind(source, kind) else _coerce(source, kind, name, column, errors="coerce")
+        missing_now = coerced.isna().to_numpy()
+        if coerced is not source:
+            masks.append(missing_now & source.notna().to_numpy())
+            reasons.append(f"column '{column}' cannot be read as {kind}")
+        if column in schema.required and column not in schema.nullable:
+            masks.append(missing_now)
+            reasons.append(f"column '{column}' is null")
+        out[column] = coerced
+    if name == "traces":
+        masks.append((out["duration"] < 0).fillna(False).to_numpy(dtype=bool))
+        reasons.append("column 'duration' is negative")
+    problems = np.select(masks, reasons, default=None) if masks else np.full(len(out), None)
+    return out, pd.Series(problems, index=out.index, dtype="string")
+
+
+def _has_kind(series: pd.Series, kind: str) -> bool:
+    """Whether ``series`` already has the dtype :func:`_coerce` would give it (coercing again is wasted work)."""
+    dtype = series.dtype
+    if kind == "time":
+        return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC" and dtype.unit == "ns"
+    if kind == "float":
+        return dtype == np.float64
+    if kind == "int":
+        return str(dtype) == "Int64"
+    return isinstance(dtype, pd.StringDtype)
 
 
 def normalise_levels(levels: pd.Series) -> pd.Series:

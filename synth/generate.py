@@ -8,7 +8,6 @@ comes from one ``numpy.random.Generator`` seeded from ``seed``, so a seed gives 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ import pandas as pd
 
 from melt.bundle import MeltBundle
 from melt.errors import ConfigError
+from melt.progress import log
 from melt.timeutil import parse_duration
 from synth.calls import add_retries, endpoint_timeouts, resolve_calls
 from synth.events import benign_events, fault_events
@@ -95,11 +95,6 @@ class SynthConfig:
             raise ConfigError(f"synth: {exc}") from None
 
 
-def _progress(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(f"[melt generate] {message}", file=sys.stderr, flush=True)
-
-
 def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
     """Simulate the system and return a validated bundle with ``truth``."""
     config.check()
@@ -120,7 +115,7 @@ def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
     surges = [(int(rng.integers(0, max(minutes - 10, 1))), int(rng.integers(4, 10)), float(rng.uniform(1.5, 2.2)))
               for _ in range(n_surges)]
     times = arrival_times(start, minutes, config.requests_per_minute, surges, rng)
-    _progress(f"{len(topology.services)} services, {times.size} requests", quiet)
+    log(f"{len(topology.services)} services, {times.size} requests", quiet, stage="melt generate")
     spans = expand_requests(topology, templates, times, rng)
     try:
         faults = schedule_faults(topology, spans, config.faults, config.fault_types, start.value, end.value,
@@ -142,14 +137,14 @@ def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
         fault_changed |= (outcome.cancelled | spans.is_retry) & np.isin(spans.request, np.unique(spans.request[hit]))
     label = np.any(changed, axis=0) if faults else np.zeros(spans.size, bool)
 
-    _progress(f"{spans.size} spans", quiet)
+    log(f"{spans.size} spans", quiet, stage="melt generate")
     trace = _span_frame(topology, spans, times, outcome.duration, outcome.start_ns, outcome.status, label, rng)
     logs = pd.concat([
         span_logs(trace, topology, cause, caller_problems(spans, outcome), rng),
         background_logs(topology, start.value, end.value, config.background_logs_per_minute, rng),
         fault_logs(topology, faults, rng),
     ], ignore_index=True).sort_values("timestamp", kind="stable").reset_index(drop=True)
-    _progress(f"{len(logs)} log lines", quiet)
+    log(f"{len(logs)} log lines", quiet, stage="melt generate")
 
     golden = golden_signals(trace, interval, start, end)
     resources = resource_metrics(golden, topology, faults, noise, rng)

@@ -1,0 +1,204 @@
+"""Importer for the Nezha layout (FSE 2023 artifact; TrainTicket and OnlineBoutique datasets).
+
+One directory per date, under ``rca_data/`` (fault cases) or ``construct_data/`` (fault-free)::
+
+    <date>/trace/HH_MM_trace.csv   TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration(us)
+    <date>/log/HH_MM_log.csv       Timestamp,TimeUnixNano,Node,PodName,Container,TraceID,SpanID,Log(JSON with a 'log' field)
+    <date>/metric/<pod>_metric.csv one wide 1-minute table per pod; front_service.csv for the entry point
+    <date>/<date>-fault_list.json  {"HH": [{"inject_time", "inject_pod", "inject_type"}, ...]}
+
+Services are pod names without their last two ``-`` parts. ``inject_time`` is read as UTC (the
+``inject_timestamp`` field is off by hours on some dates and is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melt.errors import SourceError
+from melt.importers.columns import (
+    POD_SUFFIX,
+    duration_ms,
+    note_problems,
+    service_names,
+    split_level,
+    to_utc,
+    unreadable,
+    wide_to_long,
+)
+from melt.importers.sources import csv_batches, read_csv_chunks
+from melt.importers.writer import PLAUSIBLE_TIMES, BundleWriter
+from melt.progress import log
+from melt.timeutil import parse_duration
+
+SPAN_COLUMNS = ["TraceID", "SpanID", "ParentID", "PodName", "OperationName", "StartTimeUnixNano", "Duration"]
+LOG_COLUMNS = ["TimeUnixNano", "PodName", "TraceID", "SpanID", "Log"]
+SUBSETS = {"rca": "rca_data", "normal": "construct_data"}
+_DOCKER_LINE = r'^\{"log":"(?P<line>(?:[^"\\]|\\.)*)","stream":"[^"]*","time":"[^"]*"\}$'
+
+
+def date_directories(src: str | Path, subset: str = "rca") -> list[Path]:
+    """The per-date directories to import: ``src`` itself if it is one, else ``src/<subset dir>/*``.
+
+    Raises:
+        SourceError: nothing in the Nezha layout is found under ``src``.
+    """
+    root = Path(src)
+    if not root.is_dir():
+        raise SourceError(f"import source not found or not a directory: {root}")
+    if subset not in SUBSETS:
+        raise SourceError(f"unknown nezha subset {subset!r} (use {' or '.join(SUBSETS)})")
+    if any((root / part).is_dir() for part in ("trace", "log", "metric")):
+        return [root]
+    parent = root / SUBSETS[subset]
+    dates = sorted(p for p in parent.glob("*") if p.is_dir()) if parent.is_dir() else []
+    if not dates:
+        raise SourceError(f"{root}: not in the Nezha layout (no {SUBSETS[subset]}/<date>/ with trace/, log/ or metric/)")
+    return dates
+
+
+def import_nezha(src: str | Path, writer: BundleWriter, *, subset: str = "rca", fault_duration: str = "3m",
+                 service_regex: str = POD_SUFFIX, quiet: bool = False) -> dict[str, Any]:
+    """Import every date directory under ``src`` into ``writer``; return the ground truth."""
+    faults: list[dict[str, Any]] = []
+    for date in date_directories(src, subset):
+        for kind, convert, required in (("trace", _spans, SPAN_COLUMNS), ("log", _logs, LOG_COLUMNS)):
+            files = sorted((date / kind).glob("*.csv"))
+            total = 0
+            for chunk, lines, sources, done in csv_batches(files, writer.bad_rows, required=required):
+                frame, problems = convert(chunk, service_regex)
+                total += writer.add("traces" if kind == "trace" else "logs", frame, sources, lines, problems)
+                log(f"{date.name} {kind}: {done}/{len(files)} files, {total:,} rows", quiet, stage="melt import")
+        metric_files = sorted((date / "metric").glob("*.csv"))
+        for file in metric_files:
+            for chunk, lines in read_csv_chunks(file, writer.bad_rows):
+                frame, frame_lines, problems = _in_file(file, _metrics, chunk, lines, service_regex)
+                writer.add("metrics", frame, str(file), frame_lines, problems)
+        if metric_files:
+            log(f"{date.name} metric: {len(metric_files)} files", quiet, stage="melt import")
+        faults += fault_list(date, parse_duration(fault_duration), service_regex)
+    return {"faults": faults, "source": {"format": "nezha", "subset": subset}}
+
+
+def fault_list(date: Path, duration: pd.Timedelta, service_regex: str = POD_SUFFIX) -> list[dict[str, Any]]:
+    """The faults of one date directory as melt truth records (empty when there is no fault list)."""
+    files = sorted(date.glob("*fault_list.json"))
+    if not files:
+        return []
+    try:
+        groups = json.loads(files[0].read_text())
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{files[0]}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    cases = [case for hour in sorted(groups) for case in groups[hour]]
+    if not cases:
+        return []
+    table = pd.DataFrame(cases)
+    missing = {"inject_time", "inject_pod", "inject_type"} - set(table.columns)
+    if missing:
+        raise SourceError(f"{files[0]}: fault entries lack {', '.join(sorted(missing))}")
+    starts = pd.to_datetime(table["inject_time"], utc=True, errors="coerce")
+    if starts.isna().any():
+        raise SourceError(f"{files[0]}: unreadable inject_time {table['inject_time'][starts.isna()].iloc[0]!r}")
+    services = service_names(table["inject_pod"], service_regex)
+    return [
+        {"id": f"{date.name}-{index + 1:02d}", "root_cause_service": str(service), "root_cause_instance": str(pod),
+         "type": str(kind), "start": start.isoformat(), "end": (start + duration).isoformat()}
+        for index, (service, pod, kind, start) in enumerate(
+            zip(services, table["inject_pod"], table["inject_type"], starts, strict=True))
+    ]
+
+
+def _spans(chunk: pd.DataFrame, service_regex: str) -> tuple[pd.DataFrame, pd.Series]:
+    start = to_utc(chunk["StartTimeUnixNano"], "ns")
+    duration = duration_ms(chunk["Duration"], "us")
+    problems = pd.Series(pd.NA, index=chunk.index, dtype="string")
+    problems = note_problems(problems, unreadable(chunk["StartTimeUnixNano"], start), "StartTimeUnixNano is not a number")
+    problems = note_problems(problems, unreadable(chunk["Duration"], duration), "Duration is not a number")
+    frame = pd.DataFrame({
+        "trace_id": chunk["TraceID"], "span_id": chunk["SpanID"], "parent_span_id": chunk["ParentID"],
+        "span_name": chunk["OperationName"], "service_name": service_names(chunk["PodName"], service_regex),
+        "start_time": start, "duration": duration, "attr.k8s.pod.name": chunk["PodName"],
+    })
+    return frame, problems
+
+
+def _logs(chunk: pd.DataFrame, service_regex: str) -> tuple[pd.DataFrame, pd.Series]:
+    stamps = to_utc(chunk["TimeUnixNano"], "ns")
+    broken = (stamps.isna() | (stamps < PLAUSIBLE_TIMES[0])).to_numpy()
+    if broken.any() and "Timestamp" in chunk.columns:  # TimeUnixNano is sometimes garbage; Timestamp is not
+        stamps = stamps.mask(broken, to_utc(chunk["Timestamp"].where(broken)))
+    lines, bad_log = docker_log_lines(chunk["Log"])
+    level, message = split_level(lines)
+    problems = pd.Series(pd.NA, index=chunk.index, dtype="string")
+    problems = note_problems(problems, bad_log, "Log is not a JSON object with a 'log' field")
+    frame = pd.DataFrame({
+        "timestamp": stamps, "service": service_names(chunk["PodName"], service_regex), "level": level,
+        "message": message, "trace_id": chunk["TraceID"], "span_id": chunk["SpanID"], "instance": chunk["PodName"],
+    })
+    return frame, problems
+
+
+def docker_log_lines(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """The ``log`` field of Docker json-file records, and a mask of records that are not such JSON.
+
+    The common shape is cut out with one RE2 regex over the whole column (pyarrow), and all the
+    cut-out JSON strings are unescaped by a single ``json.loads`` of one array built from them.
+    Only records in another shape are parsed one by one.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pa.array(raw.astype("string").fillna(""), type=pa.string())
+    matched = pc.extract_regex(text, _DOCKER_LINE)
+    found = ~matched.is_null().to_numpy(zero_copy_only=False)
+    escaped = pc.filter(pc.struct_field(matched, "line"), pa.array(found)).to_pylist()
+    lines = np.full(len(raw), None, dtype=object)
+    bad = np.zeros(len(raw), dtype=bool)
+    try:
+        lines[found] = json.loads("[" + ",".join(f'"{line}"' for line in escaped) + "]", strict=False)
+    except json.JSONDecodeError:  # an invalid escape somewhere: unescape one by one to find it
+        found = found & False
+    for position in np.flatnonzero(~found):
+        try:
+            lines[position] = str(json.loads(raw.iloc[position])["log"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            bad[position] = True
+    return pd.Series(lines, index=raw.index, dtype="string"), bad
+
+
+def _metrics(chunk: pd.DataFrame, lines: pd.Series, service_regex: str) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """A wide per-pod (or front-end) metric table to long format, one row per (minute, metric)."""
+    _require(chunk, ["TimeStamp"])
+    if "PodName" in chunk.columns:
+        instance = chunk["PodName"].astype("string")
+        service = service_names(instance, service_regex)
+    elif "ServiceName" in chunk.columns:
+        instance = service = chunk["ServiceName"].astype("string").str.lower()
+    else:
+        raise SourceError("metric table has neither PodName nor ServiceName")
+    values = chunk.drop(columns=[c for c in ("Time", "TimeStamp", "PodName", "ServiceName") if c in chunk.columns])
+    stamps = to_utc(chunk["TimeStamp"], "s")  # converted before the reshape: once per row, not per metric
+    wide = pd.concat([pd.DataFrame({"timestamp": stamps, "service": service, "instance": instance}), values], axis=1)
+    long, long_lines = wide_to_long(wide, lines, "metric table")
+    problems = pd.Series(pd.NA, index=long.index, dtype="string")
+    bad_time = np.repeat(unreadable(chunk["TimeStamp"], stamps), len(values.columns))
+    return long, long_lines, note_problems(problems, bad_time, "TimeStamp is not a number")
+
+
+def _in_file(file: Path, convert: Any, *args: Any) -> Any:
+    """Run ``convert`` and name ``file`` in any layout error it raises."""
+    try:
+        return convert(*args)
+    except SourceError as exc:
+        raise SourceError(f"{file}: {exc}") from None
+
+
+def _require(chunk: pd.DataFrame, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in chunk.columns]
+    if missing:
+        raise SourceError(f"not in the Nezha layout: column {missing[0]} is missing (have: {', '.join(chunk.columns)})")

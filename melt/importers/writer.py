@@ -1,0 +1,209 @@
+"""Streaming bundle writer for importers.
+
+Importers hand over frames chunk by chunk. Each chunk is coerced and checked (:func:`row_problems`),
+its bad rows are counted, and the good rows are buffered and spilled to part files. ``finish`` then
+merges the parts of each signal into ``<signal>.parquet`` one part at a time under one unified
+schema, dropping spans whose ``(trace_id, span_id)`` was already seen. Peak memory is therefore
+about one chunk plus one part, not the whole export twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import melt
+from melt.bundle import TIME_COLUMNS
+from melt.errors import SourceError
+from melt.importers.bad_rows import BadRows
+from melt.importers.columns import to_utc
+from melt.progress import log
+from melt.schema import SIGNALS, row_problems, validate_frame
+
+PLAUSIBLE_TIMES = (pd.Timestamp("1990-01-01", tz="UTC"), pd.Timestamp("2200-01-01", tz="UTC"))
+BUNDLE_FILES = (*(f"{s}.parquet" for s in SIGNALS), "truth.json", "import.json")
+
+
+@dataclass
+class ImportSummary:
+    """What an import wrote, and what it skipped."""
+
+    out: Path
+    rows: dict[str, int]
+    bad_rows: BadRows
+    duplicate_spans: int
+    seconds: float
+    faults: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """A human summary, one item per line."""
+        counts = ", ".join(f"{name}={count:,}" for name, count in self.rows.items()) or "nothing"
+        faults = f", faults={self.faults}" if self.faults is not None else ""
+        out = [f"wrote {self.out}: {counts}{faults} in {self.seconds:.1f}s"]
+        if self.duplicate_spans:
+            out.append(f"{self.duplicate_spans:,} duplicate span(s) dropped (same trace_id and span_id)")
+        if self.bad_rows.count:
+            out.extend(self.bad_rows.summary().splitlines())
+        return out
+
+
+class BundleWriter:
+    """Collects validated chunks per signal and writes a bundle directory.
+
+    Args:
+        out: the bundle directory; existing bundle files there are an error unless ``force``.
+        bad_rows: where rejected rows are counted.
+        chunk_rows: rows buffered per signal before a part file is written.
+        chunk_mib: or this many MiB of buffered columns, whichever comes first (log lines are wide).
+        force: replace an existing bundle at ``out``.
+        quiet: no progress on stderr.
+    """
+
+    def __init__(self, out: str | Path, bad_rows: BadRows, *, chunk_rows: int = 200_000, chunk_mib: float = 32.0,
+                 force: bool = False, quiet: bool = False) -> None:
+        self.out = Path(out)
+        existing = [name for name in BUNDLE_FILES if (self.out / name).exists()]
+        if existing and not force:
+            raise SourceError(f"{self.out} already holds a bundle ({', '.join(existing)}); "
+                              "choose another --out or pass --force to replace it")
+        if self.out.exists() and not self.out.is_dir():
+            raise SourceError(f"--out {self.out} is a file, not a directory")
+        for name in existing:
+            (self.out / name).unlink()
+        self.bad_rows = bad_rows
+        self.chunk_rows = chunk_rows
+        self.chunk_bytes = chunk_mib * 2**20
+        self.quiet = quiet
+        self._parts = self.out / ".import-parts"
+        shutil.rmtree(self._parts, ignore_errors=True)
+        self._parts.mkdir(parents=True)
+        self._buffers: dict[str, list[pd.DataFrame]] = {name: [] for name in SIGNALS}
+        self._buffered: dict[str, int] = dict.fromkeys(SIGNALS, 0)
+        self._buffered_bytes: dict[str, float] = dict.fromkeys(SIGNALS, 0.0)
+        self._files: dict[str, list[Path]] = {name: [] for name in SIGNALS}
+        self._duplicates = 0
+        self._began = time.perf_counter()
+
+    def add(self, signal: str, frame: pd.DataFrame, source: str | pd.Series, lines: pd.Series | None = None,
+            problems: pd.Series | None = None) -> int:
+        """Check one chunk of ``signal`` rows from ``source``; keep the good ones, count the bad ones.
+
+        Args:
+            signal: metrics, logs, traces or events.
+            frame: rows in the bundle's column names (see docs/data-format.md).
+            source: the file the rows came from (or each row's file), for bad-row messages.
+            lines: each row's line number in ``source`` (default: position + 1).
+            problems: per-row reasons found by the importer's own conversions (``<NA>`` when fine).
+
+        Returns:
+            The number of good rows kept.
+        """
+        if len(frame) == 0:
+            return 0
+        frame = frame.reset_index(drop=True)
+        lines = pd.Series(range(1, len(frame) + 1)) if lines is None else lines.reset_index(drop=True)
+        coerced, found = row_problems(signal, frame)
+        problems = found if problems is None else problems.reset_index(drop=True).astype("string").fillna(found)
+        time_column = TIME_COLUMNS[signal]
+        if time_column in coerced.columns:
+            times = coerced[time_column]
+            implausible = times.notna() & ((times < PLAUSIBLE_TIMES[0]) | (times >= PLAUSIBLE_TIMES[1]))
+            problems = problems.mask(problems.isna() & implausible, f"column '{time_column}' is not a plausible time")
+        self.bad_rows.add_frame(source.reset_index(drop=True) if isinstance(source, pd.Series) else source,
+                                lines, problems)
+        good = coerced[problems.isna().to_numpy()]
+        if signal == "traces":
+            repeated = good.duplicated(["trace_id", "span_id"]).to_numpy()
+            self._duplicates += int(repeated.sum())
+            good = good[~repeated]
+        good = validate_frame(signal, good, allow_empty=True)
+        if len(good):
+            self._buffers[signal].append(good)
+            self._buffered[signal] += len(good)
+            self._buffered_bytes[signal] += float(good.memory_usage(index=False).sum())
+            if self._buffered[signal] >= self.chunk_rows or self._buffered_bytes[signal] >= self.chunk_bytes:
+                self._spill(signal)
+        return len(good)
+
+    def add_records(self, signal: str, records: list[dict[str, Any]], source: str, *, time_unit: str) -> int:
+        """Add row dicts (each with its source line under ``_line``) whose time column is epoch ``time_unit``.
+
+        ``records`` is emptied, so a caller can keep filling the same list.
+        """
+        if not records:
+            return 0
+        frame = pd.DataFrame.from_records(records)
+        records.clear()
+        lines = frame.pop("_line")
+        column = TIME_COLUMNS[signal]
+        frame[column] = to_utc(frame[column], time_unit)
+        return self.add(signal, frame, source, lines)
+
+    def _spill(self, signal: str) -> None:
+        frame = pd.concat(self._buffers[signal], ignore_index=True)
+        path = self._parts / f"{signal}-{len(self._files[signal]):05d}.parquet"
+        frame.to_parquet(path, index=False)
+        self._files[signal].append(path)
+        self._buffers[signal], self._buffered[signal], self._buffered_bytes[signal] = [], 0, 0.0
+
+    def finish(self, truth: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None) -> ImportSummary:
+        """Merge the parts into the bundle, write ``truth.json`` and ``import.json``; return a summary."""
+        import pyarrow.parquet as pq
+
+        rows: dict[str, int] = {}
+        for signal in SIGNALS:
+            if self._buffers[signal]:
+                self._spill(signal)
+            if self._files[signal]:
+                rows[signal] = self._merge(signal, self._files[signal], pq)
+        shutil.rmtree(self._parts, ignore_errors=True)
+        if not rows:
+            raise SourceError("nothing was imported: every row was bad or the source was empty"
+                              + (f" ({self.bad_rows.count} bad rows)" if self.bad_rows.count else ""))
+        if truth is not None:
+            (self.out / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
+        summary = ImportSummary(self.out, rows, self.bad_rows, self._duplicates, time.perf_counter() - self._began,
+                                faults=len(truth["faults"]) if truth else None)
+        record = {"melt_version": melt.__version__, **(provenance or {}), "rows": rows,
+                  "bad_rows": self.bad_rows.count, "bad_row_examples": self.bad_rows.examples,
+                  "duplicate_spans": self._duplicates}
+        (self.out / "import.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return summary
+
+    def _merge(self, signal: str, parts: list[Path], pq: Any) -> int:
+        """Stream the parts of one signal into ``<signal>.parquet`` under one unified schema."""
+        import pyarrow as pa
+
+        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+        schema = schema.remove_metadata()
+        seen = self._first_spans(parts, pq) if signal == "traces" else None
+        written, offset = 0, 0
+        with pq.ParquetWriter(self.out / f"{signal}.parquet", schema, compression="zstd") as sink:
+            for part in parts:
+                table = pq.read_table(part)
+                if seen is not None:
+                    keep = seen[offset: offset + table.num_rows]
+                    offset += table.num_rows
+                    table = table.filter(pa.array(keep))
+                for name in schema.names:
+                    if name not in table.column_names:
+                        table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+                sink.write_table(table.select(schema.names).cast(schema))
+                written += table.num_rows
+                log(f"{signal}: {written:,} rows written", self.quiet, stage="melt import")
+        return written
+
+    def _first_spans(self, parts: list[Path], pq: Any) -> Any:
+        """True for the first occurrence of each ``(trace_id, span_id)`` over all parts."""
+        ids = pd.concat([pq.read_table(p, columns=["trace_id", "span_id"]).to_pandas() for p in parts],
+                        ignore_index=True)
+        repeated = ids.duplicated().to_numpy()
+        self._duplicates += int(repeated.sum())
+        return ~repeated

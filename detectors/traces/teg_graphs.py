@@ -44,7 +44,8 @@ class TraceGraphs:
 
 def hashed(texts: np.ndarray, prefix: str) -> np.ndarray:
     """Hashed token counts (l2-normalised) of each distinct text, then indexed back."""
-    distinct, codes = np.unique(texts.astype(str), return_inverse=True)
+    # factorize, not np.unique: a numpy string array is as wide as its longest text times every row
+    codes, distinct = pd.factorize(pd.Series(texts, dtype=object).astype(str))
     vectoriser = HashingVectorizer(n_features=HASH_DIM, alternate_sign=False, norm="l2",
                                    token_pattern=r"[A-Za-z][A-Za-z_]+|<\w+>")
     matrix = vectoriser.transform([f"{prefix} {t}" for t in distinct]).toarray().astype(np.float32)

@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics_synth.py quality
 	$(BIN)/python benchmarks/metrics_synth.py speed
 	$(BIN)/python benchmarks/teg_synth.py
+	$(BIN)/python benchmarks/gat_synth.py
 	@if [ -d "$(DATA)/skab" ]; then $(BIN)/python benchmarks/metrics_skab.py $(DATA)/skab; \
 	else echo "skipping SKAB: no $(DATA)/skab (set DATA=path/to/shared/data)"; fi
 	@if [ -d "$(DATA)/loghub-2k" ]; then $(BIN)/python benchmarks/logs_loghub.py $(DATA)/loghub-2k; \

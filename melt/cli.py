@@ -191,6 +191,15 @@ def plugins() -> None:
             click.echo(f"  {f.name} ({f.distribution}, {f.target}): {f.reason}")
 
 
+def _add_subgroups() -> None:
+    from melt.cli_traces import traces
+
+    cli.add_command(traces)
+
+
+_add_subgroups()
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="melt")

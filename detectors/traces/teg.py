@@ -20,13 +20,20 @@ import pandas as pd
 
 from detectors.logs.templates import UNMATCHED, TemplateMiner
 from detectors.robust import robust_baseline
-from detectors.torch_model import EarlyStopping, TorchNetworkMixin, torch_device
+from detectors.torch_model import (
+    EarlyStopping,
+    HeldOutCalibrationMixin,
+    TorchNetworkMixin,
+    torch_device,
+    trailing_split,
+)
+from detectors.traces.graph_batch import gather
 from detectors.traces.teg_graphs import TraceGraphs, build_graphs
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
 
 
-class TraceEventGraphDetector(TorchNetworkMixin, Detector):
+class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector):
     """One-class GGNN over trace-event graphs.
 
     Args:
@@ -123,7 +130,7 @@ class TraceEventGraphDetector(TorchNetworkMixin, Detector):
         with torch.no_grad():
             for start in range(0, traces.size, self.batch_traces):
                 chosen = traces[start:start + self.batch_traces]
-                x, edges, batch = _gather(graphs, chosen)
+                x, edges, batch = gather(graphs, chosen)
                 z, h = network(torch.from_numpy(x).to(device), torch.from_numpy(edges).to(device),
                                torch.from_numpy(batch).to(device), chosen.size)
                 graph_out.append(z.cpu().numpy())
@@ -135,15 +142,8 @@ class TraceEventGraphDetector(TorchNetworkMixin, Detector):
         import torch
 
         graphs = self._graphs(bundle, learn=True)
-        order = np.argsort(graphs.trace_start, kind="stable")
-        cut = int(len(order) * (1 - self.validation_fraction))
-        self.holdout_start_ = pd.Timestamp(graphs.trace_start[order[cut]]) if cut < len(order) else None
-        rng = np.random.default_rng(self.seed)
-        train = order[:cut] if cut > 0 else order
-        if train.size > self.max_train_traces:
-            train = rng.choice(train, self.max_train_traces, replace=False)
-        train = np.sort(train)
-        validation = np.sort(order[cut:])[: max(self.max_train_traces // 4, 1)] if cut < len(order) else train
+        train, validation, self.holdout_start_ = trailing_split(
+            graphs.trace_start, self.validation_fraction, self.max_train_traces, np.random.default_rng(self.seed))
         device = torch_device(self.device)
         network = self._build(graphs.x.shape[1]).to(device)
         initial, _ = self._run(graphs, train, network, device)
@@ -160,7 +160,7 @@ class TraceEventGraphDetector(TorchNetworkMixin, Detector):
             total = 0.0
             for start in range(0, shuffled.size, self.batch_traces):
                 chosen = np.sort(shuffled[start:start + self.batch_traces])
-                x, edges, batch = _gather(graphs, chosen)
+                x, edges, batch = gather(graphs, chosen)
                 optimiser.zero_grad()
                 z, _ = network(torch.from_numpy(x).to(device), torch.from_numpy(edges).to(device),
                                torch.from_numpy(batch).to(device), chosen.size)
@@ -184,14 +184,6 @@ class TraceEventGraphDetector(TorchNetworkMixin, Detector):
         self.node_centres_ = pd.DataFrame(nodes).groupby(pd.Series(keys, dtype=object).to_numpy()).mean()
         self.node_centre_ = nodes.mean(axis=0)
         return self
-
-    def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:
-        """Scores of the held-out, later traces of the training data."""
-        scores = self._checked(self.score(bundle))
-        if self.holdout_start_ is None:
-            return scores["score"].to_numpy()
-        held_out = scores[scores["timestamp"] >= self.holdout_start_]
-        return (held_out if len(held_out) else scores)["score"].to_numpy()
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         import torch
@@ -245,16 +237,3 @@ class TraceEventGraphDetector(TorchNetworkMixin, Detector):
         if (root / "drain3_state.json").is_file():
             self.miner_ = TemplateMiner()
             self.miner_.load(root / "drain3_state.json")
-
-
-def _gather(graphs: TraceGraphs, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Block-diagonal batch of arbitrary (sorted) traces: features, re-indexed edges, graph index."""
-    lo, hi = graphs.trace_ptr[traces], graphs.trace_ptr[traces + 1]
-    counts = hi - lo
-    nodes = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-    new_id = np.full(graphs.x.shape[0], -1, dtype=np.int64)
-    new_id[nodes] = np.arange(nodes.size)
-    a, b = np.searchsorted(graphs.edge_index[0], lo), np.searchsorted(graphs.edge_index[0], hi)
-    edge_cols = np.repeat(a - np.cumsum(b - a) + (b - a), b - a) + np.arange((b - a).sum())
-    edges = new_id[graphs.edge_index[:, edge_cols]]
-    return graphs.x[nodes], edges, np.repeat(np.arange(traces.size), counts)

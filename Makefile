@@ -21,6 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/melt generate --out $(DEMO)
+	rm -rf $(REPORTS)  # reports of an earlier run would sit beside this run's
 	$(BIN)/melt detect --data $(DEMO) --models all --out $(REPORTS)
 	@echo "reports: $(REPORTS)/ (index.json lists them; ground truth in $(DEMO)/truth.json)"
 

@@ -54,7 +54,7 @@ def json_lines(path: Path, bad_rows: BadRows) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield number, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 bad_rows.add(f"{path}:{number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
 

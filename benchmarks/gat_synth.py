@@ -7,12 +7,16 @@ For each seed: the default generator (12 services, 2 h) with four faults alterna
 error_burst. ``gat_gae`` is fitted on the first 35% (fault-free). The normal test set is every later
 trace that no fault touched. Anomalies, each scored against the normal test set (ROC AUC):
 - ``latency`` and ``error_burst``: the generator's own fault traces (label 1);
-- ``span_latency``: a copy of 300 normal test traces where one non-root span and its ancestors
+- ``span_latency``: a copy of up to 300 normal test traces where one non-root span and its ancestors
   take 5x longer (the extra time added up the tree);
 - ``span_error``: one span and its ancestors return 500;
-- ``missing_call``: one non-root span is removed with its subtree;
+- ``missing_call``: one non-root span is removed with its subtree (it may be an optional call, one
+  that normal traces of the same operation also skip);
+- ``missing_usual_call``: the same, choosing only among calls their caller's operation makes in at
+  least 90% of its training spans (``learn_baselines``), so the trace really lacks something;
 - ``extra_call``: one span gets an extra child: a call to an operation taken from another trace.
-Every trace score is reported with the three aggregations (max, mean, percentile_95).
+Traces with no span to change (a single-span trace for the non-root changes) are left out of the
+anomaly set. Every trace score is reported with the three aggregations (max, mean, percentile_95).
 
 Speed (last seed): the normal test traces tiled (new trace ids) to ``--traces`` traces, scored in
 batches; against scoring one graph at a time on 300 traces, both as model passes over prebuilt
@@ -31,6 +35,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from detectors.traces.gat_gae import AGGREGATIONS
+from detectors.traces.gat_graphs import learn_baselines
 from melt.bundle import MeltBundle
 from melt.pipeline import training_split
 from melt.registry import build_detector
@@ -62,7 +67,8 @@ def descendants_mask(parent: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return mask
 
 
-def mutate(spans: pd.DataFrame, kind: str, rng: np.random.Generator, donors: pd.DataFrame) -> pd.DataFrame:
+def mutate(spans: pd.DataFrame, kind: str, rng: np.random.Generator, donors: pd.DataFrame,
+           usual_calls: pd.MultiIndex | None = None) -> pd.DataFrame:
     """``MUTATED`` traces of ``spans`` with one injected change of ``kind``, under new trace ids."""
     chosen = rng.choice(spans["trace_id"].unique(), MUTATED, replace=False)
     part = spans[spans["trace_id"].isin(chosen)].reset_index(drop=True).copy()
@@ -71,7 +77,13 @@ def mutate(spans: pd.DataFrame, kind: str, rng: np.random.Generator, donors: pd.
     key = pd.MultiIndex.from_arrays([part["trace_id"], part["span_id"]])
     parent = key.get_indexer(pd.MultiIndex.from_arrays([part["trace_id"], part["parent_span_id"].fillna("")]))
     candidates = part[parent >= 0] if kind != "extra_call" else part
+    if kind == "missing_usual_call":
+        operation = (part["service_name"].astype(str) + " " + part["span_name"].astype(str)).to_numpy(dtype=object)
+        caller = np.where(parent >= 0, operation[np.maximum(parent, 0)], "")
+        usual = (parent >= 0) & pd.MultiIndex.from_arrays([caller, operation]).isin(usual_calls)
+        candidates = part[usual]
     target = candidates.groupby("trace_id").sample(1, random_state=int(rng.integers(1 << 31))).index.to_numpy()
+    changed = part.loc[target, "trace_id"].unique()  # a trace without a candidate span stays out
     if kind == "span_latency":
         extra = part.loc[target, "duration"].to_numpy() * 4.0
         added = np.zeros(len(part))
@@ -80,7 +92,7 @@ def mutate(spans: pd.DataFrame, kind: str, rng: np.random.Generator, donors: pd.
         part["duration"] = part["duration"] + added
     elif kind == "span_error":
         part.loc[ancestors_mask(parent, target), "status_code"] = 500
-    elif kind == "missing_call":
+    elif kind in ("missing_call", "missing_usual_call"):
         part = part[~descendants_mask(parent, target)]
     elif kind == "extra_call":
         donor = donors.sample(len(target), random_state=int(rng.integers(1 << 31)), replace=True).reset_index(drop=True)
@@ -91,7 +103,7 @@ def mutate(spans: pd.DataFrame, kind: str, rng: np.random.Generator, donors: pd.
         new["start_time"] = part.loc[target, "start_time"].to_numpy() + pd.Timedelta("1ms")
         new["label"] = 1
         part = pd.concat([part, new[part.columns]], ignore_index=True)
-    return part
+    return part[part["trace_id"].isin(changed)]
 
 
 def auc_row(name: str, table_normal: dict, table_anomal: dict) -> list[float]:
@@ -108,7 +120,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--traces", type=int, default=100_000)
     args = parser.parse_args()
-    kinds = ["latency", "error_burst", "span_latency", "span_error", "missing_call", "extra_call"]
+    kinds = ["latency", "error_burst", "span_latency", "span_error", "missing_call", "missing_usual_call", "extra_call"]
     results: dict[str, list[list[float]]] = {k: [] for k in kinds}
     fits = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -134,8 +146,9 @@ def main() -> None:
                 ids |= set(later.loc[window & (later["label"] == 1), "trace_id"])
             sets[fault_type] = later[later["trace_id"].isin(ids)]
         rng = np.random.default_rng(seed)
+        usual_calls = learn_baselines(train.traces).usual_calls
         for kind in kinds[2:]:
-            sets[kind] = mutate(normal, kind, rng, train.traces)
+            sets[kind] = mutate(normal, kind, rng, train.traces, usual_calls)
         del faults
 
         def scored(frame: pd.DataFrame, fitted=detector) -> dict[str, np.ndarray]:

@@ -7,6 +7,8 @@ saves the weights as ``network.pt`` next to the other learned state.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,28 @@ def torch_device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@contextmanager
+def reproducible_threads(device: Any) -> Iterator[None]:
+    """Train on CPU in one thread, then restore the thread count.
+
+    With several threads, PyTorch's CPU kernels may split a reduction differently on the first
+    call of a process than on later ones; the float sums then differ in the last bits, training
+    amplifies that, and the same seed stops giving the same weights (house rule 2). Scoring is
+    unaffected and keeps every thread.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class EarlyStopping:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from melt.errors import MeltError
+from melt.scoring import pointwise
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -37,24 +38,18 @@ def binary_evaluation(scores: np.ndarray, labels: np.ndarray, flagged: np.ndarra
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    scores, labels, flagged = np.asarray(scores, float), np.asarray(labels, int), np.asarray(flagged, bool)
+    scores, labels = np.asarray(scores, float), np.asarray(labels, int)
     if labels.min(initial=1) == labels.max(initial=0):
         raise MeltError("evaluation needs both normal and anomalous units (one class is empty)")
-    tp = int((flagged & (labels == 1)).sum())
-    fp = int((flagged & (labels == 0)).sum())
-    fn = int((~flagged & (labels == 1)).sum())
-    tn = int((~flagged & (labels == 0)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    decisions = pointwise(labels, flagged)
     normal, anomalous = scores[labels == 0], scores[labels == 1]
     return {
         "roc_auc": float(roc_auc_score(labels, scores)),
         "average_precision": float(average_precision_score(labels, scores)),
-        "precision": precision, "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "specificity": tn / (tn + fp) if tn + fp else 0.0,
+        "precision": decisions["precision"], "recall": decisions["recall"], "f1": decisions["f1"],
+        "specificity": 1.0 - decisions["far"],
         "separation_ratio": float(anomalous.mean() / normal.mean()) if normal.mean() > 0 else None,
-        "confusion_matrix": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+        "confusion_matrix": decisions["confusion_matrix"],
         "scores": {"normal": _stats(normal), "anomalous": _stats(anomalous)},
     }
 
@@ -70,7 +65,7 @@ def plot_evaluation(scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray,
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    labels, flagged = np.asarray(labels, int), np.asarray(flagged, bool)
+    labels = np.asarray(labels, int)
     written = []
 
     def save(figure: Any, name: str) -> None:
@@ -92,8 +87,8 @@ def plot_evaluation(scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray,
     axes.set(xlabel="recall", ylabel="precision", title=f"precision-recall {title}".strip())
     save(figure, "pr_curve.png")
 
-    matrix = np.array([[((~flagged) & (labels == 0)).sum(), (flagged & (labels == 0)).sum()],
-                       [((~flagged) & (labels == 1)).sum(), (flagged & (labels == 1)).sum()]])
+    counts = pointwise(labels, flagged)["confusion_matrix"]
+    matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
     figure, axes = plt.subplots(figsize=(4, 3.6))
     axes.imshow(matrix, cmap="Blues")
     for (row, column), value in np.ndenumerate(matrix):

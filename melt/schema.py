@@ -123,7 +123,8 @@ def validate_frame(name: str, df: pd.DataFrame, *, allow_empty: bool = False) ->
     for column, kind in columns.items():
         if column not in out.columns:
             continue
-        out[column] = _coerce(out[column], kind, name, column)
+        if not _has_kind(out[column], kind):
+            out[column] = _coerce(out[column], kind, name, column)
         if column not in schema.nullable and column in schema.required and out[column].isna().any():
             row = int(np.flatnonzero(out[column].isna().to_numpy())[0])
             raise _fail(name, column, f"has a null value (first at row {row})")
@@ -184,7 +185,7 @@ def _has_kind(series: pd.Series, kind: str) -> bool:
         return dtype == np.float64
     if kind == "int":
         return str(dtype) == "Int64"
-    return isinstance(dtype, pd.StringDtype)
+    return dtype == pd.StringDtype()  # the "string" dtype astype("string") gives, not pandas' NaN-based "str"
 
 
 def normalise_levels(levels: pd.Series) -> pd.Series:

@@ -14,14 +14,15 @@ import pandas as pd
 
 
 def pointwise(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Precision, recall, F1, FAR and MAR of binary point predictions."""
+    """Precision, recall, F1, FAR and MAR of binary point predictions, and the confusion counts."""
     y, p = np.asarray(truth, bool), np.asarray(predicted, bool)
     tp, fp, fn, tn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum()), int((~y & ~p).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1,
-            "far": fp / (fp + tn) if fp + tn else 0.0, "mar": fn / (fn + tp) if fn + tp else 0.0}
+            "far": fp / (fp + tn) if fp + tn else 0.0, "mar": fn / (fn + tp) if fn + tp else 0.0,
+            "confusion_matrix": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
 
 
 def alert_episodes(alerts: pd.DataFrame, gap: pd.Timedelta) -> pd.DataFrame:

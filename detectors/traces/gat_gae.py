@@ -22,6 +22,7 @@ from detectors.torch_model import (
     EarlyStopping,
     HeldOutCalibrationMixin,
     TorchNetworkMixin,
+    reproducible_threads,
     torch_device,
     trailing_split,
 )
@@ -196,39 +197,40 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         stopper = EarlyStopping(self.patience, min_gain=0.005)
         self.history_: list[tuple[float, float, float]] = []
         n = len(NUMERIC)
-        epochs = tqdm(range(self.epochs), desc="gat_gae", unit="epoch", disable=None, leave=False)
-        for _ in epochs:
-            network.train()
-            shuffled = rng.permutation(train)
-            total = 0.0
-            for start in range(0, shuffled.size, self.batch_size):
-                chosen = np.sort(shuffled[start:start + self.batch_size])
-                x, edges, batch = gather(graphs, chosen)
-                x = x.copy()
-                unknown = rng.random((x.shape[0], 2)) < self.unknown_rate
-                x[:, n:n + 2][unknown] = 0.0
-                x, edges = torch.from_numpy(x).to(device), torch.from_numpy(edges).to(device)
-                batch = torch.from_numpy(batch).to(device)
-                optimiser.zero_grad()
-                feature, _, z = self._span_errors(network, x, edges)
-                loss = (1 - self.loss_alpha) * feature.mean()
-                if edges.shape[1]:
-                    negative = torch.from_numpy(negative_pairs(edges.cpu().numpy(), batch.cpu().numpy(), rng)).to(device)
-                    positive_loss = torch.nn.functional.softplus(-network.edge_logits(z, edges)).mean()
-                    negative_loss = torch.nn.functional.softplus(network.edge_logits(z, negative)).mean() \
-                        if negative.shape[1] else torch.zeros((), device=device)
-                    loss = loss + self.loss_alpha * (positive_loss + negative_loss)
-                loss.backward()
-                optimiser.step()
-                total += float(loss.detach()) * chosen.size
-            self.network_ = network.cpu()
-            val = float(self.span_scores(graphs, validation).mean())
-            network.to(device)
-            schedule.step(val)
-            self.history_.append((total / max(train.size, 1), val, optimiser.param_groups[0]["lr"]))
-            epochs.set_postfix(train=f"{self.history_[-1][0]:.3f}", val=f"{val:.3f}")
-            if stopper.should_stop(val, network):
-                break
+        with reproducible_threads(device):
+            epochs = tqdm(range(self.epochs), desc="gat_gae", unit="epoch", disable=None, leave=False)
+            for _ in epochs:
+                network.train()
+                shuffled = rng.permutation(train)
+                total = 0.0
+                for start in range(0, shuffled.size, self.batch_size):
+                    chosen = np.sort(shuffled[start:start + self.batch_size])
+                    x, edges, batch = gather(graphs, chosen)
+                    x = x.copy()
+                    unknown = rng.random((x.shape[0], 2)) < self.unknown_rate
+                    x[:, n:n + 2][unknown] = 0.0
+                    x, edges = torch.from_numpy(x).to(device), torch.from_numpy(edges).to(device)
+                    batch = torch.from_numpy(batch).to(device)
+                    optimiser.zero_grad()
+                    feature, _, z = self._span_errors(network, x, edges)
+                    loss = (1 - self.loss_alpha) * feature.mean()
+                    if edges.shape[1]:
+                        negative = torch.from_numpy(negative_pairs(edges.cpu().numpy(), batch.cpu().numpy(), rng)).to(device)
+                        positive_loss = torch.nn.functional.softplus(-network.edge_logits(z, edges)).mean()
+                        negative_loss = torch.nn.functional.softplus(network.edge_logits(z, negative)).mean() \
+                            if negative.shape[1] else torch.zeros((), device=device)
+                        loss = loss + self.loss_alpha * (positive_loss + negative_loss)
+                    loss.backward()
+                    optimiser.step()
+                    total += float(loss.detach()) * chosen.size
+                self.network_ = network.cpu()
+                val = float(self.span_scores(graphs, validation).mean())
+                network.to(device)
+                schedule.step(val)
+                self.history_.append((total / max(train.size, 1), val, optimiser.param_groups[0]["lr"]))
+                epochs.set_postfix(train=f"{self.history_[-1][0]:.3f}", val=f"{val:.3f}")
+                if stopper.should_stop(val, network):
+                    break
         stopper.restore(network)
         self.network_ = network.cpu()
         self.residual_scale_ = self._residual_scale(graphs, validation)

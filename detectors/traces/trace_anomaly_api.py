@@ -17,24 +17,26 @@ from detectors.traces.gat_gae import GATGraphAutoencoderDetector
 from melt.bundle import MeltBundle
 from melt.errors import ConfigError
 
+_DEFAULTS = GATGraphAutoencoderDetector.param_defaults()
+
 
 @dataclass
 class ModelConfig:
-    """The seeds' ``ModelConfig`` fields, mapped onto ``gat_gae``'s parameters."""
+    """The seeds' ``ModelConfig`` fields; defaults are ``gat_gae``'s own."""
 
-    epochs: int = 30
-    learning_rate: float = 3e-3
-    latent_dim: int = 16
-    hidden_dim: int = 32
-    gat_heads: int = 4
-    batch_size: int = 128
-    loss_alpha: float = 0.5
-    patience: int = 5
-    lr_factor: float = 0.5
-    lr_patience: int = 2
-    aggregation: str = "max"
-    device: str = "auto"
-    seed: int = 0
+    epochs: int = _DEFAULTS["epochs"]
+    learning_rate: float = _DEFAULTS["learning_rate"]
+    latent_dim: int = _DEFAULTS["latent_dim"]
+    hidden_dim: int = _DEFAULTS["hidden_dim"]
+    gat_heads: int = _DEFAULTS["gat_heads"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    loss_alpha: float = _DEFAULTS["loss_alpha"]
+    patience: int = _DEFAULTS["patience"]
+    lr_factor: float = _DEFAULTS["lr_factor"]
+    lr_patience: int = _DEFAULTS["lr_patience"]
+    aggregation: str = _DEFAULTS["aggregation"]
+    device: str = _DEFAULTS["device"]
+    seed: int = _DEFAULTS["seed"]
 
     @classmethod
     def from_any(cls, config: ModelConfig | dict[str, Any] | None) -> ModelConfig:

@@ -85,10 +85,12 @@ def mutate(spans: pd.DataFrame, kind: str, rng: np.random.Generator, donors: pd.
     target = candidates.groupby("trace_id").sample(1, random_state=int(rng.integers(1 << 31))).index.to_numpy()
     changed = part.loc[target, "trace_id"].unique()  # a trace without a candidate span stays out
     if kind == "span_latency":
-        extra = part.loc[target, "duration"].to_numpy() * 4.0
         added = np.zeros(len(part))
-        for t, e in zip(target, extra, strict=True):  # 300 targets; the ancestors are found vectorised
-            added[ancestors_mask(parent, np.array([t]))] += e
+        current, amount = target, part.loc[target, "duration"].to_numpy() * 4.0
+        while current.size:  # walk every target's ancestors at once, one level per pass
+            np.add.at(added, current, amount)
+            up = parent[current]
+            current, amount = up[up >= 0], amount[up >= 0]
         part["duration"] = part["duration"] + added
     elif kind == "span_error":
         part.loc[ancestors_mask(parent, target), "status_code"] = 500

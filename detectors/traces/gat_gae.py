@@ -27,7 +27,6 @@ from detectors.torch_model import (
     trailing_split,
 )
 from detectors.traces.gat_graphs import (
-    CODES,
     NUMERIC,
     SpanGraphs,
     build_span_graphs,
@@ -117,9 +116,13 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         return GATGraphAutoencoder(numeric_dim, len(self.services_), len(self.operations_), self.embed_dim,
                                    self.hidden_dim, self.latent_dim, self.gat_heads)
 
+    def _raw_graphs(self, spans: pd.DataFrame) -> SpanGraphs:
+        """Span graphs with the learned vocabularies and baselines, numeric features not yet standardised."""
+        return build_span_graphs(spans, pd.Index(self.services_, dtype=object), pd.Index(self.operations_, dtype=object),
+                                 self.baselines_)
+
     def _graphs(self, spans: pd.DataFrame) -> SpanGraphs:
-        graphs = build_span_graphs(spans, pd.Index(self.services_, dtype=object), pd.Index(self.operations_, dtype=object),
-                                   self.baselines_)
+        graphs = self._raw_graphs(spans)
         n = len(NUMERIC)
         graphs.x[:, :n] = (graphs.x[:, :n] - self.mean_) / self.std_
         return graphs
@@ -175,9 +178,7 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         self.operations_ = list(vocabulary(spans["service_name"].astype(str) + " " + spans["span_name"].astype(str)))
         self.baselines_ = learn_baselines(spans)
         self.residual_scale_ = np.ones(len(NUMERIC), dtype=np.float32)
-        self.mean_ = np.zeros(len(NUMERIC), dtype=np.float32)
-        self.std_ = np.ones(len(NUMERIC), dtype=np.float32)
-        graphs = self._graphs(spans)
+        graphs = self._raw_graphs(spans)
         numeric = graphs.x[:, : len(NUMERIC)]
         self.mean_ = numeric.mean(axis=0).astype(np.float32)
         self.std_ = np.maximum(numeric.std(axis=0), 0.05).astype(np.float32)
@@ -310,4 +311,4 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         })
 
 
-__all__ = ["GATGraphAutoencoderDetector", "AGGREGATIONS", "CODES"]
+__all__ = ["GATGraphAutoencoderDetector", "AGGREGATIONS", "negative_pairs"]

@@ -40,7 +40,8 @@ bench: $(STAMP)
 	@if [ -d "$(DATA)/loghub-2k" ]; then $(BIN)/python benchmarks/logs_loghub.py $(DATA)/loghub-2k; \
 	else echo "skipping loghub: no $(DATA)/loghub-2k (set DATA=path/to/shared/data)"; fi
 	@if [ -d "$(DATA)/nezha-trainticket" ]; then $(BIN)/python benchmarks/import_nezha.py $(DATA)/nezha-trainticket && \
-	$(BIN)/python benchmarks/logs_nezha.py $(DATA)/nezha-trainticket; \
+	$(BIN)/python benchmarks/logs_nezha.py $(DATA)/nezha-trainticket && \
+	$(BIN)/python benchmarks/rca_nezha.py $(DATA)/nezha-trainticket --models zscore,log_patterns; \
 	else echo "skipping Nezha: no $(DATA)/nezha-trainticket (set DATA=path/to/shared/data)"; fi
 
 lint: $(STAMP)

@@ -18,6 +18,7 @@ RESOURCE_CAUSES = {
     "pool": "connection-pool exhaustion in {service} ({feature} {value})",
     "latency": "{service} responds slowly ({feature} {value} vs expected {low}-{high})",
     "error": "{service} returns errors ({feature} {value})",
+    "code_path": "{service} took another code path: {pattern} [{change}]",
 }
 RECOMMENDATIONS = {
     "cpu": "Check CPU limits and throttling of {service}; scale out or profile the hot path.",
@@ -25,6 +26,7 @@ RECOMMENDATIONS = {
     "latency": "Profile {service}'s own processing ({feature}); check locks, GC and slow queries.",
     "error": "Read the stack traces of {service} around {start}; roll back the last change if it matches.",
     "change": "Review the {kind} of {service} just before the incident; roll it back if it matches.",
+    "code_path": "Compare {service}'s logs around {start} with the usual sequence; the changed branch is in {feature}.",
     "downstream": "Check {service}'s dependencies on the path {path}.",
 }
 
@@ -36,6 +38,8 @@ def _signature(item: dict[str, Any]) -> str:
         return "change"
     if kind in ("error_burst", "new_template") or "error" in feature or "exception" in feature:
         return "error"
+    if kind in ("new_pattern", "pattern_vanished", "pattern_grew"):
+        return "code_path"
     for key in ("cpu", "memory", "gc", "pool"):
         if key in feature:
             return key
@@ -75,6 +79,11 @@ def suggested_causes(facts: dict[str, Any]) -> list[str]:
         low, high = _range(item)
         if signature == "change":
             causes.append(f"recent {item.get('feature')} of {top}: {item.get('message', '')} [{item['id']}]")
+        elif signature == "code_path":
+            change = {"new_pattern": "new", "pattern_vanished": f"was in {high} of traces, now {item.get('value')}",
+                      "pattern_grew": f"was in {high} of traces, now {item.get('value')}"}[str(item["anomaly_type"])]
+            causes.append(RESOURCE_CAUSES["code_path"].format(service=top, pattern=f"\"{item.get('feature')}\"",
+                                                              change=change) + f" [{item['id']}]")
         elif signature == "error" and item.get("template"):
             label = "new" if item.get("anomaly_type") == "new_template" else "bursting"
             causes.append(f"{label} error log template in {top}: \"{item['template']}\" [{item['id']}]")

@@ -99,6 +99,22 @@ class MeltBundle:
             parts[name] = frame[keep].reset_index(drop=True)
         return MeltBundle(**parts, truth=self.truth, validate=False)
 
+    def union(self, other: MeltBundle) -> MeltBundle:
+        """Rows of both bundles, frame by frame (e.g. a fault-free reference plus a lead-in period).
+
+        Spans repeated in both (same trace and span id) and repeated metric points are kept once.
+        """
+        parts: dict[str, pd.DataFrame | None] = {}
+        for name in SIGNALS:
+            frames = [f for f in (getattr(self, name), getattr(other, name)) if f is not None]
+            parts[name] = pd.concat(frames, ignore_index=True) if len(frames) == 2 else (frames[0] if frames else None)
+        if parts["traces"] is not None:
+            parts["traces"] = parts["traces"].drop_duplicates(["trace_id", "span_id"], ignore_index=True)
+        if parts["metrics"] is not None:
+            key = [c for c in ("timestamp", "service", "instance", "metric") if c in parts["metrics"].columns]
+            parts["metrics"] = parts["metrics"].drop_duplicates(key, ignore_index=True)
+        return MeltBundle(**parts, truth=self.truth, validate=False)
+
     # ------------------------------------------------------------------ I/O
     @classmethod
     def read(cls, path: str | Path, signals: list[str] | None = None) -> MeltBundle:

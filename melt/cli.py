@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 import melt
-from melt.errors import MeltError
+from melt.errors import ConfigError, MeltError
 
 EXIT_USER_ERROR = 2
 
@@ -172,6 +172,31 @@ def import_(ctx: click.Context, fmt: str, src: str, out: str, signal: str | None
                             quiet=quiet)
     for line in summary.lines():
         click.echo(line)
+
+
+@cli.command()
+@click.option("--reports", "reports_dir", required=True, type=click.Path(), help="Directory of incident reports.")
+@click.option("--truth", required=True, type=click.Path(), help="truth.json with the faults.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the full result as JSON here.")
+@click.option("--tolerance", default="5m", show_default=True, help="Slack around fault windows when matching.")
+def evaluate(reports_dir: str, truth: str, out: str | None, tolerance: str) -> None:
+    """Score reports against ground truth: incident P/R/F1, time to detect, AC@k, Avg@5, MRR, baselines."""
+    import json
+    from pathlib import Path
+
+    from melt.incident_evaluation import evaluate as run_evaluate
+    from melt.incident_evaluation import format_table, read_reports, read_truth
+    from melt.timeutil import parse_duration
+
+    try:
+        parse_duration(tolerance)
+    except ValueError as exc:
+        raise ConfigError(f"--tolerance: {exc}") from exc
+    result = run_evaluate(read_reports(reports_dir), read_truth(truth), tolerance)
+    click.echo(format_table(result))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        click.echo(f"wrote {out}")
 
 
 @cli.command()

@@ -72,7 +72,11 @@ DEFAULTS: dict[str, Any] = {
         "top_k": 5,
         "pagerank_alpha": 0.85,
         "lookback": Duration("5m"),
-        "weights": {"anomaly": 0.45, "pagerank": 0.25, "precedence": 0.15, "change": 0.15},
+        "bucket": Duration("1m"),
+        "weights": {"anomaly": 0.7, "propagation": 0.1, "precedence": 0.1, "change": 0.1},
+        "evidence_weights": {"resource": 1.0, "logs": 1.0, "traces": 0.5, "symptoms": 0.2},
+        "noise_floor": {"resource": 3.0, "logs": 0.0, "traces": 3.0, "symptoms": 3.0},
+        "resource_metrics": "cpu|mem|thread|gc|heap|disk|fd",
         "topology_file": Nullable(str),
     },
     "explain": {

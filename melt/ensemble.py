@@ -110,3 +110,21 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
             alerts=group.drop(columns="group").reset_index(drop=True), evidence=in_window.reset_index(drop=True),
         ))
     return incidents
+
+
+def window_incident(scores: pd.DataFrame, signal_of: dict[str, str], start: pd.Timestamp, end: pd.Timestamp,
+                    threshold: float) -> Incident:
+    """An incident over a window that is known already (an alert from elsewhere, a labelled fault).
+
+    Its services are those with alert-signal evidence in the window, loudest first.
+    """
+    in_window = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)
+                       & scores["detector"].map(signal_of).isin(ALERT_SIGNALS)]
+    loudest = in_window.groupby("service", observed=True)["score"].max().sort_values(ascending=False)
+    peak = float(loudest.iloc[0]) if len(loudest) else 0.0
+    confidence = float(np.clip(1 - np.exp(-max(peak - threshold, 0.0) / threshold), 0.05, 0.99))
+    return Incident(id=f"INC-{start.strftime('%Y%m%dT%H%M')}-W", start=start, end=end,
+                    services=loudest[loudest >= threshold].index.tolist() or loudest.index[:5].tolist(),
+                    severity=severity_of(peak, threshold), confidence=confidence, peak_score=peak,
+                    alerts=pd.DataFrame(), evidence=in_window.reset_index(drop=True))
+

@@ -16,7 +16,7 @@ import pandas as pd
 
 from melt.bundle import MeltBundle
 from melt.detector import Detector
-from melt.ensemble import Incident, group_incidents
+from melt.ensemble import ALERT_SIGNALS, Incident, group_incidents
 from melt.errors import BundleError, PluginError
 from melt.progress import log
 from melt.registry import build_detector, get_plugin, requested_names, resolve_models
@@ -100,17 +100,47 @@ def train(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[
     return save_models(fit_detectors(bundle, names, config, quiet), out_dir)
 
 
-def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any],
-           train_dir: str | Path | None = None, model_dir: str | Path | None = None,
-           sinks: list[str] | None = None, quiet: bool = False) -> DetectResult:
-    """Run the whole pipeline on bundle ``data`` and deliver one report per incident."""
+def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: MeltBundle,
+                     signal_of: dict[str, str], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rank root causes, pick evidence and explain each incident: one report dict per incident."""
     from explain.facts import build_facts
     from explain.template import TemplateExplainer
     from melt.evidence import select_evidence
     from melt.report import build_report
+    from rca.baselines import baseline_rankings
     from rca.graph import dependency_graph
     from rca.rank import rank_root_causes
+    from rca.terms import involved
 
+    graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
+    explainer = TemplateExplainer()
+    threshold = float(config["ensemble"]["threshold"])
+    lookback = parse_duration(config["rca"]["lookback"])
+    top_k = int(config["rca"]["top_k"])
+    reports = []
+    for number, incident in enumerate(incidents):
+        window = bundle.slice_time(incident.start - lookback, incident.end)
+        on_path = involved(window.traces, window.logs) or None
+        ranked = rank_root_causes(incident, scores, graph, signal_of, config["rca"], threshold, on_path)
+        candidates = [c.__dict__ for c in ranked]
+        ranked_services = [c["service"] for c in candidates] or incident.services
+        # the incident's rows plus the lookback before it, where change events and early signs sit
+        nearby = scores[(scores["timestamp"] >= incident.start - lookback) & (scores["timestamp"] < incident.end)]
+        evidence = select_evidence(nearby, ranked_services, signal_of, int(config["report"]["max_evidence"]))
+        for candidate in candidates:
+            candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
+        facts = build_facts(incident.summary(), candidates, evidence)
+        report = build_report(incident, candidates, evidence, explainer.explain(facts))
+        own = nearby[nearby["detector"].map(signal_of).isin(ALERT_SIGNALS)]
+        report["root_cause_analysis"]["baselines"] = baseline_rankings(own, graph, on_path, number, top_k)
+        reports.append(report)
+    return reports
+
+
+def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any],
+           train_dir: str | Path | None = None, model_dir: str | Path | None = None,
+           sinks: list[str] | None = None, quiet: bool = False) -> DetectResult:
+    """Run the whole pipeline on bundle ``data`` and deliver one report per incident."""
     requested_names(models_spec)
     bundle = MeltBundle.read(data)
     log(f"read {data}: " + ", ".join(f"{k}={v}" for k, v in bundle.summary().items()), quiet)
@@ -127,22 +157,7 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict
     scores = score_all(models, bundle, quiet)
     incidents = group_incidents(scores, signal_of, config["ensemble"])
     log(f"{len(incidents)} incident(s)", quiet)
-    graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
-    explainer = TemplateExplainer()
-    threshold = float(config["ensemble"]["threshold"])
-    lookback = parse_duration(config["rca"]["lookback"])
-    reports = []
-    for incident in incidents:
-        candidates = [c.__dict__ for c in rank_root_causes(incident, scores, graph, signal_of, config["rca"], threshold)]
-        ranked_services = [c["service"] for c in candidates] or incident.services
-        # the incident's rows plus the lookback before it, where change events and early signs sit
-        nearby = scores[(scores["timestamp"] >= incident.start - lookback) & (scores["timestamp"] < incident.end)]
-        evidence = select_evidence(nearby, ranked_services, signal_of, int(config["report"]["max_evidence"]))
-        for candidate in candidates:
-            candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
-        facts = build_facts(incident.summary(), candidates, evidence)
-        explanation = explainer.explain(facts)
-        reports.append(build_report(incident, candidates, evidence, explanation))
+    reports = report_incidents(incidents, scores, bundle, signal_of, config)
     for sink in make_sinks(sinks or config["report"]["sinks"], out_dir):
         sink.deliver(reports)
     return DetectResult(reports, incidents, list(models), skipped, Path(out_dir))

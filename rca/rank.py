@@ -1,13 +1,12 @@
-"""Rank root-cause services of an incident from evidence terms on the dependency graph.
+"""Rank the root-cause services of an incident: weighted evidence terms on the dependency graph.
 
-Score = sum of weighted terms, each in [0, 1], one function per term:
+score = w_anomaly * anomaly + w_propagation * propagation + w_precedence * precedence + w_change * change
 
-- ``anomaly``: the service's own strongest calibrated evidence in the incident window;
-- ``pagerank``: personalized PageRank on caller -> callee edges weighted by the callee's anomaly,
-  personalised by anomaly and weighted by it (MicroRCA, Wu et al., NOMS 2020): symptoms in callers
-  send mass down to the anomalous dependency that explains them, not the reverse;
-- ``precedence``: services that went anomalous first rank higher;
-- ``change``: change events (deploy, config, restart) shortly before onset.
+``anomaly`` is a service's own evidence, the weighted sum over kinds (resource saturation, log
+patterns, span self time, symptom metrics) of how far its strongest calibrated score of that kind
+rises above the kind's noise floor, scaled to max 1 in the incident. The other terms are in
+:mod:`rca.terms`. Only services that served requests in the incident window are candidates when the
+bundle has traces or logs: a root cause of a user-facing incident sits on the request path.
 """
 
 from __future__ import annotations
@@ -19,8 +18,10 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from melt.ensemble import ALERT_SIGNALS, Incident
 from melt.timeutil import parse_duration
+from rca import terms
+
+TERMS = ("anomaly", "propagation", "precedence", "change")
 
 
 @dataclass
@@ -34,85 +35,72 @@ class Candidate:
     evidence_ids: list[str] = field(default_factory=list)
 
 
-def anomaly_term(evidence: pd.DataFrame, signal_of: dict[str, str]) -> pd.Series:
-    """A vote of the detectors: per detector, each service's max score over the detector's max in the
-    incident; averaged over detectors. No detector's scale (an unbounded log burst, say) dominates."""
-    alert = evidence[evidence["detector"].map(signal_of).isin(ALERT_SIGNALS)]
-    if alert.empty:
-        return pd.Series(dtype=float)
-    per = alert.groupby(["detector", "service"], observed=True)["score"].max().clip(lower=0).unstack("service")
-    scaled = per.div(per.max(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
-    vote = scaled.mean(axis=0)
-    return vote / vote.max() if vote.max() > 0 else vote
+def own_evidence(scores: pd.DataFrame, kinds: pd.Series, config: dict[str, Any]) -> pd.DataFrame:
+    """Per service and evidence kind: the strongest calibrated score above that kind's noise floor."""
+    floors, weights = config["noise_floor"], config["evidence_weights"]
+    columns = {kind: terms.excess(terms.strongest(scores, kinds, kind, rising_only=(kind == "resource")),
+                                  float(floors[kind])) * float(weights[kind]) for kind in terms.EVIDENCE_KINDS}
+    return pd.DataFrame(columns).fillna(0.0)
 
 
-def pagerank_term(graph: nx.DiGraph, anomaly: pd.Series, alpha: float) -> pd.Series:
-    """MicroRCA-style personalized PageRank on the anomalous part of the graph."""
-    nodes = [n for n in graph.nodes if n in anomaly.index]
-    if not nodes:
-        return pd.Series(dtype=float)
-    sub = graph.subgraph(set(nodes) | {v for n in nodes for v in graph.successors(n)}).copy()
-    for a, b in sub.edges:
-        sub[a][b]["weight"] = 0.05 + float(anomaly.get(b, 0.0))
-    personalization = {n: float(anomaly.get(n, 0.0)) + 1e-6 for n in sub.nodes}
-    ranks = pd.Series(nx.pagerank(sub, alpha=alpha, personalization=personalization, weight="weight"))
-    # as in MicroRCA, the walk score is weighted by the node's own anomaly, so a quiet datastore that
-    # every caller touches does not win on structure alone
-    ranks = ranks * anomaly.reindex(ranks.index).fillna(0.0)
-    return ranks / ranks.max() if ranks.max() > 0 else ranks
-
-
-def precedence_term(evidence: pd.DataFrame, signal_of: dict[str, str], threshold: float) -> pd.Series:
-    """1 for the first service over the threshold, falling linearly with its onset order."""
-    alert = evidence[evidence["detector"].map(signal_of).isin(ALERT_SIGNALS) & (evidence["score"] >= threshold)]
-    if alert.empty:
-        return pd.Series(dtype=float)
-    onset = alert.groupby("service", observed=True)["timestamp"].min()
-    order = onset.rank(method="min") - 1
-    return 1.0 - order / max(float(order.max()) + 1.0, 1.0)
-
-
-def change_term(all_scores: pd.DataFrame, signal_of: dict[str, str], start: pd.Timestamp,
-                lookback: pd.Timedelta) -> pd.Series:
-    """Strongest change event per service within ``lookback`` before the onset (raw prior in [0, 1])."""
-    events = all_scores[(all_scores["detector"].map(signal_of) == "events")
-                        & (all_scores["timestamp"] >= start - lookback) & (all_scores["timestamp"] <= start)]
-    if events.empty:
-        return pd.Series(dtype=float)
-    return events.groupby("service", observed=True)["raw_score"].max().clip(0, 1)
+def term_table(scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str], config: dict[str, Any],
+               start: pd.Timestamp, threshold: float, candidates: set[str] | None = None) -> pd.DataFrame:
+    """Every term for every candidate service, plus the per-kind evidence behind ``anomaly``."""
+    kinds = terms.evidence_kind(scores, signal_of, config["resource_metrics"])
+    in_window = (scores["timestamp"] >= start.floor(parse_duration(config["bucket"]))).to_numpy()
+    evidence = own_evidence(scores[in_window], kinds[in_window], config)
+    if candidates:
+        evidence = evidence[evidence.index.isin(candidates)]
+    own = evidence.sum(axis=1)
+    table = pd.DataFrame({
+        "anomaly": terms.normalised(own),
+        "propagation": terms.propagation_term(graph, own, float(config["pagerank_alpha"])),
+        "precedence": terms.precedence_term(scores, kinds, threshold),
+        "change": terms.change_term(scores, kinds, start, parse_duration(config["lookback"])),
+    }).reindex(own.index).fillna(0.0)
+    return pd.concat([table, evidence.add_prefix("evidence.")], axis=1)
 
 
 def propagation_path(graph: nx.DiGraph, symptoms: list[str], cause: str) -> list[str]:
     """Call path from the farthest anomalous caller down to the cause (just the cause if none)."""
     best = [cause]
+    if cause not in graph:
+        return best
+    reaching = nx.ancestors(graph, cause)
     for symptom in symptoms:
-        if symptom in graph and cause in graph and symptom != cause and nx.has_path(graph, symptom, cause):
+        if symptom in reaching:
             path = nx.shortest_path(graph, symptom, cause)
             if len(path) > len(best):
                 best = path
     return best
 
 
-def rank_root_causes(incident: Incident, all_scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str],
-                     config: dict[str, Any], threshold: float) -> list[Candidate]:
-    """Ranked candidates for ``incident`` (config: the ``rca`` section)."""
+def rank_root_causes(incident: Any, all_scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str],
+                     config: dict[str, Any], threshold: float, candidates: set[str] | None = None) -> list[Candidate]:
+    """Ranked candidates for ``incident`` (config: the ``rca`` section).
+
+    Args:
+        incident: anything with ``start``, ``end`` and ``services`` (a :class:`melt.ensemble.Incident`).
+        all_scores: calibrated score rows of every detector (events included).
+        graph: the service dependency graph.
+        signal_of: detector name -> signal.
+        config: the ``rca`` config section.
+        threshold: the ensemble's alert threshold, for onset times.
+        candidates: services allowed to rank (those on the request path); ``None`` = all with evidence.
+    """
     lookback = parse_duration(config["lookback"])
-    evidence = all_scores[(all_scores["timestamp"] >= incident.start - lookback) & (all_scores["timestamp"] < incident.end)]
-    anomaly = anomaly_term(evidence, signal_of)
-    terms = pd.DataFrame({
-        "anomaly": anomaly,
-        "pagerank": pagerank_term(graph, anomaly, float(config["pagerank_alpha"])),
-        "precedence": precedence_term(evidence, signal_of, threshold),
-        "change": change_term(all_scores, signal_of, incident.start, lookback),
-    }).fillna(0.0)
-    terms = terms[terms.index.isin(incident.services) | (terms["anomaly"] > 0)]
+    window = all_scores[(all_scores["timestamp"] >= incident.start - lookback) & (all_scores["timestamp"] < incident.end)]
+    table = term_table(window, graph, signal_of, config, incident.start, threshold, candidates)
     weights = config["weights"]
-    total = sum(terms[name] * float(weights.get(name, 0.0)) for name in terms.columns)
-    ranked = total.sort_values(ascending=False, kind="stable").head(int(config["top_k"]))
+    total = sum(table[name] * float(weights[name]) for name in TERMS)
+    if not isinstance(total, pd.Series) or total.empty:
+        return []
+    ranked = total[total > 0].sort_values(ascending=False, kind="stable").head(int(config["top_k"]))
+    symptoms = [s for s in incident.services if s in table.index]
     return [
         Candidate(service=str(s), score=round(float(v), 4),
-                  terms={k: round(float(terms.at[s, k]), 4) for k in terms.columns},
-                  path=propagation_path(graph, incident.services, str(s)))
+                  terms={k: round(float(table.at[s, k]), 4) for k in table.columns},
+                  path=propagation_path(graph, symptoms, str(s)))
         for s, v in ranked.items()
     ]
 

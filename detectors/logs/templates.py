@@ -24,7 +24,9 @@ DEFAULT_MASKS: list[list[str]] = [
     [r"\b[0-9a-fA-F]{8,}\b", "<HEX>"],  # ids, hashes, long numbers (and the rare 8-letter a-f word)
     [r"(^|[^\w.])/(?:[\w.-]+/)*[\w.-]*\d[\w.-]*", r"\1<PATH>"],
     [r"\{[^{}]*\}", "<JSON>"],
-    [r"\b[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB)?\b%?", "<NUM>"],
+    # a number right after '#' is a source line (logback's ``%C#%L``, as in ``OrderServiceImpl#532``):
+    # it names the log statement, so it stays part of the template
+    [r"(^|[^\w#])[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB)?\b%?", r"\1<NUM>"],
 ]
 UNMATCHED = -1
 PARALLEL_MASK_ROWS = 4_000
@@ -109,6 +111,24 @@ class TemplateMiner:
         lookup = self._miner.drain.match
         ids = np.array([_cluster_id(lookup(m, "fallback")) for m in distinct.astype(str)], dtype=np.int64)
         return ids[codes], distinct.to_numpy(dtype=object)[codes]
+
+    def labels(self, lines: pd.Series) -> np.ndarray:
+        """A label per line without learning: the cluster id as text, or ``new:<template>``.
+
+        Lines no learned template matches are grouped by a scratch Drain with the same settings, so a
+        new kind of line counts as one new template, not one per distinct masked text.
+        """
+        ids, masked = self.match(lines)
+        labels = ids.astype(str).astype(object)
+        unmatched = ids == UNMATCHED
+        if unmatched.any():
+            scratch = TemplateMiner(masks=[], sim_th=self._config.drain_sim_th, depth=self._config.drain_depth,
+                                    max_children=self._config.drain_max_children,
+                                    numeric_tokens=self._config.parametrize_numeric_tokens)
+            new_ids = scratch.fit(pd.Series(masked[unmatched]))
+            text = scratch.templates()
+            labels[unmatched] = ["new:" + text[i] for i in new_ids]
+        return labels
 
     def templates(self) -> dict[int, str]:
         """Cluster id -> template text."""

@@ -1,0 +1,114 @@
+"""Evidence terms of the root-cause ranking, one function each, every one a Series over services.
+
+The evidence terms (``resource``, ``logs``, ``traces``, ``symptoms``) are each service's strongest
+calibrated score of one kind in the incident window, in the shared sigma scale of
+:mod:`melt.calibration`. Metric evidence is split the way the USE and RED methods split it
+(Gregg, "Thinking Methodically about Performance", 2013): saturation of a service's own resources
+(CPU, memory, threads, GC) points at the service itself, while rate, error and duration metrics are
+symptoms that travel up the call graph to every caller. ``propagation``, ``precedence`` and
+``change`` are in [0, 1].
+"""
+
+from __future__ import annotations
+
+import re
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+
+EVIDENCE_KINDS = ("resource", "logs", "traces", "symptoms")
+
+
+def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metrics: str) -> pd.Series:
+    """The kind of each score row: resource | symptoms (other metrics) | logs | traces | events."""
+    signal = scores["detector"].map(signal_of).fillna("unknown")
+    resource = signal.eq("metrics") & scores["entity"].astype(str).str.contains(resource_metrics, flags=re.IGNORECASE,
+                                                                                 regex=True)
+    kind = signal.where(~signal.eq("metrics"), "symptoms")
+    return kind.where(~resource, "resource")
+
+
+def strongest(scores: pd.DataFrame, kinds: pd.Series, kind: str, rising_only: bool = False) -> pd.Series:
+    """Each service's strongest calibrated score of ``kind``; ``rising_only`` keeps upward metric moves."""
+    rows = scores[kinds == kind]
+    if rising_only and len(rows):
+        rising = rows["evidence"].map(lambda e: not isinstance(e, dict) or e.get("anomaly_type") != "drop")
+        rows = rows[rising.to_numpy(dtype=bool)]
+    if rows.empty:
+        return pd.Series(dtype=float)
+    return rows.groupby("service", observed=True)["score"].max().clip(lower=0)
+
+
+def excess(values: pd.Series, floor: float) -> pd.Series:
+    """Evidence above the level that ordinary noise reaches (``floor`` sigma); 0 below it."""
+    return (values - floor).clip(lower=0)
+
+
+def propagation_term(graph: nx.DiGraph, own: pd.Series, alpha: float) -> pd.Series:
+    """Personalized PageRank on caller -> callee edges, weighted by the callee's own evidence.
+
+    MicroRCA (Wu et al., NOMS 2020): a walker that starts at an anomalous service moves on to
+    anomalous dependencies, so mass gathers in the callee whose fault explains its callers'
+    symptoms, never the reverse. Anomalous services keep a self-loop weighted by their own evidence
+    (the walker may stop where the fault is). Scaled by the service's own evidence, as MicroRCA does,
+    so a quiet service that everyone calls does not win on structure alone; max 1.
+    """
+    active = own[own > 0]
+    if active.empty:
+        return pd.Series(dtype=float)
+    nodes = set(active.index) & set(graph.nodes)
+    sub = nx.DiGraph()
+    sub.add_nodes_from(active.index)
+    for caller, callee in graph.subgraph(nodes).edges:
+        if caller != callee:
+            sub.add_edge(caller, callee, weight=float(active[callee]))
+    for service, value in active.items():
+        sub.add_edge(service, service, weight=float(value) * 0.5)
+    personalization = (active / active.sum()).to_dict()
+    ranks = pd.Series(nx.pagerank(sub, alpha=alpha, personalization=personalization, weight="weight"))
+    ranks = ranks * (active.reindex(ranks.index) / active.max())
+    return ranks / ranks.max() if ranks.max() > 0 else ranks
+
+
+def precedence_term(scores: pd.DataFrame, own_kinds: pd.Series, threshold: float) -> pd.Series:
+    """1 for the service whose evidence crossed ``threshold`` first, falling with its onset order."""
+    hot = scores[own_kinds.isin(EVIDENCE_KINDS).to_numpy() & (scores["score"] >= threshold).to_numpy()]
+    if hot.empty:
+        return pd.Series(dtype=float)
+    onset = hot.groupby("service", observed=True)["timestamp"].min()
+    order = onset.rank(method="min") - 1
+    return 1.0 - order / (float(order.max()) + 1.0)
+
+
+def change_term(scores: pd.DataFrame, kinds: pd.Series, start: pd.Timestamp, lookback: pd.Timedelta) -> pd.Series:
+    """Strongest change event (deploy, config change, restart) per service within ``lookback`` before onset.
+
+    Uses the event detector's raw prior in [0, 1], which already weighs the kind of change.
+    """
+    events = scores[(kinds == "events").to_numpy() & (scores["timestamp"] >= start - lookback).to_numpy()
+                    & (scores["timestamp"] <= start).to_numpy()]
+    if events.empty:
+        return pd.Series(dtype=float)
+    column = "raw_score" if "raw_score" in events.columns else "score"
+    return events.groupby("service", observed=True)[column].max().clip(0, 1)
+
+
+def involved(spans: pd.DataFrame | None, logs: pd.DataFrame | None) -> set[str]:
+    """Services that served requests in the window (spans or trace-linked logs)."""
+    names: set[str] = set()
+    if spans is not None and len(spans):
+        names.update(spans["service_name"].dropna().unique().tolist())
+    if logs is not None and len(logs):
+        names.update(logs["service"].dropna().unique().tolist())
+    return names
+
+
+def normalised(values: pd.Series) -> pd.Series:
+    top = float(values.max()) if len(values) else 0.0
+    return values / top if top > 0 else values * 0.0
+
+
+def saturating(values: pd.Series, half: float) -> pd.Series:
+    """Map sigma-scale evidence to [0, 1): ``half`` sigma above the noise floor maps to 0.5."""
+    return values / (values + half) if half > 0 else np.sign(values)

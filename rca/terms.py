@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 
 import networkx as nx
-import numpy as np
 import pandas as pd
 
 EVIDENCE_KINDS = ("resource", "logs", "traces", "symptoms")
@@ -108,7 +107,3 @@ def normalised(values: pd.Series) -> pd.Series:
     top = float(values.max()) if len(values) else 0.0
     return values / top if top > 0 else values * 0.0
 
-
-def saturating(values: pd.Series, half: float) -> pd.Series:
-    """Map sigma-scale evidence to [0, 1): ``half`` sigma above the noise floor maps to 0.5."""
-    return values / (values + half) if half > 0 else np.sign(values)

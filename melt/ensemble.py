@@ -50,6 +50,11 @@ def severity_of(score: float, threshold: float) -> str:
     return "low"
 
 
+def confidence_of(peak: float, threshold: float, n_signals: int = 1) -> float:
+    """Confidence in [0.05, 0.99]: how far the peak is past the threshold, and how many signals agree."""
+    return float(np.clip(1 - np.exp(-max(peak - threshold, 0.0) / threshold - 0.3 * (n_signals - 1)), 0.05, 0.99))
+
+
 def fuse(scores: pd.DataFrame, signal_of: dict[str, str], window: str, combiner: str,
          weights: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fused score per (service, window), and the per-detector maxima it was fused from."""
@@ -100,9 +105,7 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
         peak = float(services.iloc[0])
         in_window = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)
                            & scores["detector"].map(signal_of).isin(ALERT_SIGNALS)]
-        # confidence: how far past the threshold, and how many signals agree
-        n_signals = int(group["signals"].max())
-        confidence = float(np.clip(1 - np.exp(-(peak - threshold) / threshold - 0.3 * (n_signals - 1)), 0.05, 0.99))
+        confidence = confidence_of(peak, threshold, int(group["signals"].max()))
         incidents.append(Incident(
             id=f"INC-{start.strftime('%Y%m%dT%H%M')}-{len(incidents) + 1:03d}",
             start=start, end=end, services=services.index.tolist(),
@@ -122,7 +125,7 @@ def window_incident(scores: pd.DataFrame, signal_of: dict[str, str], start: pd.T
                        & scores["detector"].map(signal_of).isin(ALERT_SIGNALS)]
     loudest = in_window.groupby("service", observed=True)["score"].max().sort_values(ascending=False)
     peak = float(loudest.iloc[0]) if len(loudest) else 0.0
-    confidence = float(np.clip(1 - np.exp(-max(peak - threshold, 0.0) / threshold), 0.05, 0.99))
+    confidence = confidence_of(peak, threshold)
     return Incident(id=f"INC-{start.strftime('%Y%m%dT%H%M')}-W", start=start, end=end,
                     services=loudest[loudest >= threshold].index.tolist() or loudest.index[:5].tolist(),
                     severity=severity_of(peak, threshold), confidence=confidence, peak_score=peak,

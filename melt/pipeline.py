@@ -119,8 +119,7 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     top_k = int(config["rca"]["top_k"])
     reports = []
     for number, incident in enumerate(incidents):
-        window = bundle.slice_time(incident.start - lookback, incident.end)
-        on_path = involved(window.traces, window.logs) or None
+        on_path = involved(bundle.traces, bundle.logs, incident.start - lookback, incident.end) or None
         ranked = rank_root_causes(incident, scores, graph, signal_of, config["rca"], threshold, on_path)
         candidates = [c.__dict__ for c in ranked]
         ranked_services = [c["service"] for c in candidates] or incident.services

@@ -92,9 +92,7 @@ def rank_root_causes(incident: Any, all_scores: pd.DataFrame, graph: nx.DiGraph,
     window = all_scores[(all_scores["timestamp"] >= incident.start - lookback) & (all_scores["timestamp"] < incident.end)]
     table = term_table(window, graph, signal_of, config, incident.start, threshold, candidates)
     weights = config["weights"]
-    total = sum(table[name] * float(weights[name]) for name in TERMS)
-    if not isinstance(total, pd.Series) or total.empty:
-        return []
+    total = table[list(TERMS)].mul(pd.Series({name: float(weights[name]) for name in TERMS})).sum(axis=1)
     ranked = total[total > 0].sort_values(ascending=False, kind="stable").head(int(config["top_k"]))
     symptoms = [s for s in incident.services if s in table.index]
     return [

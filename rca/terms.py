@@ -93,13 +93,14 @@ def change_term(scores: pd.DataFrame, kinds: pd.Series, start: pd.Timestamp, loo
     return events.groupby("service", observed=True)[column].max().clip(0, 1)
 
 
-def involved(spans: pd.DataFrame | None, logs: pd.DataFrame | None) -> set[str]:
-    """Services that served requests in the window (spans or trace-linked logs)."""
+def involved(spans: pd.DataFrame | None, logs: pd.DataFrame | None, start: pd.Timestamp,
+             end: pd.Timestamp) -> set[str]:
+    """Services that served requests in ``[start, end)``: they have spans or logs there."""
     names: set[str] = set()
-    if spans is not None and len(spans):
-        names.update(spans["service_name"].dropna().unique().tolist())
-    if logs is not None and len(logs):
-        names.update(logs["service"].dropna().unique().tolist())
+    for frame, time, service in ((spans, "start_time", "service_name"), (logs, "timestamp", "service")):
+        if frame is not None and len(frame) and time in frame.columns:
+            inside = (frame[time] >= start) & (frame[time] < end)
+            names.update(frame.loc[inside, service].dropna().unique().tolist())
     return names
 
 

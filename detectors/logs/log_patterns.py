@@ -118,7 +118,8 @@ class LogPatternDetector(Detector):
         pooled = (k + base_k + 1) / (n + base_n + 2)
         z = (share - base_share) / np.sqrt(pooled * (1 - pooled) * (1 / (n + 1) + 1 / (base_n + 1)))
         kind = np.where(base_k == 0, "new_pattern", np.where(z < 0, "pattern_vanished", "pattern_grew"))
-        text = [self._describe(p) for p in cells["pattern"]]
+        codes, patterns = pd.factorize(cells["pattern"])
+        text = np.array([self._describe(p) for p in patterns], dtype=object)[codes]  # once per distinct pattern
         evidence = [
             {"value": round(float(s), 3), "expected_range": [round(float(b), 3), round(float(b), 3)],
              "anomaly_type": a, "template": t, "traces": int(m), "z": round(float(v), 2)}

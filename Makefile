@@ -31,6 +31,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_speed.py
 	$(BIN)/python benchmarks/pipeline_synth.py
+	$(BIN)/python benchmarks/rca_scale.py --services 100
+	$(BIN)/python benchmarks/report_delivery.py --reports 1000
 	$(BIN)/python benchmarks/metrics_synth.py quality
 	$(BIN)/python benchmarks/metrics_synth.py speed
 	$(BIN)/python benchmarks/teg_synth.py

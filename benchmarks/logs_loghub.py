@@ -50,18 +50,29 @@ def parsing_accuracy(truth_templates: pd.Series, predicted_templates: pd.Series)
 
 
 def plain_drain3(lines: list[str], masks: list[list[str]], sim_th: float, depth: int, numeric: bool) -> np.ndarray:
-    """The obvious baseline: drain3 with the same masks and tree, ``add_log_message`` on every line."""
+    """The obvious baseline: drain3 with the same masks and tree, ``add_log_message`` on every line.
+
+    The masks are applied with ``re.sub`` per line, as drain3's masker does, but here rather than
+    through drain3's ``MaskingInstruction``: that one cannot express a back-reference (``\\1<NUM>``).
+    """
+    import re
+
     from drain3 import TemplateMiner as Drain3Miner
-    from drain3.masking import MaskingInstruction
     from drain3.template_miner_config import TemplateMinerConfig
 
     config = TemplateMinerConfig()
     config.drain_sim_th, config.drain_depth = sim_th, depth
     config.parametrize_numeric_tokens = numeric
-    config.masking_instructions = [MaskingInstruction(pattern, token.strip("<>")) for pattern, token in masks]
+    config.masking_instructions = []
     miner = Drain3Miner(config=config)
     miner.drain = prefix_tree_drain(config, miner.profiler)
-    return np.array([miner.add_log_message(line)["cluster_id"] for line in lines])
+    compiled = [(re.compile(pattern), token) for pattern, token in masks]
+    ids = []
+    for line in lines:
+        for pattern, token in compiled:
+            line = pattern.sub(token, line)
+        ids.append(miner.add_log_message(line)["cluster_id"])
+    return np.array(ids)
 
 
 def same_grouping(a: np.ndarray, b: np.ndarray) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from explain.answer import cited_ids
 from explain.facts import minutes_between
 
 RESOURCE_CAUSES = {
@@ -141,5 +142,6 @@ class TemplateExplainer:
                 text += f" The fault propagates to callers along {' -> '.join(top['path'])}."
             if others:
                 text += f" Next candidates: {', '.join(others)}."
-        return {"text": text, "suggested_causes": causes, "recommendations": recommendations(facts),
-                "source": self.source}
+        advice = recommendations(facts)
+        return {"text": text, "suggested_causes": causes, "recommendations": advice, "source": self.source,
+                "cites": cited_ids({"text": text, "causes": causes, "advice": advice})}

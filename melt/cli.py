@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 import melt
-from melt.errors import ConfigError, MeltError
+from melt.errors import ConfigError, DeliveryError, MeltError
 
 EXIT_USER_ERROR = 2
 
@@ -81,23 +81,73 @@ def generate(ctx: click.Context, out: str, **options: Any) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the reports.")
 @click.option("--train", "train_dir", type=click.Path(), default=None, help="Bundle of normal data to fit on.")
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Fitted models from 'melt train'.")
-@click.option("--sink", "sinks", multiple=True, type=click.Choice(["files", "stdout"]),
+@click.option("--sink", "sinks", multiple=True, type=click.Choice(["files", "stdout", "webhook"]),
               help="Where reports go (repeatable; default from config: files).")
+@click.option("--explain", "provider", type=click.Choice(["template", "openai"]), default=None,
+              help="Explanation provider (default from config: template).")
+@click.option("--keep-prompts", is_flag=True, default=None, help="Store the LLM prompts in each report.")
+@click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
+              help="Where undeliverable webhook reports go (default: OUT/spool).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir: str | None, model_dir: str | None,
-           sinks: tuple[str, ...], quiet: bool) -> None:
-    """Detect incidents, rank root causes and write one JSON report per incident."""
+           sinks: tuple[str, ...], provider: str | None, keep_prompts: bool | None, spool_dir: str | None,
+           quiet: bool) -> None:
+    """Detect incidents, rank root causes and deliver one JSON report per incident.
+
+    An LLM that fails falls back to the template explanation (exit 0, with a warning); a webhook
+    that fails leaves its reports in the spool for 'melt deliver' (exit 2, after every report is
+    written).
+    """
     from melt.pipeline import detect as run_detect
 
     if train_dir and model_dir:
         raise MeltError("give either --train or --model, not both")
-    result = run_detect(data, models_spec, out, _config(ctx), train_dir=train_dir, model_dir=model_dir,
+    config = _config(ctx)
+    if provider:
+        config["explain"]["provider"] = provider
+    if keep_prompts:
+        config["explain"]["keep_prompts"] = True
+    if spool_dir:
+        config["report"]["spool_dir"] = spool_dir
+    result = run_detect(data, models_spec, out, config, train_dir=train_dir, model_dir=model_dir,
                         sinks=list(sinks) or None, quiet=quiet)
-    if "stdout" in sinks:
-        return
-    click.echo(_table(result.reports))
-    click.echo(f"{len(result.reports)} incident(s); reports in {out}/ (index.json)")
+    stats = result.explain_stats
+    if stats is not None and stats.fallbacks:
+        click.echo(f"melt: warning: LLM explanation failed for {len(stats.fallbacks)} of {len(result.reports)} "
+                   f"incident(s) ({stats.fallbacks[0]}); their reports carry the template explanation", err=True)
+    if "stdout" not in (sinks or config["report"]["sinks"]):
+        click.echo(_table(result.reports))
+        click.echo(f"{len(result.reports)} incident(s); reports in {out}/ (index.json)")
+    for delivery in result.deliveries:
+        if delivery.spooled:
+            raise DeliveryError(
+                f"webhook: {len(delivery.spooled)} of {len(result.reports)} report(s) not delivered "
+                f"({delivery.error}); kept in {delivery.spool_dir}, resend with 'melt deliver --spool {delivery.spool_dir}'")
+        if delivery.sink == "webhook":
+            click.echo(f"webhook: delivered {delivery.delivered} report(s)", err=quiet)
+
+
+@cli.command()
+@click.option("--spool", "spool_dir", required=True, type=click.Path(file_okay=False),
+              help="Spool directory written by a failed webhook delivery.")
+@click.option("--url", default=None, help="Send to this URL instead of the one each report was spooled for.")
+@click.pass_context
+def deliver(ctx: click.Context, spool_dir: str, url: str | None) -> None:
+    """Resend spooled reports to the webhook; each delivered report leaves the spool.
+
+    Each report goes to the URL and payload format it was spooled with, unless --url is given;
+    headers, variables and retries come from the current config.
+    """
+    from melt.spool import drain
+
+    result = drain(spool_dir, _config(ctx)["report"]["webhook"], url)
+    click.echo(f"delivered {len(result.sent)} report(s) from {spool_dir}")
+    if result.unreadable:
+        click.echo(f"melt: warning: {len(result.unreadable)} unreadable spool file(s) renamed to *.bad", err=True)
+    if result.failed:
+        raise DeliveryError(f"{len(result.failed)} report(s) still undelivered ({result.failed[0][1]}); "
+                            f"they stay in {spool_dir}")
 
 
 def _table(reports: list[dict[str, Any]]) -> str:

@@ -2,9 +2,10 @@
 
 Fusion follows Merlion's ensembles (max or mean of calibrated scores, optionally weighted).
 Alerts are (service, window) cells whose fused score crosses ``threshold`` with enough distinct
-signals agreeing. Alerts whose windows lie within ``merge_gap`` of each other form one incident,
-so duplicate and flapping alerts extend an incident instead of opening new ones; incidents with
-fewer than ``min_alerts`` alerts are dropped as blips.
+signals agreeing. Alerts whose windows lie within ``merge_gap`` of each other, on services within
+``connect_hops`` calls of each other in the dependency graph, form one incident: duplicate and
+flapping alerts extend an incident instead of opening new ones, and two unrelated failures at the
+same time stay apart. Incidents with fewer than ``min_alerts`` alerts are dropped as blips.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import pandas as pd
 
@@ -33,6 +35,7 @@ class Incident:
     peak_score: float
     alerts: pd.DataFrame = field(repr=False)
     evidence: pd.DataFrame = field(repr=False)
+    scope: set[str] | None = field(default=None, repr=False)  # services near it in the graph; None = all
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "start": self.start.isoformat(), "end": self.end.isoformat(), "services": self.services,
@@ -77,8 +80,39 @@ def fuse(scores: pd.DataFrame, signal_of: dict[str, str], window: str, combiner:
     return out, per_detector
 
 
-def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dict[str, Any]) -> list[Incident]:
-    """Alerts from fused scores, grouped in time into incidents (config: the ``ensemble`` section)."""
+def _within(graph: nx.DiGraph, service: str, hops: int) -> set[str]:
+    """Services at most ``hops`` calls from ``service``, in either direction (itself included)."""
+    return set(nx.single_source_shortest_path_length(graph.to_undirected(as_view=True), service, cutoff=hops))
+
+
+def connected_groups(services: list[str], graph: nx.DiGraph | None, hops: int) -> dict[str, int]:
+    """Group number per service: services within ``hops`` calls of each other (either direction) share one.
+
+    Services the graph does not know (metrics only, no spans) cannot be placed, so they join the
+    largest group instead of opening incidents of their own. ``hops`` 0 or no graph: one group.
+    """
+    known = [s for s in services if graph is not None and s in graph]
+    if hops <= 0 or not known:
+        return dict.fromkeys(services, 0)
+    linked = nx.Graph()
+    linked.add_nodes_from(known)
+    for service in known:
+        linked.add_edges_from((service, other) for other in _within(graph, service, hops) & set(known))
+    components = sorted(nx.connected_components(linked), key=lambda c: (-len(c), min(c)))
+    group = {service: number for number, component in enumerate(components) for service in component}
+    return {service: group.get(service, 0) for service in services}
+
+
+def neighbourhood(services: list[str], graph: nx.DiGraph | None, hops: int) -> set[str] | None:
+    """``services`` and every service within ``hops`` calls of one; ``None`` when the graph cannot tell."""
+    if graph is None or hops <= 0 or not any(s in graph for s in services):
+        return None
+    return set(services).union(*(_within(graph, s, hops) for s in services if s in graph))
+
+
+def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dict[str, Any],
+                    graph: nx.DiGraph | None = None) -> list[Incident]:
+    """Alerts from fused scores, grouped in time and on the graph into incidents (config: ``ensemble``)."""
     threshold = float(config["threshold"])
     if scores.empty:
         return []
@@ -94,10 +128,16 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
     windows = alerts["window"].drop_duplicates().sort_values()
     new_group = windows.diff() > gap
     group_of_window = pd.Series(new_group.cumsum().to_numpy(), index=windows.to_numpy())
-    alerts["group"] = alerts["window"].map(group_of_window)
+    alerts["time_group"] = alerts["window"].map(group_of_window)
+    hops = int(config["connect_hops"])
+    alerts["graph_group"] = 0
+    for _, same_time in alerts.groupby("time_group", sort=False):
+        component = connected_groups(same_time["service"].unique().tolist(), graph, hops)
+        alerts.loc[same_time.index, "graph_group"] = same_time["service"].map(component).to_numpy()
     step = parse_duration(config["window"])
     incidents = []
-    for _, group in alerts.groupby("group", sort=True):
+    groups = sorted(alerts.groupby(["time_group", "graph_group"], sort=False), key=lambda g: (g[1]["window"].min(), g[0]))
+    for _, group in groups:
         if len(group) < int(config["min_alerts"]):
             continue
         start, end = group["window"].min(), group["window"].max() + step
@@ -105,12 +145,16 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
         peak = float(services.iloc[0])
         in_window = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)
                            & scores["detector"].map(signal_of).isin(ALERT_SIGNALS)]
+        scope = neighbourhood(services.index.tolist(), graph, hops)
+        if scope is not None:
+            in_window = in_window[in_window["service"].isin(scope)]
         confidence = confidence_of(peak, threshold, int(group["signals"].max()))
         incidents.append(Incident(
             id=f"INC-{start.strftime('%Y%m%dT%H%M')}-{len(incidents) + 1:03d}",
             start=start, end=end, services=services.index.tolist(),
             severity=severity_of(peak, threshold), confidence=confidence, peak_score=peak,
-            alerts=group.drop(columns="group").reset_index(drop=True), evidence=in_window.reset_index(drop=True),
+            alerts=group.drop(columns=["time_group", "graph_group"]).reset_index(drop=True),
+            evidence=in_window.reset_index(drop=True), scope=scope,
         ))
     return incidents
 

@@ -25,5 +25,13 @@ class NotFittedError(MeltError):
     """A detector was asked to score or save before it was fitted."""
 
 
+class ReportError(MeltError):
+    """A report does not validate against ``melt/schemas/report.schema.json``."""
+
+
+class DeliveryError(MeltError):
+    """A sink could not deliver; for the webhook, the reports are in the spool when this is raised."""
+
+
 class SourceError(MeltError):
     """An import source is missing or unreadable, or (with ``strict``) holds a bad row."""

@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import pandas as pd
 
+from explain.explainer import Explainer, ExplainStats
 from melt.bundle import MeltBundle
 from melt.detector import Detector
 from melt.ensemble import ALERT_SIGNALS, Incident, group_incidents
 from melt.errors import BundleError, PluginError
 from melt.progress import log
 from melt.registry import build_detector, get_plugin, requested_names, resolve_models
-from melt.sinks import make_sinks
+from melt.sinks import Delivery, make_sinks
 from melt.timeutil import parse_duration
+from rca.graph import dependency_graph
 
 
 def training_split(bundle: MeltBundle, fraction: float) -> MeltBundle:
@@ -89,6 +92,8 @@ class DetectResult:
     detectors: list[str]
     skipped: list[str] = field(default_factory=list)
     out_dir: Path | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+    explain_stats: ExplainStats | None = None
 
 
 def train(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any], quiet: bool = False) -> Path:
@@ -101,25 +106,32 @@ def train(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[
 
 
 def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: MeltBundle,
-                     signal_of: dict[str, str], config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rank root causes, pick evidence and explain each incident: one report dict per incident."""
+                     signal_of: dict[str, str], config: dict[str, Any], graph: nx.DiGraph | None = None,
+                     explainer: Explainer | None = None) -> list[dict[str, Any]]:
+    """Rank root causes, pick evidence and explain each incident: one validated report per incident.
+
+    Explanations come from ``explainer`` (default: the offline template), all incidents at once so
+    that an LLM provider can work on several concurrently.
+    """
     from explain.facts import build_facts
-    from explain.template import TemplateExplainer
     from melt.evidence import select_evidence
-    from melt.report import build_report
+    from melt.report import build_report, validate_report
     from rca.baselines import baseline_rankings
-    from rca.graph import dependency_graph
     from rca.rank import rank_root_causes
     from rca.terms import involved
 
-    graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
-    explainer = TemplateExplainer()
+    if graph is None:
+        graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
+    explainer = explainer or Explainer(config["explain"] | {"provider": "template"})
     threshold = float(config["ensemble"]["threshold"])
     lookback = parse_duration(config["rca"]["lookback"])
     top_k = int(config["rca"]["top_k"])
-    reports = []
+    parts = []
     for number, incident in enumerate(incidents):
-        on_path = involved(bundle.traces, bundle.logs, incident.start - lookback, incident.end) or None
+        on_path = involved(bundle.traces, bundle.logs, incident.start - lookback, incident.end)
+        if incident.scope is not None:
+            on_path &= incident.scope
+        on_path = on_path or None
         ranked = rank_root_causes(incident, scores, graph, signal_of, config["rca"], threshold, on_path)
         candidates = [c.__dict__ for c in ranked]
         ranked_services = [c["service"] for c in candidates] or incident.services
@@ -128,19 +140,31 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
         evidence = select_evidence(nearby, ranked_services, signal_of, int(config["report"]["max_evidence"]))
         for candidate in candidates:
             candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
-        facts = build_facts(incident.summary(), candidates, evidence)
-        report = build_report(incident, candidates, evidence, explainer.explain(facts))
+        facts = build_facts(incident.summary(), candidates, evidence, int(config["explain"]["max_fact_tokens"]))
         own = nearby[nearby["detector"].map(signal_of).isin(ALERT_SIGNALS)]
-        report["root_cause_analysis"]["baselines"] = baseline_rankings(own, graph, on_path, number, top_k)
-        reports.append(report)
+        parts.append((incident, candidates, evidence, facts, baseline_rankings(own, graph, on_path, number, top_k)))
+    explanations = explainer.explain_all([facts for *_, facts, _ in parts])
+    reports = []
+    for (incident, candidates, evidence, _, baselines), explanation in zip(parts, explanations, strict=True):
+        report = build_report(incident, candidates, evidence, explanation)
+        report["root_cause_analysis"]["baselines"] = baselines
+        reports.append(validate_report(report))
     return reports
 
 
 def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any],
            train_dir: str | Path | None = None, model_dir: str | Path | None = None,
            sinks: list[str] | None = None, quiet: bool = False) -> DetectResult:
-    """Run the whole pipeline on bundle ``data`` and deliver one report per incident."""
+    """Run the whole pipeline on bundle ``data`` and deliver one report per incident.
+
+    Sinks and the explainer are built first, so a bad sink or provider setting fails before any
+    detector runs. Explanations follow ``config['explain']``; a failing LLM falls back to the
+    template (see ``DetectResult.explain_stats``), and a failing webhook spools
+    (``DetectResult.deliveries``): nothing computed is lost.
+    """
     requested_names(models_spec)
+    outlets = make_sinks(sinks or config["report"]["sinks"], out_dir, config["report"])
+    explainer = Explainer(config["explain"])
     bundle = MeltBundle.read(data)
     log(f"read {data}: " + ", ".join(f"{k}={v}" for k, v in bundle.summary().items()), quiet)
     names, skipped = resolve_models(models_spec, bundle.signals())
@@ -154,9 +178,9 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict
         models = fit_detectors(fit_on, names, config, quiet)
     signal_of = {name: model.signal for name, model in models.items()}
     scores = score_all(models, bundle, quiet)
-    incidents = group_incidents(scores, signal_of, config["ensemble"])
+    graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
+    incidents = group_incidents(scores, signal_of, config["ensemble"], graph)
     log(f"{len(incidents)} incident(s)", quiet)
-    reports = report_incidents(incidents, scores, bundle, signal_of, config)
-    for sink in make_sinks(sinks or config["report"]["sinks"], out_dir):
-        sink.deliver(reports)
-    return DetectResult(reports, incidents, list(models), skipped, Path(out_dir))
+    reports = report_incidents(incidents, scores, bundle, signal_of, config, graph, explainer)
+    deliveries = [sink.deliver(reports) for sink in outlets]
+    return DetectResult(reports, incidents, list(models), skipped, Path(out_dir), deliveries, explainer.stats)

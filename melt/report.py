@@ -1,4 +1,8 @@
-"""The JSON incident report: the seed tool's fields plus incident id, fingerprint and ranked causes."""
+"""The JSON incident report: the seed tool's fields plus incident id, fingerprint and ranked causes.
+
+Its shape is ``melt/schemas/report.schema.json``; every report is checked against it before any
+sink sees it (:func:`validate_report`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,27 @@ import pandas as pd
 
 import melt
 from melt.ensemble import Incident
+from melt.errors import ReportError
+from melt.json_schema import first_error
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+
+
+def validate_report(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` unchanged, or :class:`ReportError` naming the first violation and where it is.
+
+    Beyond the schema, every evidence id cited anywhere must be one of the report's evidence items.
+    """
+    name = report.get("incident_id", "?") if isinstance(report, dict) else "?"
+    error = first_error("report", report)
+    if error:
+        raise ReportError(f"report {name}: invalid {error}")
+    known = {e["id"] for e in report["evidence"]}
+    cited = set(report.get("explanation_cites", [])).union(
+        *(c["evidence_ids"] for c in report["root_cause_analysis"]["ranked_causes"]))
+    if cited - known:
+        raise ReportError(f"report {name}: cites evidence it does not hold: {', '.join(sorted(cited - known))}")
+    return report
 
 
 def fingerprint(top_service: str, services: list[str], start: pd.Timestamp) -> str:
@@ -72,7 +95,11 @@ def build_report(incident: Incident, candidates: list[dict[str, Any]], evidence:
         "recommendations": explanation["recommendations"],
         "explanation": explanation["text"],
         "explanation_source": explanation["source"],
+        "explanation_cites": explanation.get("cites", []),
+        "explanation_fallback": explanation.get("fallback"),
     }
+    if "prompts" in explanation:
+        report["prompts"] = explanation["prompts"]
     if facts is not None:
         report["facts"] = facts
     return report

@@ -37,9 +37,9 @@ class Candidate:
 
 def own_evidence(scores: pd.DataFrame, kinds: pd.Series, config: dict[str, Any]) -> pd.DataFrame:
     """Per service and evidence kind: the strongest calibrated score above that kind's noise floor."""
-    floors, weights = config["noise_floor"], config["evidence_weights"]
+    floors, weights, cap = config["noise_floor"], config["evidence_weights"], float(config["evidence_cap"])
     columns = {kind: terms.excess(terms.strongest(scores, kinds, kind, rising_only=(kind == "resource")),
-                                  float(floors[kind])) * float(weights[kind]) for kind in terms.EVIDENCE_KINDS}
+                                  float(floors[kind]), cap) * float(weights[kind]) for kind in terms.EVIDENCE_KINDS}
     return pd.DataFrame(columns).fillna(0.0)
 
 

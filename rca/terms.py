@@ -20,10 +20,16 @@ EVIDENCE_KINDS = ("resource", "logs", "traces", "symptoms")
 
 
 def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metrics: str) -> pd.Series:
-    """The kind of each score row: resource | symptoms (other metrics) | logs | traces | events."""
+    """The kind of each score row: resource | symptoms (other metrics) | logs | traces | events.
+
+    The regex runs once per distinct entity name, not once per row.
+    """
     signal = scores["detector"].map(signal_of).fillna("unknown")
-    resource = signal.eq("metrics") & scores["entity"].astype(str).str.contains(resource_metrics, flags=re.IGNORECASE,
-                                                                                 regex=True)
+    entity = scores["entity"].astype(str)
+    names = pd.Series(entity.unique())
+    is_resource = pd.Series(names.str.contains(resource_metrics, flags=re.IGNORECASE, regex=True).to_numpy(),
+                            index=names.to_numpy())
+    resource = signal.eq("metrics") & entity.map(is_resource).astype(bool)
     kind = signal.where(~signal.eq("metrics"), "symptoms")
     return kind.where(~resource, "resource")
 
@@ -39,9 +45,13 @@ def strongest(scores: pd.DataFrame, kinds: pd.Series, kind: str, rising_only: bo
     return rows.groupby("service", observed=True)["score"].max().clip(lower=0)
 
 
-def excess(values: pd.Series, floor: float) -> pd.Series:
-    """Evidence above the level that ordinary noise reaches (``floor`` sigma); 0 below it."""
-    return (values - floor).clip(lower=0)
+def excess(values: pd.Series, floor: float, cap: float) -> pd.Series:
+    """Evidence above the level that ordinary noise reaches (``floor`` sigma), saturating at ``cap``.
+
+    Past ``cap`` sigma an anomaly is certain either way; without the cap, one series whose baseline
+    was near constant (a z of thousands) would outweigh every other service and kind.
+    """
+    return (values - floor).clip(lower=0, upper=cap)
 
 
 def propagation_term(graph: nx.DiGraph, own: pd.Series, alpha: float) -> pd.Series:

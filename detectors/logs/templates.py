@@ -24,9 +24,12 @@ DEFAULT_MASKS: list[list[str]] = [
     [r"\b[0-9a-fA-F]{8,}\b", "<HEX>"],  # ids, hashes, long numbers (and the rare 8-letter a-f word)
     [r"(^|[^\w.])/(?:[\w.-]+/)*[\w.-]*\d[\w.-]*", r"\1<PATH>"],
     [r"\{[^{}]*\}", "<JSON>"],
-    # a number right after '#' is a source line (logback's ``%C#%L``, as in ``OrderServiceImpl#532``):
-    # it names the log statement, so it stays part of the template
-    [r"(^|[^\w#])[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB)?\b%?", r"\1<NUM>"],
+    # a payload cut off by the logger's length limit: token counts of the cut vary, so mask to the end
+    [r"\{[^{}]*$", "<JSON>"],
+    # a number right after a name and '#' is a source line (logback's ``%C#%L``, as in
+    # ``OrderServiceImpl#532``): it names the log statement, so it stays part of the template;
+    # after '##' or a digit and '#' (field separators, as in HealthApp) it is still a number
+    [r"(^|[^\w#]|[^A-Za-z_]#|^#)[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB)?\b%?", r"\1<NUM>"],
 ]
 UNMATCHED = -1
 PARALLEL_MASK_ROWS = 4_000

@@ -1,0 +1,108 @@
+"""Explain many incidents: provider choice, cache, bounded concurrency and fallback to the template.
+
+The template provider always works, so an explanation never blocks a report: when the LLM is down,
+slow or ungrounded, the report carries the template explanation and the reason in
+``explanation_fallback``. Answers are cached by the hash of the facts, the provider, the model and
+the prompt version, so a rerun over the same incidents does not pay twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from explain.facts import facts_hash
+from explain.template import TemplateExplainer
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "melt" / "explanations"
+
+
+class ExplanationCache:
+    """One JSON file per key; written atomically, so concurrent runs never read half a file."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        file = self.directory / f"{key}.json"
+        try:
+            return json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        with os.fdopen(handle, "w") as out:
+            json.dump(value, out)
+        os.replace(temporary, self.directory / f"{key}.json")
+
+
+@dataclass
+class ExplainStats:
+    """What happened over one run, for the CLI's summary line."""
+
+    llm: int = 0
+    cached: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+
+
+class Explainer:
+    """``explain_all(facts_list)``: one explanation dict per facts, in order (config: ``explain``)."""
+
+    def __init__(self, config: dict[str, Any], keep_prompts: bool | None = None,
+                 environ: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.keep_prompts = config["keep_prompts"] if keep_prompts is None else keep_prompts
+        self.template = TemplateExplainer()
+        self.llm = None
+        if config["provider"] == "openai":
+            from explain.openai_provider import OpenAIExplainer
+
+            self.llm = OpenAIExplainer(config, environ)
+        self.cache = (ExplanationCache(config["cache_dir"] or default_cache_dir())
+                      if config["cache"] and self.llm is not None else None)
+        self.stats = ExplainStats()
+        self._lock = threading.Lock()
+
+    def _one(self, facts: dict[str, Any]) -> dict[str, Any]:
+        from explain.openai_provider import PROMPT_VERSION, ExplanationFailed
+
+        fallback = self.template.explain(facts)
+        if self.llm is None:
+            return fallback
+        key = facts_hash(facts, self.llm.source, PROMPT_VERSION)
+        cached = self.cache.get(key) if self.cache else None
+        if cached is not None:
+            with self._lock:
+                self.stats.cached += 1
+            return self._strip(cached)
+        try:
+            explanation = self.llm.explain(facts)
+        except ExplanationFailed as exc:
+            with self._lock:
+                self.stats.fallbacks.append(str(exc))
+            return fallback | {"fallback": f"{self.llm.source} failed: {exc}"}
+        with self._lock:
+            self.stats.llm += 1
+        if self.cache:
+            self.cache.put(key, explanation)
+        return self._strip(explanation)
+
+    def _strip(self, explanation: dict[str, Any]) -> dict[str, Any]:
+        return explanation if self.keep_prompts else {k: v for k, v in explanation.items() if k != "prompts"}
+
+    def explain_all(self, facts_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.llm is None or len(facts_list) <= 1:
+            return [self._one(f) for f in facts_list]
+        with ThreadPoolExecutor(max_workers=max(1, int(self.config["concurrency"]))) as pool:
+            return list(pool.map(self._one, facts_list))

@@ -1,0 +1,160 @@
+"""POST incident reports to a ticketing webhook: payload templates, retries, idempotency.
+
+A payload template is JSON whose strings may hold ``${name}`` placeholders (built-in: ``generic``,
+``jira``, ``pagerduty`` for PagerDuty Events v2, in ``melt/payloads/``; or a file of your own).
+A string that is exactly ``"${report}"`` becomes the whole report object. ``${env:NAME}`` reads an
+environment variable at send time, in templates, ``headers`` and ``vars`` alike, so secrets are
+never written to the spool. Each request carries the report fingerprint in the idempotency
+header (and PagerDuty's ``dedup_key``), so a retried or re-sent incident never opens a second
+ticket. Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried with
+exponential backoff, honouring ``Retry-After``; other 4xx answers are final.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from melt.errors import ConfigError
+
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][\w:.-]*)\}")
+BUILT_IN_PAYLOADS = ("generic", "jira", "pagerduty")
+PAGERDUTY_SEVERITY = {"critical": "critical", "high": "error", "medium": "warning", "low": "info"}
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 30.0
+
+
+def load_payload_template(name: str) -> Any:
+    """A built-in template by name, or a JSON file by path."""
+    if name in BUILT_IN_PAYLOADS:
+        return json.loads(resources.files("melt").joinpath(f"payloads/{name}.json").read_text())
+    file = Path(name)
+    if not file.is_file():
+        raise ConfigError(f"report.webhook.payload: '{name}' is neither {', '.join(BUILT_IN_PAYLOADS)} nor a file")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"report.webhook.payload: {file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _bullets(items: list[str]) -> str:
+    return "\n".join(f"- {item}" for item in items) or "- (none)"
+
+
+def report_values(report: dict[str, Any]) -> dict[str, Any]:
+    """The ``${name}`` values a template may use, drawn from one report."""
+    analysis = report["root_cause_analysis"]
+    first_sentence = report["explanation"].split(". ")[0].rstrip(".")
+    return {
+        "incident_id": report["incident_id"], "fingerprint": report["fingerprint"],
+        "severity": report["anomaly_details"]["severity"],
+        "pagerduty_severity": PAGERDUTY_SEVERITY.get(report["anomaly_details"]["severity"], "warning"),
+        "service": report["service"], "component": report["component"], "feature": report["feature"] or "",
+        "anomaly_type": report["anomaly_details"]["anomaly_type"] or "anomaly",
+        "summary": first_sentence[:200], "explanation": report["explanation"],
+        "window_start": report["window"]["start"], "window_end": report["window"]["end"],
+        "top_causes": ", ".join(c["service"] for c in analysis["ranked_causes"][:3]) or report["service"],
+        "suggested_causes": _bullets(analysis["suggested_causes"]),
+        "recommendations": _bullets(report["recommendations"]),
+        "melt_version": report["melt_version"], "jira_issue_type": "Bug", "report": report,
+    }
+
+
+def expand(text: str, values: Mapping[str, Any], environ: Mapping[str, str], where: str) -> Any:
+    """Fill the placeholders of one string; a string that is one placeholder keeps the value's type."""
+    def lookup(name: str) -> Any:
+        if name.startswith("env:"):
+            variable = name[4:]
+            if variable not in environ:
+                raise ConfigError(f"{where}: environment variable {variable} is not set")
+            return environ[variable]
+        if name not in values:
+            raise ConfigError(f"{where}: unknown placeholder ${{{name}}} (known: {', '.join(sorted(values))}, "
+                              f"env:NAME; add your own under report.webhook.vars)")
+        return values[name]
+
+    whole = PLACEHOLDER.fullmatch(text)
+    if whole:
+        return lookup(whole.group(1))
+    return PLACEHOLDER.sub(lambda m: str(lookup(m.group(1))), text)
+
+
+def render(template: Any, values: Mapping[str, Any], environ: Mapping[str, str], where: str) -> Any:
+    if isinstance(template, str):
+        return expand(template, values, environ, where)
+    if isinstance(template, dict):
+        return {k: render(v, values, environ, where) for k, v in template.items()}
+    if isinstance(template, list):
+        return [render(v, values, environ, where) for v in template]
+    return template
+
+
+@dataclass
+class Attempt:
+    """How one delivery ended: ``ok``, the HTTP status (``None`` without an answer), tries and error."""
+
+    ok: bool
+    status: int | None
+    tries: int
+    error: str | None = None
+
+
+class Webhook:
+    """Renders and POSTs reports (config: ``report.webhook``)."""
+
+    def __init__(self, config: dict[str, Any], environ: Mapping[str, str] | None = None,
+                 sleep: Any = time.sleep) -> None:
+        if not config.get("url"):
+            raise ConfigError("the webhook sink needs report.webhook.url")
+        self.config = config
+        self.url = config["url"]
+        self.template = load_payload_template(config["payload"])
+        self.environ = os.environ if environ is None else environ
+        self.sleep = sleep
+
+    def payload(self, report: dict[str, Any]) -> bytes:
+        vars_ = {k: render(v, {}, self.environ, f"report.webhook.vars.{k}") for k, v in self.config["vars"].items()}
+        body = render(self.template, report_values(report) | vars_, self.environ,
+                      f"report.webhook.payload '{self.config['payload']}'")
+        return json.dumps(body, default=str).encode()
+
+    def headers(self, report: dict[str, Any]) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": f"melt/{report['melt_version']}"}
+        for name, value in self.config["headers"].items():
+            headers[name] = str(render(value, {}, self.environ, f"report.webhook.headers.{name}"))
+        headers[self.config["idempotency_header"]] = report["fingerprint"]
+        return headers
+
+    def send(self, report: dict[str, Any]) -> Attempt:
+        """POST one report with retries; never raises for network or HTTP failures."""
+        body, headers = self.payload(report), self.headers(report)
+        retries, backoff = int(self.config["max_retries"]), float(self.config["backoff"])
+        status, error = None, None
+        for attempt in range(retries + 1):
+            wait = backoff * 2 ** attempt
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=float(self.config["timeout"])) as response:
+                    return Attempt(True, response.status, attempt + 1)
+            except urllib.error.HTTPError as exc:
+                status, error = exc.code, f"HTTP {exc.code}"
+                if exc.code not in RETRY_STATUS:
+                    return Attempt(False, status, attempt + 1, error)
+                retry_after = exc.headers.get("Retry-After", "") if exc.headers else ""
+                if retry_after.strip().isdigit():
+                    wait = min(float(retry_after), MAX_RETRY_AFTER_S)
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                reason = getattr(exc, "reason", exc)
+                status, error = None, f"cannot reach {self.url} ({reason})"
+            if attempt < retries:
+                self.sleep(wait)
+        return Attempt(False, status, retries + 1, error)

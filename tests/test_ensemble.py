@@ -1,0 +1,61 @@
+"""Incident grouping: alerts close in time and connected in the dependency graph form one incident."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pandas as pd
+import pytest
+
+from melt.config import default_config
+from melt.ensemble import connected_groups, group_incidents
+
+T0 = pd.Timestamp("2026-01-01 00:10", tz="UTC")
+SIGNAL_OF = {"zscore": "metrics"}
+
+
+def _alerts(*items: tuple[int, str, float]) -> pd.DataFrame:
+    return pd.DataFrame([{"timestamp": T0 + pd.Timedelta(minutes=m), "service": s, "detector": "zscore",
+                          "entity": "LatencyP99(s)", "score": v, "raw_score": v, "evidence": {}} for m, s, v in items])
+
+
+@pytest.fixture
+def graph() -> nx.DiGraph:
+    """Two separate call trees: web -> orders -> payments, and batch -> reports."""
+    g = nx.DiGraph()
+    g.add_edges_from([("web", "orders"), ("orders", "payments"), ("batch", "reports")])
+    return g
+
+
+@pytest.fixture
+def ensemble() -> dict:
+    return default_config()["ensemble"]
+
+
+def test_concurrent_failures_in_unconnected_services_stay_apart(graph, ensemble) -> None:
+    scores = _alerts((0, "payments", 9.0), (1, "web", 6.0), (0, "reports", 8.0), (1, "reports", 7.0))
+    incidents = group_incidents(scores, SIGNAL_OF, ensemble, graph)
+    assert sorted(sorted(i.services) for i in incidents) == [["payments", "web"], ["reports"]]
+    web_side = next(i for i in incidents if "web" in i.services)
+    assert web_side.scope == {"web", "orders", "payments"}
+    assert set(web_side.evidence["service"]) == {"payments", "web"}
+
+
+def test_time_only_grouping_without_a_graph_or_with_zero_hops(graph, ensemble) -> None:
+    scores = _alerts((0, "payments", 9.0), (1, "web", 6.0), (0, "reports", 8.0), (1, "reports", 7.0))
+    assert len(group_incidents(scores, SIGNAL_OF, ensemble)) == 1
+    assert len(group_incidents(scores, SIGNAL_OF, ensemble | {"connect_hops": 0}, graph)) == 1
+
+
+def test_flapping_alerts_on_one_service_extend_one_incident(graph, ensemble) -> None:
+    scores = _alerts((0, "payments", 9.0), (2, "payments", 1.0), (3, "payments", 9.0), (6, "payments", 9.0))
+    incidents = group_incidents(scores, SIGNAL_OF, ensemble, graph)
+    assert len(incidents) == 1
+    assert incidents[0].end - incidents[0].start == pd.Timedelta(minutes=7)
+
+
+def test_connected_groups_hops_and_unknown_services(graph) -> None:
+    groups = connected_groups(["web", "payments", "reports", "metrics-only"], graph, hops=2)
+    assert groups["web"] == groups["payments"] != groups["reports"]
+    assert groups["metrics-only"] == groups["web"]  # cannot be placed: joins the largest group
+    one_hop = connected_groups(["web", "payments"], graph, hops=1)
+    assert one_hop["web"] != one_hop["payments"]

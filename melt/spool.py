@@ -4,7 +4,8 @@ One file per incident, ``<fingerprint>.json``: the report, where it was going (U
 name, never headers or rendered payloads, which may hold secrets) and how the last try ended.
 A sender claims a file by renaming it to ``.sending`` (atomic), so two ``melt deliver`` runs never
 send the same report; a claim older than ``STALE_CLAIM_S`` (a crashed sender) is taken over.
-A delivered report's file is removed; a failed one is put back with its attempt count.
+A delivered report's file is removed; a failed one is put back with its attempt count. An entry
+that is not JSON or whose report no longer validates is renamed to ``.bad`` and never sent.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from melt.errors import BundleError
+from melt.errors import BundleError, ReportError
+from melt.report import validate_report
 
 STALE_CLAIM_S = 600.0
 
@@ -82,8 +84,8 @@ def drain(directory: str | Path, config: dict[str, Any], url: str | None = None,
             continue
         try:
             entry = json.loads(claimed.read_text())
-            report = entry["report"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            report = validate_report(entry["report"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ReportError):
             os.rename(claimed, claimed.with_name(claimed.name.removesuffix(".sending") + ".bad"))
             result.unreadable.append(file.name)
             continue

@@ -200,3 +200,16 @@ def test_webhook_sink_without_a_url_is_one_line_and_exit_2(tiny_dir, tmp_path) -
                                       str(tmp_path / "o"), "--sink", "webhook", "--quiet"])
     assert result.exit_code == 2
     assert result.output.strip() == "melt: error: the webhook sink needs report.webhook.url"
+
+
+def test_a_corrupt_spool_entry_is_set_aside_not_sent(reports, tmp_path) -> None:
+    spool = tmp_path / "spool"
+    good = spool_report(spool, reports[0], "http://127.0.0.1:9", "generic", "HTTP 503", 1)
+    entry = json.loads(good.read_text())
+    entry["report"].pop("evidence")
+    (spool / "broken.json").write_text(json.dumps(entry))
+    (spool / "garbage.json").write_text("{not json")
+    with WebhookReceiver() as receiver:
+        result = drain(spool, _hook_config(None, max_retries=0), url=receiver.url)
+    assert result.sent == [reports[0]["incident_id"]] and sorted(result.unreadable) == ["broken.json", "garbage.json"]
+    assert len(receiver.requests) == 1 and sorted(p.name for p in spool.iterdir()) == ["broken.json.bad", "garbage.json.bad"]

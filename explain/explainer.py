@@ -77,9 +77,8 @@ class Explainer:
     def _one(self, facts: dict[str, Any]) -> dict[str, Any]:
         from explain.openai_provider import PROMPT_VERSION, ExplanationFailed
 
-        fallback = self.template.explain(facts)
         if self.llm is None:
-            return fallback
+            return self.template.explain(facts)
         key = facts_hash(facts, self.llm.source, PROMPT_VERSION)
         cached = self.cache.get(key) if self.cache else None
         if cached is not None:
@@ -91,7 +90,7 @@ class Explainer:
         except ExplanationFailed as exc:
             with self._lock:
                 self.stats.fallbacks.append(str(exc))
-            return fallback | {"fallback": f"{self.llm.source} failed: {exc}"}
+            return self.template.explain(facts) | {"fallback": f"{self.llm.source} failed: {exc}"}
         with self._lock:
             self.stats.llm += 1
         if self.cache:

@@ -80,34 +80,40 @@ def fuse(scores: pd.DataFrame, signal_of: dict[str, str], window: str, combiner:
     return out, per_detector
 
 
-def _within(graph: nx.DiGraph, service: str, hops: int) -> set[str]:
-    """Services at most ``hops`` calls from ``service``, in either direction (itself included)."""
-    return set(nx.single_source_shortest_path_length(graph.to_undirected(as_view=True), service, cutoff=hops))
+def nearby_services(services: list[str], graph: nx.DiGraph | None, hops: int) -> dict[str, set[str]]:
+    """For each service the graph knows: the services at most ``hops`` calls away, either direction.
+
+    Empty when there is no graph or ``hops`` is 0 (grouping by time only).
+    """
+    if graph is None or hops <= 0:
+        return {}
+    undirected = graph.to_undirected(as_view=True)
+    return {s: set(nx.single_source_shortest_path_length(undirected, s, cutoff=hops)) for s in services if s in graph}
 
 
-def connected_groups(services: list[str], graph: nx.DiGraph | None, hops: int) -> dict[str, int]:
-    """Group number per service: services within ``hops`` calls of each other (either direction) share one.
+def connected_groups(services: list[str], near: dict[str, set[str]]) -> dict[str, int]:
+    """Group number per service: services linked through ``near`` (:func:`nearby_services`) share one.
 
     Services the graph does not know (metrics only, no spans) cannot be placed, so they join the
-    largest group instead of opening incidents of their own. ``hops`` 0 or no graph: one group.
+    largest group instead of opening incidents of their own. Without ``near``: one group.
     """
-    known = [s for s in services if graph is not None and s in graph]
-    if hops <= 0 or not known:
+    known = [s for s in services if s in near]
+    if not known:
         return dict.fromkeys(services, 0)
     linked = nx.Graph()
     linked.add_nodes_from(known)
     for service in known:
-        linked.add_edges_from((service, other) for other in _within(graph, service, hops) & set(known))
+        linked.add_edges_from((service, other) for other in near[service] & set(known))
     components = sorted(nx.connected_components(linked), key=lambda c: (-len(c), min(c)))
     group = {service: number for number, component in enumerate(components) for service in component}
     return {service: group.get(service, 0) for service in services}
 
 
-def neighbourhood(services: list[str], graph: nx.DiGraph | None, hops: int) -> set[str] | None:
-    """``services`` and every service within ``hops`` calls of one; ``None`` when the graph cannot tell."""
-    if graph is None or hops <= 0 or not any(s in graph for s in services):
+def neighbourhood(services: list[str], near: dict[str, set[str]]) -> set[str] | None:
+    """``services`` and everything near one of them; ``None`` when the graph cannot tell."""
+    if not any(s in near for s in services):
         return None
-    return set(services).union(*(_within(graph, s, hops) for s in services if s in graph))
+    return set(services).union(*(near[s] for s in services if s in near))
 
 
 def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dict[str, Any],
@@ -129,10 +135,10 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
     new_group = windows.diff() > gap
     group_of_window = pd.Series(new_group.cumsum().to_numpy(), index=windows.to_numpy())
     alerts["time_group"] = alerts["window"].map(group_of_window)
-    hops = int(config["connect_hops"])
+    near = nearby_services(alerts["service"].unique().tolist(), graph, int(config["connect_hops"]))
     alerts["graph_group"] = 0
     for _, same_time in alerts.groupby("time_group", sort=False):
-        component = connected_groups(same_time["service"].unique().tolist(), graph, hops)
+        component = connected_groups(same_time["service"].unique().tolist(), near)
         alerts.loc[same_time.index, "graph_group"] = same_time["service"].map(component).to_numpy()
     step = parse_duration(config["window"])
     incidents = []
@@ -145,7 +151,7 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
         peak = float(services.iloc[0])
         in_window = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)
                            & scores["detector"].map(signal_of).isin(ALERT_SIGNALS)]
-        scope = neighbourhood(services.index.tolist(), graph, hops)
+        scope = neighbourhood(services.index.tolist(), near)
         if scope is not None:
             in_window = in_window[in_window["service"].isin(scope)]
         confidence = confidence_of(peak, threshold, int(group["signals"].max()))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from melt.config import default_config
-from melt.ensemble import connected_groups, group_incidents
+from melt.ensemble import connected_groups, group_incidents, nearby_services
 
 T0 = pd.Timestamp("2026-01-01 00:10", tz="UTC")
 SIGNAL_OF = {"zscore": "metrics"}
@@ -54,8 +54,9 @@ def test_flapping_alerts_on_one_service_extend_one_incident(graph, ensemble) -> 
 
 
 def test_connected_groups_hops_and_unknown_services(graph) -> None:
-    groups = connected_groups(["web", "payments", "reports", "metrics-only"], graph, hops=2)
+    services = ["web", "payments", "reports", "metrics-only"]
+    groups = connected_groups(services, nearby_services(services, graph, hops=2))
     assert groups["web"] == groups["payments"] != groups["reports"]
     assert groups["metrics-only"] == groups["web"]  # cannot be placed: joins the largest group
-    one_hop = connected_groups(["web", "payments"], graph, hops=1)
+    one_hop = connected_groups(["web", "payments"], nearby_services(["web", "payments"], graph, hops=1))
     assert one_hop["web"] != one_hop["payments"]

@@ -13,6 +13,7 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 EVIDENCE_FIELDS = ("id", "service", "component", "feature", "anomaly_type", "value", "expected_range", "score",
@@ -43,19 +44,16 @@ def build_facts(incident: dict[str, Any], candidates: list[dict[str, Any]], evid
     top_ids = set(candidates[0]["evidence_ids"]) if candidates else set()
     ordered = sorted(evidence, key=lambda e: (e["id"] not in top_ids, -float(e.get("score") or 0.0)))
     items = [_compact(e) for e in ordered]
-    facts = {
-        "incident": incident,
-        "top_causes": [{k: c[k] for k in ("service", "score", "path", "evidence_ids")} for c in candidates[:3]],
-        "evidence": items,
-        "change_events": [e["id"] for e in items if e.get("component") == "events"],
-    }
-    while len(facts["evidence"]) > 1 and estimate_tokens(facts) > max_tokens:
-        facts["evidence"] = facts["evidence"][:-1]
-        kept = {e["id"] for e in facts["evidence"]}
-        facts["change_events"] = [i for i in facts["change_events"] if i in kept]
-        for cause in facts["top_causes"]:
-            cause["evidence_ids"] = [i for i in cause["evidence_ids"] if i in kept]
-    return facts
+    causes = [{k: c[k] for k in ("service", "score", "path", "evidence_ids")} for c in candidates[:3]]
+    # each item costs its own size plus its id, listed again in the causes or change events
+    room = max_tokens - estimate_tokens({"incident": incident, "top_causes": causes, "evidence": [], "change_events": []})
+    cost = np.cumsum([estimate_tokens(e) + 2 for e in items])
+    items = items[:max(1, int(np.searchsorted(cost, room, side="right")))]
+    kept = {e["id"] for e in items}
+    for cause in causes:
+        cause["evidence_ids"] = [i for i in cause["evidence_ids"] if i in kept]
+    return {"incident": incident, "top_causes": causes, "evidence": items,
+            "change_events": [e["id"] for e in items if e.get("component") == "events"]}
 
 
 def evidence_ids(facts: dict[str, Any]) -> set[str]:

@@ -63,7 +63,6 @@ class OpenAIExplainer:
         self.model = settings["model"]
         self.source = f"llm:{self.model}"
         self.temperature = float(settings["temperature"])
-        self.key_present = bool(env.get(settings["api_key_env"]))
         # local OpenAI-compatible servers need no key, but the client insists on one
         self._client = openai.OpenAI(base_url=settings["base_url"], api_key=env.get(settings["api_key_env"]) or "none",
                                      timeout=float(settings["timeout"]), max_retries=int(settings["max_retries"]))

@@ -81,8 +81,9 @@ def suggested_causes(facts: dict[str, Any]) -> list[str]:
         if signature == "change":
             causes.append(f"recent {item.get('feature')} of {top}: {item.get('message', '')} [{item['id']}]")
         elif signature == "code_path":
-            change = {"new_pattern": "new", "pattern_vanished": f"was in {high} of traces, now {item.get('value')}",
-                      "pattern_grew": f"was in {high} of traces, now {item.get('value')}"}[str(item["anomaly_type"])]
+            units = f"{item['operation']} calls" if item.get("operation") else "traces"
+            change = {"new_pattern": "new", "pattern_vanished": f"was in {high} of {units}, now {item.get('value')}",
+                      "pattern_grew": f"was in {high} of {units}, now {item.get('value')}"}[str(item["anomaly_type"])]
             causes.append(RESOURCE_CAUSES["code_path"].format(service=top, pattern=f"\"{item.get('feature')}\"",
                                                               change=change) + f" [{item['id']}]")
         elif signature == "error" and item.get("template"):

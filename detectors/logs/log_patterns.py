@@ -1,13 +1,22 @@
-"""Log-pattern shift per service: templates and template pairs that appear in, or vanish from, its traces.
+"""Log-pattern shift per operation: templates and template pairs that appear in, or vanish from, its calls.
 
 Nezha (Yu et al., FSE 2023, "Nezha: Interpretable Fine-Grained Root Causes Analysis for
 Microservices on Multi-modal Observability Data") locates a fault in the service whose *expected*
 event patterns vanish, or whose unexpected ones appear, between a fault-free and a faulty phase.
-This detector keeps that idea and makes it a streaming score: a pattern is a log template, or a pair
-of templates logged one after the other by the same service in the same trace. For each (service,
-window) it compares the share of the service's traces that contain each pattern with the share seen
-in training, with a two-proportion z-test, so the score does not move with traffic volume. Lines
-without a trace id are units of their own.
+Nezha's event graph joins each log line to the span that wrote it, so an expected pattern is "this
+operation logs this line"; a log line that vanishes while the operation's spans go on is a strong
+sign that the code path inside that service changed. This detector keeps that idea as a streaming
+score. A pattern is a log template, or a pair of templates logged one after the other in the same
+unit. A unit is one span, when the bundle has traces and the line carries a span id; otherwise it is
+what the service logged in one trace, or a single line without a trace id. For each (service,
+operation, window) the detector compares the share of units that contain each pattern with the share
+seen in training. The score is the lower confidence bound of the change in share (the two-proportion
+z-test's interval): how much of the operation's calls changed, counting only the part of the change
+that the data support. A pattern that vanishes from half of an operation's calls outranks a busy
+operation whose share moved by a few points, however significant that small move is: input-dependent
+branches of a busy operation drift with the request mix, but a fault cuts or adds a code path in most
+calls. Shares conditioned on the operation do not move with traffic volume or with which operations
+are called, both of which move raw template counts.
 """
 
 from __future__ import annotations
@@ -24,57 +33,89 @@ from melt.detector import Detector, empty_scores
 from melt.timeutil import parse_duration
 
 PAIR = " -> "
+NO_SPAN = ""  # operation of units that are not spans (a trace's lines, or one line)
 
 
 class LogPatternDetector(Detector):
-    """Templates and template pairs whose per-trace share changed, per (service, window).
+    """Templates and template pairs whose per-call share changed, per (service, operation, window).
 
     Args:
         window: bucket width.
         sim_th: Drain similarity threshold.
         depth: Drain parse-tree depth.
-        pairs: also score consecutive template pairs within a (trace, service), Nezha's event pairs.
-        min_units: windows where a service has fewer traces (or trace-less lines) are not scored.
+        pairs: also score consecutive template pairs within a unit, Nezha's event pairs.
+        min_units: windows where an operation has fewer calls (or a service fewer trace-less units)
+            are not scored.
         masks: ``[regex, token]`` masking rules; ``None`` uses the built-in set.
+        confidence_z: the score is the change in share less this many standard errors (1.96: the
+            lower end of a two-sided 95% interval).
     """
 
     name = "log_patterns"
     signal = "logs"
 
     def __init__(self, window: str = "1m", sim_th: float = 0.4, depth: int = 4, pairs: bool = True,
-                 min_units: int = 3, masks: list[list[str]] | None = None) -> None:
+                 min_units: int = 3, masks: list[list[str]] | None = None, confidence_z: float = 1.96) -> None:
         self.window = window
         self.sim_th = sim_th
         self.depth = depth
         self.pairs = pairs
         self.min_units = min_units
         self.masks = masks
+        self.confidence_z = confidence_z
 
-    def _events(self, logs: pd.DataFrame, template: np.ndarray, bucket: pd.Series | None) -> pd.DataFrame:
-        """One row per (service, unit, pattern[, bucket]) present, plus one with pattern ``""`` per unit.
+    def _events(self, logs: pd.DataFrame, traces: pd.DataFrame | None, template: np.ndarray,
+                width: pd.Timedelta | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Patterns present per unit, and the units themselves, keyed by (service, op, unit[, bucket]).
 
-        A unit is what one service logged in one trace, or a single line without a trace id.
+        Spans without a log line are units too: their operation's expected lines vanished there. A
+        line written twice with the same time stamp in the same unit (an at-least-once log shipper)
+        counts once.
         """
-        unit = pd.Series("line:" + np.arange(len(logs)).astype(str), index=logs.index, dtype=object)
-        if "trace_id" in logs.columns:
-            value = logs["trace_id"].astype(object)
-            unit = unit.where(~(value.notna() & (value != "")), value)
-        frame = pd.DataFrame({"service": logs["service"].to_numpy(), "unit": unit.to_numpy(),
-                              "pattern": template, "timestamp": logs["timestamp"].to_numpy()})
-        if bucket is not None:
-            frame["bucket"] = bucket.to_numpy()
-        keys = ["service", "unit"] + (["bucket"] if bucket is not None else [])
-        ordered = frame.sort_values(keys + ["timestamp"], kind="stable")
-        same = np.ones(len(ordered), dtype=bool)
-        for key in keys:
-            values = ordered[key].to_numpy()
-            same[1:] &= values[1:] == values[:-1]
-        same[0] = False
-        frames = [ordered[~same].assign(pattern=""), ordered]
-        if self.pairs:
-            previous = np.roll(ordered["pattern"].to_numpy(), 1)
-            frames.append(ordered[same].assign(pattern=previous[same] + PAIR + ordered["pattern"].to_numpy()[same]))
-        return pd.concat(frames, ignore_index=True).drop(columns="timestamp").drop_duplicates()
+        n = len(logs)
+        frame = pd.DataFrame({"service": logs["service"].to_numpy(), "op": NO_SPAN, "pattern": template,
+                              "timestamp": logs["timestamp"].to_numpy()})
+        trace = logs["trace_id"].astype(object) if "trace_id" in logs.columns else pd.Series(None, index=logs.index)
+        has_trace = (trace.notna() & (trace != "")).to_numpy()
+        local = pd.Series(np.where(has_trace, trace.to_numpy(), "line:" + np.arange(n).astype(str)))
+        frame["unit"] = pd.factorize(local)[0].astype(np.int64) + 1
+        span_units = _spans(traces)
+        if span_units is not None and "span_id" in logs.columns:
+            keys = pd.DataFrame({"trace_id": trace.to_numpy(), "span_id": logs["span_id"].astype(object).to_numpy()})
+            row = keys.merge(span_units[["trace_id", "span_id"]].assign(row=np.arange(len(span_units))),
+                             on=["trace_id", "span_id"], how="left")["row"].to_numpy()
+            matched = ~np.isnan(row)
+            spans = span_units.iloc[row[matched].astype(np.int64)]
+            frame.loc[matched, "service"] = spans["service"].to_numpy()
+            frame.loc[matched, "op"] = spans["op"].to_numpy()
+            frame.loc[matched, "timestamp"] = spans["start_time"].to_numpy()
+            frame.loc[matched, "unit"] = -1 - row[matched].astype(np.int64)  # span units are negative
+            time_order = logs["timestamp"].to_numpy()
+        else:
+            span_units, time_order = None, frame["timestamp"].to_numpy()
+        keys = ["service", "op", "unit"]
+        if width is not None:
+            frame["bucket"] = frame["timestamp"].dt.floor(width)
+            keys.append("bucket")
+        frame = frame.assign(order=time_order).drop(columns="timestamp")
+        frame = frame.drop_duplicates(keys + ["pattern", "order"]).sort_values(keys + ["order"], kind="stable")
+        units = [frame[keys].drop_duplicates()]
+        if span_units is not None:
+            spans = pd.DataFrame({"service": span_units["service"].to_numpy(), "op": span_units["op"].to_numpy(),
+                                  "unit": -1 - np.arange(len(span_units), dtype=np.int64)})
+            if width is not None:
+                spans["bucket"] = span_units["start_time"].dt.floor(width).to_numpy()
+            units = [units[0][units[0]["op"] == NO_SPAN], spans]
+        events = [frame[keys + ["pattern"]]]
+        if self.pairs and len(frame) > 1:
+            same = np.ones(len(frame), dtype=bool)
+            for key in keys:
+                values = frame[key].to_numpy()
+                same[1:] &= values[1:] == values[:-1]
+            same[0] = False
+            previous = np.roll(frame["pattern"].to_numpy(), 1)
+            events.append(frame[same][keys].assign(pattern=previous[same] + PAIR + frame["pattern"].to_numpy()[same]))
+        return pd.concat(events, ignore_index=True).drop_duplicates(), pd.concat(units, ignore_index=True)
 
     def _templates(self, logs: pd.DataFrame) -> np.ndarray:
         return self.miner_.labels(logs["message"])
@@ -83,9 +124,9 @@ class LogPatternDetector(Detector):
         logs = self.require(bundle)
         self.miner_ = TemplateMiner(masks=self.masks, sim_th=self.sim_th, depth=self.depth)
         self.miner_.fit(logs["message"])
-        events = self._events(logs, self._templates(logs), None)
-        self.units_ = events[events["pattern"] == ""].groupby("service", observed=True).size().rename("base_n")
-        self.baseline_ = (events[events["pattern"] != ""].groupby(["service", "pattern"], observed=True).size()
+        events, units = self._events(logs, bundle.traces, self._templates(logs), None)
+        self.units_ = units.groupby(["service", "op"], observed=True).size().rename("base_n")
+        self.baseline_ = (events.groupby(["service", "op", "pattern"], observed=True).size()
                           .rename("base_k").reset_index())
         self.template_text_ = {str(k): v for k, v in self.miner_.templates().items()}
         return self
@@ -94,39 +135,69 @@ class LogPatternDetector(Detector):
         logs = self.require(bundle)
         if logs.empty:
             return empty_scores()
-        bucket = logs["timestamp"].dt.floor(parse_duration(self.window))
-        events = self._events(logs, self._templates(logs), bucket)
-        cell = ["service", "bucket"]
-        units = events[events["pattern"] == ""].groupby(cell, observed=True).size().rename("n").reset_index()
-        units = units.join(self.units_, on="service", how="inner")  # services unseen in training: no baseline
-        units = units[units["n"] >= self.min_units]
-        if units.empty:
+        cells = self._cells(logs, bundle.traces, leave_out=False)
+        if cells.empty:
             return empty_scores()
-        seen = (events[events["pattern"] != ""].groupby(cell + ["pattern"], observed=True).size()
-                .rename("k").reset_index())
-        # every baseline pattern of an active service is a candidate too: vanished ones have no row
-        expected = units.merge(self.baseline_, on="service", how="inner")[cell + ["pattern"]]
-        cells = pd.concat([seen[cell + ["pattern"]], expected]).drop_duplicates()
-        cells = (cells.merge(units, on=cell, how="inner")
-                 .merge(seen, on=cell + ["pattern"], how="left")
-                 .merge(self.baseline_, on=["service", "pattern"], how="left"))
-        k = cells["k"].fillna(0).to_numpy(float)
-        n = cells["n"].to_numpy(float)
-        base_k = cells["base_k"].fillna(0).to_numpy(float)
-        base_n = cells["base_n"].to_numpy(float)
-        share, base_share = (k + 0.5) / (n + 1), (base_k + 0.5) / (base_n + 1)
-        pooled = (k + base_k + 1) / (n + base_n + 2)
-        z = (share - base_share) / np.sqrt(pooled * (1 - pooled) * (1 / (n + 1) + 1 / (base_n + 1)))
+        k, n = cells["k"].to_numpy(float), cells["n"].to_numpy(float)
+        base_k, base_n = cells["base_k"].to_numpy(float), cells["base_n"].to_numpy(float)
+        change, error = share_change(k, n, base_k, base_n)
+        z = change / error
         kind = np.where(base_k == 0, "new_pattern", np.where(z < 0, "pattern_vanished", "pattern_grew"))
         codes, patterns = pd.factorize(cells["pattern"])
         text = np.array([self._describe(p) for p in patterns], dtype=object)[codes]  # once per distinct pattern
+        op = cells["op"].to_numpy(dtype=object)
+        entity = np.where(op == NO_SPAN, text, op + ": " + text)
         evidence = [
             {"value": round(float(s), 3), "expected_range": [round(float(b), 3), round(float(b), 3)],
-             "anomaly_type": a, "template": t, "traces": int(m), "z": round(float(v), 2)}
-            for s, b, a, t, m, v in zip(k / n, base_k / base_n, kind, text, n, z, strict=True)
+             "anomaly_type": a, "template": t, "operation": o or None, "units": int(m), "z": round(float(v), 2)}
+            for s, b, a, t, o, m, v in zip(k / n, base_k / base_n, kind, text, op, n, z, strict=True)
         ]
         return pd.DataFrame({"timestamp": cells["bucket"].to_numpy(), "service": cells["service"].to_numpy(),
-                             "detector": self.name, "entity": text, "score": np.abs(z), "evidence": evidence})
+                             "detector": self.name, "entity": entity,
+                             "score": self._confident_change(change, error), "evidence": evidence})
+
+    def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:
+        """Each training window scored against the training baseline without that window.
+
+        In-sample, a window is part of its own baseline, so the calibration would never see how far
+        shares drift from one window to the next in normal operation (the request mix moves them),
+        and every later drift would look rare.
+        """
+        logs = self.require(bundle)
+        cells = self._cells(logs, bundle.traces, leave_out=True)
+        change, error = share_change(cells["k"].to_numpy(float), cells["n"].to_numpy(float),
+                                     cells["base_k"].to_numpy(float), cells["base_n"].to_numpy(float))
+        return self._confident_change(change, error)
+
+    def _confident_change(self, change: np.ndarray, error: np.ndarray) -> np.ndarray:
+        """The lower confidence bound of the absolute change in share (0 when the change is not significant)."""
+        return np.clip(np.abs(change) - self.confidence_z * error, 0.0, None)
+
+    def _cells(self, logs: pd.DataFrame, traces: pd.DataFrame | None, leave_out: bool) -> pd.DataFrame:
+        """Per (service, op, bucket, pattern): units with the pattern ``k``, units ``n``, and the baseline's.
+
+        ``leave_out`` takes each cell's own counts out of the baseline (for data that is the training set).
+        """
+        events, units = self._events(logs, traces, self._templates(logs), parse_duration(self.window))
+        cell = ["service", "op", "bucket"]
+        counts = units.groupby(cell, observed=True).size().rename("n").reset_index()
+        counts = counts.join(self.units_, on=["service", "op"], how="inner")  # unseen in training: no baseline
+        if leave_out:
+            counts["base_n"] = counts["base_n"] - counts["n"]
+            counts = counts[counts["base_n"] > 0]
+        counts = counts[counts["n"] >= self.min_units]
+        seen = events.groupby(cell + ["pattern"], observed=True).size().rename("k").reset_index()
+        # every baseline pattern of an active operation is a candidate too: vanished ones have no row
+        expected = counts.merge(self.baseline_, on=["service", "op"], how="inner")[cell + ["pattern"]]
+        cells = pd.concat([seen[cell + ["pattern"]], expected]).drop_duplicates()
+        cells = (cells.merge(counts, on=cell, how="inner")
+                 .merge(seen, on=cell + ["pattern"], how="left")
+                 .merge(self.baseline_, on=["service", "op", "pattern"], how="left"))
+        cells["k"] = cells["k"].fillna(0)
+        cells["base_k"] = cells["base_k"].fillna(0)
+        if leave_out:
+            cells["base_k"] = cells["base_k"] - cells["k"]
+        return cells
 
     def _describe(self, pattern: str) -> str:
         parts = pattern.split(PAIR)
@@ -146,3 +217,22 @@ class LogPatternDetector(Detector):
         self.miner_.load(root / "drain3_state.json")
         for key, value in joblib.load(root / "state.joblib").items():
             setattr(self, key, value)
+
+
+def share_change(k: np.ndarray, n: np.ndarray, base_k: np.ndarray,
+                 base_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Change of the share ``k/n`` from ``base_k/base_n`` and its pooled standard error.
+
+    The two-proportion z-test's terms, with add-half smoothing so that empty cells stay finite.
+    """
+    share, base_share = (k + 0.5) / (n + 1), (base_k + 0.5) / (base_n + 1)
+    pooled = (k + base_k + 1) / (n + base_n + 2)
+    return share - base_share, np.sqrt(pooled * (1 - pooled) * (1 / (n + 1) + 1 / (base_n + 1)))
+
+
+def _spans(traces: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Spans as units: trace and span id, service, operation and start, or ``None`` without traces."""
+    needed = ["trace_id", "span_id", "service_name", "span_name", "start_time"]
+    if traces is None or traces.empty or not set(needed) <= set(traces.columns):
+        return None
+    return traces[needed].rename(columns={"service_name": "service", "span_name": "op"}).reset_index(drop=True)

@@ -85,10 +85,10 @@ class LogPatternDetector(Detector):
             row = keys.merge(span_units[["trace_id", "span_id"]].assign(row=np.arange(len(span_units))),
                              on=["trace_id", "span_id"], how="left")["row"].to_numpy()
             matched = ~np.isnan(row)
-            spans = span_units.iloc[row[matched].astype(np.int64)]
-            frame.loc[matched, "service"] = spans["service"].to_numpy()
-            frame.loc[matched, "op"] = spans["op"].to_numpy()
-            frame.loc[matched, "timestamp"] = spans["start_time"].to_numpy()
+            writer = span_units.iloc[row[matched].astype(np.int64)]  # the span that wrote each matched line
+            frame.loc[matched, "service"] = writer["service"].to_numpy()
+            frame.loc[matched, "op"] = writer["op"].to_numpy()
+            frame.loc[matched, "timestamp"] = writer["start_time"].to_numpy()
             frame.loc[matched, "unit"] = -1 - row[matched].astype(np.int64)  # span units are negative
             time_order = logs["timestamp"].to_numpy()
         else:
@@ -140,7 +140,7 @@ class LogPatternDetector(Detector):
             return empty_scores()
         k, n = cells["k"].to_numpy(float), cells["n"].to_numpy(float)
         base_k, base_n = cells["base_k"].to_numpy(float), cells["base_n"].to_numpy(float)
-        change, error = share_change(k, n, base_k, base_n)
+        change, error = share_change(cells)
         z = change / error
         kind = np.where(base_k == 0, "new_pattern", np.where(z < 0, "pattern_vanished", "pattern_grew"))
         codes, patterns = pd.factorize(cells["pattern"])
@@ -165,9 +165,7 @@ class LogPatternDetector(Detector):
         """
         logs = self.require(bundle)
         cells = self._cells(logs, bundle.traces, leave_out=True)
-        change, error = share_change(cells["k"].to_numpy(float), cells["n"].to_numpy(float),
-                                     cells["base_k"].to_numpy(float), cells["base_n"].to_numpy(float))
-        return self._confident_change(change, error)
+        return self._confident_change(*share_change(cells))
 
     def _confident_change(self, change: np.ndarray, error: np.ndarray) -> np.ndarray:
         """The lower confidence bound of the absolute change in share (0 when the change is not significant)."""
@@ -219,12 +217,13 @@ class LogPatternDetector(Detector):
             setattr(self, key, value)
 
 
-def share_change(k: np.ndarray, n: np.ndarray, base_k: np.ndarray,
-                 base_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Change of the share ``k/n`` from ``base_k/base_n`` and its pooled standard error.
+def share_change(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Change of each cell's share ``k/n`` from ``base_k/base_n``, and its pooled standard error.
 
     The two-proportion z-test's terms, with add-half smoothing so that empty cells stay finite.
     """
+    k, n = cells["k"].to_numpy(float), cells["n"].to_numpy(float)
+    base_k, base_n = cells["base_k"].to_numpy(float), cells["base_n"].to_numpy(float)
     share, base_share = (k + 0.5) / (n + 1), (base_k + 0.5) / (base_n + 1)
     pooled = (k + base_k + 1) / (n + base_n + 2)
     return share - base_share, np.sqrt(pooled * (1 - pooled) * (1 / (n + 1) + 1 / (base_n + 1)))

@@ -20,6 +20,7 @@ RESOURCE_CAUSES = {
     "latency": "{service} responds slowly ({feature} {value} vs expected {low}-{high})",
     "error": "{service} returns errors ({feature} {value})",
     "code_path": "{service} took another code path: {pattern} [{change}]",
+    "reported": "{reporter} reports trouble calling {service}: {pattern} [{change}]",
 }
 RECOMMENDATIONS = {
     "cpu": "Check CPU limits and throttling of {service}; scale out or profile the hot path.",
@@ -29,6 +30,7 @@ RECOMMENDATIONS = {
     "change": "Review the {kind} of {service} just before the incident; roll it back if it matches.",
     "code_path": "Compare {service}'s logs around {start} with the usual sequence; the changed branch is in {feature}.",
     "downstream": "Check {service}'s dependencies on the path {path}.",
+    "reported": "Check the health of {service} and the network between it and its callers; callers name it in {feature}.",
 }
 
 
@@ -37,6 +39,8 @@ def _signature(item: dict[str, Any]) -> str:
     kind = str(item.get("anomaly_type", ""))
     if item.get("component") == "events":
         return "change"
+    if item.get("reported_by"):
+        return "reported"
     if kind in ("error_burst", "new_template") or "error" in feature or "exception" in feature:
         return "error"
     if kind in ("new_pattern", "pattern_vanished", "pattern_grew"):
@@ -63,6 +67,17 @@ def _inside_expected_range(item: dict[str, Any]) -> bool:
     return (low is None or low <= value) and (high is None or value <= high)
 
 
+def _change(item: dict[str, Any]) -> str:
+    """How a log pattern or template changed, in words."""
+    kind, value = str(item.get("anomaly_type")), item.get("value")
+    if kind in ("new_pattern", "new_template"):
+        return "new"
+    if "operation" in item or kind.startswith("pattern"):
+        units = f"{item['operation']} calls" if item.get("operation") else "traces"
+        return f"was in {_range(item)[1]} of {units}, now {value}"
+    return f"{value} lines in a window, expected up to {_range(item)[1]}"
+
+
 def suggested_causes(facts: dict[str, Any]) -> list[str]:
     """One cause per distinct signature of the top candidate's evidence, strongest first."""
     if not facts["top_causes"]:
@@ -80,12 +95,10 @@ def suggested_causes(facts: dict[str, Any]) -> list[str]:
         low, high = _range(item)
         if signature == "change":
             causes.append(f"recent {item.get('feature')} of {top}: {item.get('message', '')} [{item['id']}]")
-        elif signature == "code_path":
-            units = f"{item['operation']} calls" if item.get("operation") else "traces"
-            change = {"new_pattern": "new", "pattern_vanished": f"was in {high} of {units}, now {item.get('value')}",
-                      "pattern_grew": f"was in {high} of {units}, now {item.get('value')}"}[str(item["anomaly_type"])]
-            causes.append(RESOURCE_CAUSES["code_path"].format(service=top, pattern=f"\"{item.get('feature')}\"",
-                                                              change=change) + f" [{item['id']}]")
+        elif signature in ("code_path", "reported"):
+            causes.append(RESOURCE_CAUSES[signature].format(service=top, pattern=f"\"{item.get('feature')}\"",
+                                                            change=_change(item), reporter=item.get("reported_by"))
+                          + f" [{item['id']}]")
         elif signature == "error" and item.get("template"):
             label = "new" if item.get("anomaly_type") == "new_template" else "bursting"
             causes.append(f"{label} error log template in {top}: \"{item['template']}\" [{item['id']}]")

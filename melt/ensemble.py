@@ -5,7 +5,9 @@ Alerts are (service, window) cells whose fused score crosses ``threshold`` with 
 signals agreeing. Alerts whose windows lie within ``merge_gap`` of each other, on services within
 ``connect_hops`` calls of each other in the dependency graph, form one incident: duplicate and
 flapping alerts extend an incident instead of opening new ones, and two unrelated failures at the
-same time stay apart. Incidents with fewer than ``min_alerts`` alerts are dropped as blips.
+same time stay apart. A lone weak alert (a blip: alone in its window, nothing in the windows next to
+it, under ``blip_factor`` x ``threshold``) neither opens nor bridges an incident, and incidents with
+fewer than ``min_alerts`` alerts are dropped.
 """
 
 from __future__ import annotations
@@ -116,6 +118,22 @@ def neighbourhood(services: list[str], near: dict[str, set[str]]) -> set[str] | 
     return set(services).union(*(near[s] for s in services if s in near))
 
 
+def drop_blips(alerts: pd.DataFrame, step: pd.Timedelta, below: float) -> pd.DataFrame:
+    """Alerts without the blips: a lone alert (the only one in its window, no alert in the windows
+    next to it) whose fused score is under ``below``.
+
+    Such a blip is the false alarm any threshold lets through now and then. Kept, it would open no
+    incident (``min_alerts``), but it would bridge the quiet gap between two separate failures and
+    chain them into one incident. A strong lone alert, or a flapping service that alerts again and
+    again, still counts.
+    """
+    per_window = alerts.groupby("window")["fused"].agg(["size", "max"])
+    gaps = (per_window.index[1:] - per_window.index[:-1]) > step
+    apart = np.r_[True, gaps] & np.r_[gaps, True]
+    blips = per_window.index[(per_window["size"].to_numpy() == 1) & apart & (per_window["max"].to_numpy() < below)]
+    return alerts[~alerts["window"].isin(blips)]
+
+
 def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dict[str, Any],
                     graph: nx.DiGraph | None = None) -> list[Incident]:
     """Alerts from fused scores, grouped in time and on the graph into incidents (config: ``ensemble``)."""
@@ -127,6 +145,9 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
     agreeing = hot.groupby(["service", "window"], observed=True)["signal"].nunique().rename("signals")
     alerts = fused.join(agreeing, on=["service", "window"]).fillna({"signals": 0})
     alerts = alerts[(alerts["fused"] >= threshold) & (alerts["signals"] >= int(config["min_signals"]))]
+    if alerts.empty:
+        return []
+    alerts = drop_blips(alerts, parse_duration(config["window"]), float(config["blip_factor"]) * threshold)
     if alerts.empty:
         return []
     alerts = alerts.sort_values(["window", "fused"], ascending=[True, False]).reset_index(drop=True)

@@ -23,7 +23,6 @@ from melt.errors import BundleError, PluginError
 from melt.progress import log
 from melt.registry import build_detector, get_plugin, requested_names, resolve_models
 from melt.sinks import Delivery, make_sinks
-from melt.timeutil import parse_duration
 from rca.graph import dependency_graph
 
 
@@ -116,28 +115,31 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     from explain.facts import build_facts
     from melt.evidence import select_evidence
     from melt.report import build_report, validate_report
+    from rca.attribution import attribute_to_peers
     from rca.baselines import baseline_rankings
-    from rca.rank import rank_root_causes
+    from rca.rank import evidence_window, rank_root_causes
     from rca.terms import involved
 
     if graph is None:
         graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
     explainer = explainer or Explainer(config["explain"] | {"provider": "template"})
     threshold = float(config["ensemble"]["threshold"])
-    lookback = parse_duration(config["rca"]["lookback"])
     top_k = int(config["rca"]["top_k"])
     parts = []
     for number, incident in enumerate(incidents):
-        on_path = involved(bundle.traces, bundle.logs, incident.start - lookback, incident.end)
+        # the rows the ranking uses: the incident and the lookback before it
+        start, end = evidence_window(incident, config["rca"])
+        on_path = involved(bundle.traces, bundle.logs, start, end)
         if incident.scope is not None:
             on_path &= incident.scope
         on_path = on_path or None
         ranked = rank_root_causes(incident, scores, graph, signal_of, config["rca"], threshold, on_path)
         candidates = [c.__dict__ for c in ranked]
         ranked_services = [c["service"] for c in candidates] or incident.services
-        # the incident's rows plus the lookback before it, where change events and early signs sit
-        nearby = scores[(scores["timestamp"] >= incident.start - lookback) & (scores["timestamp"] < incident.end)]
-        evidence = select_evidence(nearby, ranked_services, signal_of, int(config["report"]["max_evidence"]))
+        nearby = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
+        # callers' complaints that name a service are cited as that service's evidence, as the ranker counts them
+        evidence = select_evidence(attribute_to_peers(nearby, signal_of), ranked_services, signal_of,
+                                   int(config["report"]["max_evidence"]))
         for candidate in candidates:
             candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
         facts = build_facts(incident.summary(), candidates, evidence, int(config["explain"]["max_fact_tokens"]))

@@ -3,7 +3,7 @@
 score = w_anomaly * anomaly + w_propagation * propagation + w_precedence * precedence + w_change * change
 
 ``anomaly`` is a service's own evidence, the weighted sum over kinds (resource saturation, log
-patterns, span self time, symptom metrics) of how far its strongest calibrated score of that kind
+patterns, callers' logs that name it, span self time, symptom metrics) of how far its strongest calibrated score of that kind
 rises above the kind's noise floor, scaled to max 1 in the incident. The other terms are in
 :mod:`rca.terms`. Only services that served requests in the incident window are candidates when the
 bundle has traces or logs: a root cause of a user-facing incident sits on the request path.
@@ -20,6 +20,7 @@ import pandas as pd
 
 from melt.timeutil import parse_duration
 from rca import terms
+from rca.attribution import attribute_to_peers
 
 TERMS = ("anomaly", "propagation", "precedence", "change")
 
@@ -46,6 +47,7 @@ def own_evidence(scores: pd.DataFrame, kinds: pd.Series, config: dict[str, Any])
 def term_table(scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str], config: dict[str, Any],
                start: pd.Timestamp, threshold: float, candidates: set[str] | None = None) -> pd.DataFrame:
     """Every term for every candidate service, plus the per-kind evidence behind ``anomaly``."""
+    scores = attribute_to_peers(scores, signal_of)
     kinds = terms.evidence_kind(scores, signal_of, config["resource_metrics"])
     in_window = (scores["timestamp"] >= start.floor(parse_duration(config["bucket"]))).to_numpy()
     evidence = own_evidence(scores[in_window], kinds[in_window], config)
@@ -75,6 +77,12 @@ def propagation_path(graph: nx.DiGraph, symptoms: list[str], cause: str) -> list
     return best
 
 
+def evidence_window(incident: Any, config: dict[str, Any]) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The rows that speak to an incident's cause: from ``lookback`` before its onset (change events
+    and early signs sit there) to its end."""
+    return incident.start - parse_duration(config["lookback"]), incident.end
+
+
 def rank_root_causes(incident: Any, all_scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str],
                      config: dict[str, Any], threshold: float, candidates: set[str] | None = None) -> list[Candidate]:
     """Ranked candidates for ``incident`` (config: the ``rca`` section).
@@ -88,8 +96,8 @@ def rank_root_causes(incident: Any, all_scores: pd.DataFrame, graph: nx.DiGraph,
         threshold: the ensemble's alert threshold, for onset times.
         candidates: services allowed to rank (those on the request path); ``None`` = all with evidence.
     """
-    lookback = parse_duration(config["lookback"])
-    window = all_scores[(all_scores["timestamp"] >= incident.start - lookback) & (all_scores["timestamp"] < incident.end)]
+    start, end = evidence_window(incident, config)
+    window = all_scores[(all_scores["timestamp"] >= start) & (all_scores["timestamp"] < end)]
     table = term_table(window, graph, signal_of, config, incident.start, threshold, candidates)
     weights = config["weights"]
     total = table[list(TERMS)].mul(pd.Series({name: float(weights[name]) for name in TERMS})).sum(axis=1)

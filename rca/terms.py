@@ -1,8 +1,9 @@
 """Evidence terms of the root-cause ranking, one function each, every one a Series over services.
 
-The evidence terms (``resource``, ``logs``, ``traces``, ``symptoms``) are each service's strongest
-calibrated score of one kind in the incident window, in the shared sigma scale of
-:mod:`melt.calibration`. Metric evidence is split the way the USE and RED methods split it
+The evidence terms (``resource``, ``logs``, ``reported``, ``traces``, ``symptoms``) are each
+service's strongest calibrated score of one kind in the incident window, in the shared sigma scale of
+:mod:`melt.calibration`. ``reported`` is what callers' logs say about a service by name
+(:mod:`rca.attribution`). Metric evidence is split the way the USE and RED methods split it
 (Gregg, "Thinking Methodically about Performance", 2013): saturation of a service's own resources
 (CPU, memory, threads, GC) points at the service itself, while rate, error and duration metrics are
 symptoms that travel up the call graph to every caller. ``propagation``, ``precedence`` and
@@ -16,13 +17,14 @@ import re
 import networkx as nx
 import pandas as pd
 
-EVIDENCE_KINDS = ("resource", "logs", "traces", "symptoms")
+EVIDENCE_KINDS = ("resource", "logs", "reported", "traces", "symptoms")
 
 
 def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metrics: str) -> pd.Series:
-    """The kind of each score row: resource | symptoms (other metrics) | logs | traces | events.
+    """The kind of each score row: resource | symptoms (other metrics) | logs | reported | traces | events.
 
-    The regex runs once per distinct entity name, not once per row.
+    ``reported`` rows are log rows that :func:`rca.attribution.attribute_to_peers` moved to the service
+    they name. The regex runs once per distinct entity name, not once per row.
     """
     signal = scores["detector"].map(signal_of).fillna("unknown")
     entity = scores["entity"].astype(str)
@@ -30,8 +32,10 @@ def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metr
     is_resource = pd.Series(names.str.contains(resource_metrics, flags=re.IGNORECASE, regex=True).to_numpy(),
                             index=names.to_numpy())
     resource = signal.eq("metrics") & entity.map(is_resource).astype(bool)
-    kind = signal.where(~signal.eq("metrics"), "symptoms")
-    return kind.where(~resource, "resource")
+    kind = signal.where(~signal.eq("metrics"), "symptoms").where(~resource, "resource")
+    if "reported_by" in scores.columns:
+        kind = kind.where(scores["reported_by"].isna(), "reported")
+    return kind
 
 
 def strongest(scores: pd.DataFrame, kinds: pd.Series, kind: str, rising_only: bool = False) -> pd.Series:

@@ -60,3 +60,16 @@ def test_connected_groups_hops_and_unknown_services(graph) -> None:
     assert groups["metrics-only"] == groups["web"]  # cannot be placed: joins the largest group
     one_hop = connected_groups(["web", "payments"], nearby_services(["web", "payments"], graph, hops=1))
     assert one_hop["web"] != one_hop["payments"]
+
+
+def test_a_lone_weak_alert_does_not_chain_two_failures(graph, ensemble) -> None:
+    """Two failures 8 minutes apart, and one blip between them within merge_gap of both (zscore weighs 0.67)."""
+    first = [(m, "payments", 12.0) for m in range(0, 4)]
+    second = [(m, "orders", 12.0) for m in range(8, 12)]
+    blip = [(6, "web", 7.0)]  # fused 4.7: an alert, under 1.5 x threshold
+    incidents = group_incidents(_alerts(*first, *blip, *second), SIGNAL_OF, ensemble, graph)
+    assert [(i.services, i.end - i.start) for i in incidents] == [(["payments"], pd.Timedelta(minutes=4)),
+                                                                  (["orders"], pd.Timedelta(minutes=4))]
+    strong = [(6, "web", 15.0)]  # a strong lone alert is no blip: it joins both into one incident
+    assert len(group_incidents(_alerts(*first, *strong, *second), SIGNAL_OF, ensemble, graph)) == 1
+    assert len(group_incidents(_alerts(*first, *blip, *second), SIGNAL_OF, ensemble | {"blip_factor": 0}, graph)) == 1

@@ -27,6 +27,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
+from detectors.logs.peers import describe, known_services, named_peers, split_peer, with_peer
 from detectors.logs.templates import TemplateMiner
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
@@ -53,6 +54,7 @@ class LogPatternDetector(Detector):
 
     name = "log_patterns"
     signal = "logs"
+    services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 
     def __init__(self, window: str = "1m", sim_th: float = 0.4, depth: int = 4, pairs: bool = True,
                  min_units: int = 3, masks: list[list[str]] | None = None, confidence_z: float = 1.96) -> None:
@@ -117,14 +119,17 @@ class LogPatternDetector(Detector):
             events.append(frame[same][keys].assign(pattern=previous[same] + PAIR + frame["pattern"].to_numpy()[same]))
         return pd.concat(events, ignore_index=True).drop_duplicates(), pd.concat(units, ignore_index=True)
 
-    def _templates(self, logs: pd.DataFrame) -> np.ndarray:
-        return self.miner_.labels(logs["message"])
+    def _templates(self, logs: pd.DataFrame, traces: pd.DataFrame | None) -> np.ndarray:
+        """Each line's template label, keyed by the peer service the line names (:mod:`detectors.logs.peers`)."""
+        services = set(self.services_) | set(known_services(logs, traces))
+        return with_peer(self.miner_.labels(logs["message"]), named_peers(logs["message"], logs["service"], services))
 
     def fit(self, bundle: MeltBundle) -> Self:
         logs = self.require(bundle)
         self.miner_ = TemplateMiner(masks=self.masks, sim_th=self.sim_th, depth=self.depth)
         self.miner_.fit(logs["message"])
-        events, units = self._events(logs, bundle.traces, self._templates(logs), None)
+        self.services_ = tuple(known_services(logs, bundle.traces))
+        events, units = self._events(logs, bundle.traces, self._templates(logs, bundle.traces), None)
         self.units_ = units.groupby(["service", "op"], observed=True).size().rename("base_n")
         self.baseline_ = (events.groupby(["service", "op", "pattern"], observed=True).size()
                           .rename("base_k").reset_index())
@@ -145,12 +150,14 @@ class LogPatternDetector(Detector):
         kind = np.where(base_k == 0, "new_pattern", np.where(z < 0, "pattern_vanished", "pattern_grew"))
         codes, patterns = pd.factorize(cells["pattern"])
         text = np.array([self._describe(p) for p in patterns], dtype=object)[codes]  # once per distinct pattern
+        peer = np.array([self._peer(p) for p in patterns], dtype=object)[codes]
         op = cells["op"].to_numpy(dtype=object)
         entity = np.where(op == NO_SPAN, text, op + ": " + text)
         evidence = [
             {"value": round(float(s), 3), "expected_range": [round(float(b), 3), round(float(b), 3)],
-             "anomaly_type": a, "template": t, "operation": o or None, "units": int(m), "z": round(float(v), 2)}
-            for s, b, a, t, o, m, v in zip(k / n, base_k / base_n, kind, text, op, n, z, strict=True)
+             "anomaly_type": a, "template": t, "operation": o or None, "units": int(m), "z": round(float(v), 2),
+             "peer": p}
+            for s, b, a, t, o, m, v, p in zip(k / n, base_k / base_n, kind, text, op, n, z, peer, strict=True)
         ]
         return pd.DataFrame({"timestamp": cells["bucket"].to_numpy(), "service": cells["service"].to_numpy(),
                              "detector": self.name, "entity": entity,
@@ -176,7 +183,7 @@ class LogPatternDetector(Detector):
 
         ``leave_out`` takes each cell's own counts out of the baseline (for data that is the training set).
         """
-        events, units = self._events(logs, traces, self._templates(logs), parse_duration(self.window))
+        events, units = self._events(logs, traces, self._templates(logs, traces), parse_duration(self.window))
         cell = ["service", "op", "bucket"]
         counts = units.groupby(cell, observed=True).size().rename("n").reset_index()
         counts = counts.join(self.units_, on=["service", "op"], how="inner")  # unseen in training: no baseline
@@ -198,14 +205,20 @@ class LogPatternDetector(Detector):
         return cells
 
     def _describe(self, pattern: str) -> str:
-        parts = pattern.split(PAIR)
-        return PAIR.join(self.template_text_.get(p, p[4:] if p.startswith("new:") else p) for p in parts)
+        return PAIR.join(describe(part, self.template_text_) for part in pattern.split(PAIR))
+
+    @staticmethod
+    def _peer(pattern: str) -> str | None:
+        """The service a pattern's lines name (the later line's, for a pair)."""
+        named = [peer for part in pattern.split(PAIR) if (peer := split_peer(part)[1])]
+        return named[-1] if named else None
 
     def _save_state(self, root: Path) -> None:
         import joblib
 
         self.miner_.save(root / "drain3_state.json")
-        joblib.dump({"baseline_": self.baseline_, "units_": self.units_, "template_text_": self.template_text_},
+        joblib.dump({"baseline_": self.baseline_, "units_": self.units_, "template_text_": self.template_text_,
+                     "services_": self.services_},
                     root / "state.joblib")
 
     def _load_state(self, root: Path) -> None:

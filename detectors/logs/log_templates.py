@@ -14,6 +14,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
+from detectors.logs.peers import describe, known_services, named_peers, split_peer, with_peer
 from detectors.logs.templates import UNMATCHED, TemplateMiner
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
@@ -36,6 +37,7 @@ class LogTemplateDetector(Detector):
 
     name = "log_templates"
     signal = "logs"
+    services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 
     def __init__(self, window: str = "1m", sim_th: float = 0.4, depth: int = 4, new_template_score: float = 8.0,
                  steady_min_mean: float = 5.0, masks: list[list[str]] | None = None) -> None:
@@ -53,13 +55,15 @@ class LogTemplateDetector(Detector):
         logs = self.require(bundle)
         self.miner_ = self._miner()
         ids = self.miner_.fit(logs["message"])
-        counts = self._counts(logs, ids.astype(str))
+        self.services_ = tuple(known_services(logs, bundle.traces))
+        template = self._with_peers(logs, bundle.traces, ids.astype(str))
+        counts = self._counts(logs, template)
         n_windows = max(counts["bucket"].nunique(), 1)
         counts["square"] = counts["count"].astype(float) ** 2
         sums = counts.groupby(["service", "template"], observed=True)[["count", "square"]].sum()
         mean, sq = sums["count"] / n_windows, sums["square"]
         var = (sq / n_windows - mean**2).clip(lower=0)
-        level = logs.assign(template=ids.astype(str)).groupby("template", observed=True)["level"].agg(lambda s: s.mode().iat[0])
+        level = logs.assign(template=template).groupby("template", observed=True)["level"].agg(lambda s: s.mode().iat[0])
         self.baseline_ = pd.DataFrame({"mean": mean, "var": var})
         self.template_level_ = level.to_dict()
         self.template_text_ = {str(k): v for k, v in self.miner_.templates().items()}
@@ -72,12 +76,18 @@ class LogTemplateDetector(Detector):
         return (frame.groupby(["service", "template", "bucket"], observed=True, sort=True)
                 .agg(count=("row", "size"), example=("row", "first")).reset_index())
 
+    def _with_peers(self, logs: pd.DataFrame, traces: pd.DataFrame | None, template: np.ndarray) -> np.ndarray:
+        """Template labels keyed by the peer service each line names (:mod:`detectors.logs.peers`)."""
+        services = set(self.services_) | set(known_services(logs, traces))
+        return with_peer(template, named_peers(logs["message"], logs["service"], services))
+
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         logs = self.require(bundle)
         if logs.empty:
             return empty_scores()
         ids, masked = self.miner_.match(logs["message"])
         template = np.where(ids == UNMATCHED, "new:" + pd.Series(masked).astype(str).to_numpy(), ids.astype(str))
+        template = self._with_peers(logs, bundle.traces, template)
         counts = self._counts(logs, template)
         grid_buckets = counts["bucket"].unique()
         # steady templates that vanish have no row: add zero counts for them
@@ -95,14 +105,18 @@ class LogTemplateDetector(Detector):
                                     "count": 0, "example": -1})], ignore_index=True)
         keys = pd.MultiIndex.from_arrays([counts["service"], counts["template"]])
         base = self.baseline_.reindex(keys)
-        known = base["mean"].notna().to_numpy()
+        # a learned template that now names another peer (retries to a service it rarely called) is a
+        # burst from a zero baseline, not a new template
+        learned = {(service, split_peer(label)[0]) for service, label in self.baseline_.index}
+        codes, pairs = pd.factorize(keys)
+        known = np.array([(service, split_peer(label)[0]) in learned for service, label in pairs], dtype=bool)[codes]
         mean = base["mean"].fillna(0).to_numpy()
         sd = np.sqrt(base["var"].fillna(0).to_numpy() + mean + 0.5)
         count = counts["count"].to_numpy().astype(float)
         z = (count - mean) / sd
-        levels = pd.Series(counts["template"]).map(self.template_level_).fillna("").to_numpy()
+        levels = pd.Series(counts["template"]).map(self.template_level_).to_numpy()
         new_level = logs["level"].to_numpy()[np.maximum(counts["example"].to_numpy(), 0)]
-        levels = np.where(known, levels, new_level)
+        levels = np.where(pd.isna(levels), new_level, levels)
         quiet = np.isin(levels, ["INFO", "DEBUG"])
         burst = np.where(quiet, z * QUIET_LEVEL_WEIGHT, z)
         drop = np.where(mean >= self.steady_min_mean, -z, 0.0)
@@ -110,12 +124,14 @@ class LogTemplateDetector(Detector):
         kind = np.where(~known, "new_template", np.where(burst >= drop, "log_burst", "log_drop"))
         examples = counts["example"].to_numpy()
         messages = logs["message"].to_numpy()
-        text = [self.template_text_.get(t, t[4:] if t.startswith("new:") else t) for t in counts["template"]]
+        codes, labels = pd.factorize(counts["template"])
+        text = np.array([describe(t, self.template_text_) for t in labels], dtype=object)[codes]
+        peers = np.array([split_peer(t)[1] for t in labels], dtype=object)[codes]
         evidence = [
             {"value": int(c), "expected_range": [round(max(m - 3 * s, 0.0), 2), round(m + 3 * s, 2)],
              "anomaly_type": k, "template": tx, "level": lv, "expected_count": round(float(m), 2),
-             "example": str(messages[e]) if e >= 0 else None}
-            for c, m, s, k, tx, lv, e in zip(count, mean, sd, kind, text, levels, examples, strict=True)
+             "example": str(messages[e]) if e >= 0 else None, "peer": p}
+            for c, m, s, k, tx, lv, e, p in zip(count, mean, sd, kind, text, levels, examples, peers, strict=True)
         ]
         return pd.DataFrame({
             "timestamp": counts["bucket"].to_numpy(),
@@ -131,7 +147,7 @@ class LogTemplateDetector(Detector):
 
         self.miner_.save(root / "drain3_state.json")
         joblib.dump({"baseline_": self.baseline_, "template_level_": self.template_level_,
-                     "template_text_": self.template_text_}, root / "state.joblib")
+                     "template_text_": self.template_text_, "services_": self.services_}, root / "state.joblib")
 
     def _load_state(self, root: Path) -> None:
         import joblib

@@ -133,13 +133,13 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
         if incident.scope is not None:
             on_path &= incident.scope
         on_path = on_path or None
-        ranked = rank_root_causes(incident, scores, graph, signal_of, config["rca"], threshold, on_path)
+        nearby = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
+        # callers' complaints that name a service count, and are cited, as that service's evidence
+        attributed = attribute_to_peers(nearby, signal_of)
+        ranked = rank_root_causes(incident, attributed, graph, signal_of, config["rca"], threshold, on_path)
         candidates = [c.__dict__ for c in ranked]
         ranked_services = [c["service"] for c in candidates] or incident.services
-        nearby = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
-        # callers' complaints that name a service are cited as that service's evidence, as the ranker counts them
-        evidence = select_evidence(attribute_to_peers(nearby, signal_of), ranked_services, signal_of,
-                                   int(config["report"]["max_evidence"]))
+        evidence = select_evidence(attributed, ranked_services, signal_of, int(config["report"]["max_evidence"]))
         for candidate in candidates:
             candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
         facts = build_facts(incident.summary(), candidates, evidence, int(config["explain"]["max_fact_tokens"]))

@@ -21,8 +21,11 @@ def attribute_to_peers(scores: pd.DataFrame, signal_of: dict[str, str]) -> pd.Da
     """``scores`` with rising log rows that name a peer re-keyed to the peer; ``reported_by`` names the writer.
 
     ``reported_by`` is ``None`` on every other row. The moved rows' evidence records the writer too,
-    so a report shows who complained.
+    so a report shows who complained. Rows that have a ``reported_by`` column are attributed already
+    and come back as they are.
     """
+    if "reported_by" in scores.columns:
+        return scores
     out = scores.assign(reported_by=None)
     logs = scores["detector"].map(signal_of).eq("logs").to_numpy()
     if not logs.any():

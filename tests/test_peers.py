@@ -72,6 +72,7 @@ def test_callers_complaints_rank_the_service_they_name() -> None:
     assert moved["service"].tolist() == ["payments", "payments", "orders", "payments"]
     assert moved["reported_by"].tolist() == ["gateway", "orders", None, None]
     assert moved["evidence"].iloc[0]["reported_by"] == "gateway" and "reported_by" not in scores["evidence"].iloc[0]
+    assert attribute_to_peers(moved, SIGNAL_OF) is moved  # attributed rows are not moved twice
     incident = window_incident(scores, SIGNAL_OF, T0, T0 + pd.Timedelta(minutes=5), 4.0)
     ranked = rank_root_causes(incident, scores, graph, SIGNAL_OF, load_config(None)["rca"], 4.0)
     assert ranked[0].service == "payments"

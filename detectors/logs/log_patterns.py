@@ -27,7 +27,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from detectors.logs.peers import describe, known_services, named_peers, split_peer, with_peer
+from detectors.logs.peers import describe, known_services, label_peers, split_peer
 from detectors.logs.templates import TemplateMiner
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
@@ -121,8 +121,7 @@ class LogPatternDetector(Detector):
 
     def _templates(self, logs: pd.DataFrame, traces: pd.DataFrame | None) -> np.ndarray:
         """Each line's template label, keyed by the peer service the line names (:mod:`detectors.logs.peers`)."""
-        services = set(self.services_) | set(known_services(logs, traces))
-        return with_peer(self.miner_.labels(logs["message"]), named_peers(logs["message"], logs["service"], services))
+        return label_peers(self.miner_.labels(logs["message"]), logs, traces, self.services_)
 
     def fit(self, bundle: MeltBundle) -> Self:
         logs = self.require(bundle)

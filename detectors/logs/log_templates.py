@@ -14,7 +14,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from detectors.logs.peers import describe, known_services, named_peers, split_peer, with_peer
+from detectors.logs.peers import describe, known_services, label_peers, split_peer
 from detectors.logs.templates import UNMATCHED, TemplateMiner
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
@@ -56,7 +56,7 @@ class LogTemplateDetector(Detector):
         self.miner_ = self._miner()
         ids = self.miner_.fit(logs["message"])
         self.services_ = tuple(known_services(logs, bundle.traces))
-        template = self._with_peers(logs, bundle.traces, ids.astype(str))
+        template = label_peers(ids.astype(str), logs, bundle.traces, self.services_)
         counts = self._counts(logs, template)
         n_windows = max(counts["bucket"].nunique(), 1)
         counts["square"] = counts["count"].astype(float) ** 2
@@ -76,18 +76,13 @@ class LogTemplateDetector(Detector):
         return (frame.groupby(["service", "template", "bucket"], observed=True, sort=True)
                 .agg(count=("row", "size"), example=("row", "first")).reset_index())
 
-    def _with_peers(self, logs: pd.DataFrame, traces: pd.DataFrame | None, template: np.ndarray) -> np.ndarray:
-        """Template labels keyed by the peer service each line names (:mod:`detectors.logs.peers`)."""
-        services = set(self.services_) | set(known_services(logs, traces))
-        return with_peer(template, named_peers(logs["message"], logs["service"], services))
-
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         logs = self.require(bundle)
         if logs.empty:
             return empty_scores()
         ids, masked = self.miner_.match(logs["message"])
         template = np.where(ids == UNMATCHED, "new:" + pd.Series(masked).astype(str).to_numpy(), ids.astype(str))
-        template = self._with_peers(logs, bundle.traces, template)
+        template = label_peers(template, logs, bundle.traces, self.services_)
         counts = self._counts(logs, template)
         grid_buckets = counts["bucket"].unique()
         # steady templates that vanish have no row: add zero counts for them

@@ -51,6 +51,14 @@ def with_peer(labels: np.ndarray, peers: np.ndarray) -> np.ndarray:
     return np.where(peers != "", labels + PEER_MARK + peers.astype(object), labels)
 
 
+def label_peers(labels: np.ndarray, logs: pd.DataFrame, traces: pd.DataFrame | None,
+                trained: Iterable[str]) -> np.ndarray:
+    """``labels`` keyed by the peer each line of ``logs`` names, among the ``trained`` services and
+    those in this data."""
+    services = set(trained) | set(known_services(logs, traces))
+    return with_peer(labels, named_peers(logs["message"], logs["service"], services))
+
+
 def split_peer(label: str) -> tuple[str, str | None]:
     """A label's template part and the peer it names (``None`` when it names none)."""
     template, _, peer = label.partition(PEER_MARK)

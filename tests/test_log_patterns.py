@@ -23,12 +23,12 @@ def _logs(start: str, traces: int, broken: bool) -> pd.DataFrame:
 
 
 def _calls(start: str, minutes: int, per_minute: int, share_of_search: float, lost_line: bool = False,
-           seed: int = 0, miss: list[float] | None = None) -> MeltBundle:
+           seed: int = 0, miss: list[float] | None = None, after_miss: str | None = None) -> MeltBundle:
     """svc-a serves 'search' (logs 'query' then, in a random 40% of calls, 'cache miss') and 'buy' (logs 'pay').
 
     ``share_of_search`` sets the request mix. ``lost_line``: 'search' still runs but never logs
-    'query' (its code path changed). ``miss``: the cache-miss rate of each minute. Every line
-    carries its span's id.
+    'query' (its code path changed). ``miss``: the cache-miss rate of each minute. ``after_miss``: a
+    line that follows every 'cache miss'. Every line carries its span's id.
     """
     rng = np.random.default_rng(seed)
     misses = miss or [0.4] * minutes
@@ -40,8 +40,9 @@ def _calls(start: str, minutes: int, per_minute: int, share_of_search: float, lo
             trace, span = f"{start}-{minute}-{i}", f"s{minute}-{i}"
             search = rng.random() < share_of_search
             spans.append((trace, span, "", "SearchController.search" if search else "BuyController.buy", "svc-a", at, 5.0))
-            lines = (([] if lost_line else ["SearchImpl#12 query {}"]) + (["SearchImpl#20 cache miss {}"]
-                     if rng.random() < miss_rate else [])) if search else ["BuyImpl#40 pay order {}"]
+            missed = ["SearchImpl#20 cache miss {}"] + ([after_miss] if after_miss else [])
+            lines = (([] if lost_line else ["SearchImpl#12 query {}"]) + (missed if rng.random() < miss_rate else [])
+                     if search else ["BuyImpl#40 pay order {}"])
             for j, line in enumerate(lines):
                 logs.append((at + pd.Timedelta(milliseconds=j), "svc-a", "INFO", line.format(i), trace, span))
     return MeltBundle(
@@ -97,3 +98,21 @@ def test_calibration_learns_the_drift_between_training_windows() -> None:
     drifted = detector.detect(_calls("2026-01-01 00:10", 1, 100, 0.5, miss=[0.7], seed=3))
     lost = detector.detect(_calls("2026-01-01 00:20", 1, 100, 0.5, lost_line=True, seed=4))
     assert drifted["score"].max() < 3.0 < lost["score"].max()
+
+
+def test_a_line_that_stops_following_a_rare_line_is_a_strong_change() -> None:
+    """Nezha's expected pattern: 'load' always followed 'cache miss'; the fault throws right after the miss.
+
+    Counted among all calls the pair falls from a 15% share, within reach of noise; counted among the
+    calls that logged 'cache miss' it falls from 100% to none.
+    """
+    load = "SearchImpl#24 load item {} from db"
+    detector = LogPatternDetector().fit_calibrated(
+        _calls("2026-01-01 00:00", 4, 120, 0.5, miss=[0.15] * 4, after_miss=load))
+    healthy = detector.detect(_calls("2026-01-01 00:10", 3, 120, 0.5, seed=1, miss=[0.15] * 3, after_miss=load))
+    broken = detector.detect(_calls("2026-01-01 00:20", 3, 120, 0.5, seed=2, miss=[0.15] * 3))
+    assert healthy["raw_score"].max() < 0.15
+    top = broken.sort_values("raw_score").iloc[-1]
+    assert top["raw_score"] > 0.5
+    assert top["evidence"]["anomaly_type"] == "pattern_vanished"
+    assert "cache miss" in top["evidence"]["template"] and "load item" in top["evidence"]["template"]

@@ -10,7 +10,8 @@ score. A pattern is a log template, or a pair of templates logged one after the 
 unit. A unit is one span, when the bundle has traces and the line carries a span id; otherwise it is
 what the service logged in one trace, or a single line without a trace id. For each (service,
 operation, window) the detector compares the share of units that contain each pattern with the share
-seen in training. The score is the lower confidence bound of the change in share (the two-proportion
+seen in training; a pair's share counts among the units that logged its first line (Nezha's expected
+pattern: B that always followed A stops following it when the code throws between them). The score is the lower confidence bound of the change in share (the two-proportion
 z-test's interval): how much of the operation's calls changed, counting only the part of the change
 that the data support. A pattern that vanishes from half of an operation's calls outranks a busy
 operation whose share moved by a few points, however significant that small move is: input-dependent
@@ -201,7 +202,7 @@ class LogPatternDetector(Detector):
         cells["base_k"] = cells["base_k"].fillna(0)
         if leave_out:
             cells["base_k"] = cells["base_k"] - cells["k"]
-        return cells
+        return _given_first(cells, cell, self.min_units)
 
     def _describe(self, pattern: str) -> str:
         return PAIR.join(describe(part, self.template_text_) for part in pattern.split(PAIR))
@@ -239,6 +240,27 @@ def share_change(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     share, base_share = (k + 0.5) / (n + 1), (base_k + 0.5) / (base_n + 1)
     pooled = (k + base_k + 1) / (n + base_n + 2)
     return share - base_share, np.sqrt(pooled * (1 - pooled) * (1 / (n + 1) + 1 / (base_n + 1)))
+
+
+def _given_first(cells: pd.DataFrame, cell: list[str], min_units: int) -> pd.DataFrame:
+    """A pair's share counts among the units that logged its first line, not among all the calls.
+
+    Nezha's expected patterns: when line A is always followed by line B, a B that no longer follows A
+    means the code path broke between them (an exception thrown after A), however rarely the request
+    mix reaches A. Pairs whose first line was logged in fewer than ``min_units`` units are dropped.
+    """
+    pattern = cells["pattern"].astype(str)
+    is_pair = pattern.str.contains(PAIR, regex=False).to_numpy()
+    if not is_pair.any():
+        return cells
+    singles = cells.loc[~is_pair, cell + ["pattern", "k", "base_k"]].rename(
+        columns={"pattern": "first", "k": "first_n", "base_k": "first_base_n"})
+    pairs = cells[is_pair].assign(first=pattern[is_pair].str.split(PAIR, n=1, regex=False).str[0].to_numpy())
+    pairs = pairs.merge(singles, on=cell + ["first"], how="left")
+    pairs["n"] = pairs["first_n"].fillna(0)
+    pairs["base_n"] = pairs["first_base_n"].fillna(0)
+    pairs = pairs[(pairs["n"] >= min_units) & (pairs["base_n"] > 0)]
+    return pd.concat([cells[~is_pair], pairs[cells.columns]], ignore_index=True)
 
 
 def _spans(traces: pd.DataFrame | None) -> pd.DataFrame | None:

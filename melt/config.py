@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
         "connect_hops": 2,
         "min_alerts": 2,
         "blip_factor": 1.5,
+        "settled_fraction": 0.5,
     },
     "rca": {
         "top_k": 5,
@@ -78,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
         "weights": {"anomaly": 0.7, "propagation": 0.1, "precedence": 0.1, "change": 0.1},
         "evidence_weights": {"resource": 1.0, "logs": 1.0, "reported": 1.0, "traces": 0.5, "symptoms": 0.1},
         "noise_floor": {"resource": 3.0, "logs": 0.0, "reported": 3.0, "traces": 3.0, "symptoms": 3.0},
+        "complaint_discount": 0.5,
         "evidence_cap": 20.0,
         "resource_metrics": "cpu|mem|thread|gc|heap|disk|fd",
         "topology_file": Nullable(str),

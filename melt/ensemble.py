@@ -5,9 +5,10 @@ Alerts are (service, window) cells whose fused score crosses ``threshold`` with 
 signals agreeing. Alerts whose windows lie within ``merge_gap`` of each other, on services within
 ``connect_hops`` calls of each other in the dependency graph, form one incident: duplicate and
 flapping alerts extend an incident instead of opening new ones, and two unrelated failures at the
-same time stay apart. A lone weak alert (a blip: alone in its window, nothing in the windows next to
-it, under ``blip_factor`` x ``threshold``) neither opens nor bridges an incident, and incidents with
-fewer than ``min_alerts`` alerts are dropped.
+same time stay apart. A failure that faded to its tail and fell quiet for a window is over, even
+when the next one starts within ``merge_gap``. A lone weak alert (a blip: alone in its window,
+nothing in the windows next to it, under ``blip_factor`` x ``threshold``) neither opens nor bridges
+an incident, and incidents with fewer than ``min_alerts`` alerts are dropped.
 """
 
 from __future__ import annotations
@@ -134,6 +135,31 @@ def drop_blips(alerts: pd.DataFrame, step: pd.Timedelta, below: float) -> pd.Dat
     return alerts[~alerts["window"].isin(blips)]
 
 
+def time_groups(peak_per_window: pd.Series, gap: pd.Timedelta, step: pd.Timedelta, settled: float) -> pd.Series:
+    """Group number per alert window: a new group opens after a quiet stretch longer than ``gap``,
+    or once the failure had settled, after a quiet window or where the peak more than doubles.
+
+    Settled: the previous alert window peaked under ``settled`` x the group's peak so far. A
+    failure that has faded to its tail and then falls silent, or flares up again, is over: what
+    follows is a new failure, even within ``gap`` (faults 2-3 minutes apart, or one that starts
+    while the last one's tail still alerts). A failure that merely flaps, quiet for a window at
+    full strength, stays one group.
+    """
+    windows = peak_per_window.sort_index()
+    quiet_before = np.r_[False, (windows.index[1:] - windows.index[:-1]) > step]
+    far_before = np.r_[False, (windows.index[1:] - windows.index[:-1]) > gap]
+    peaks = windows.to_numpy(float)
+    groups = np.zeros(len(windows), dtype=np.int64)
+    group, running_peak = 0, 0.0
+    for i, peak in enumerate(peaks):  # sequential: the running peak restarts with each group
+        settled_before = i and peaks[i - 1] < settled * running_peak
+        if i and (far_before[i] or (settled_before and (quiet_before[i] or peak > 2.0 * peaks[i - 1]))):
+            group, running_peak = group + 1, 0.0
+        groups[i] = group
+        running_peak = max(running_peak, peak)
+    return pd.Series(groups, index=windows.index)
+
+
 def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dict[str, Any],
                     graph: nx.DiGraph | None = None) -> list[Incident]:
     """Alerts from fused scores, grouped in time and on the graph into incidents (config: ``ensemble``)."""
@@ -151,10 +177,9 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dic
     if alerts.empty:
         return []
     alerts = alerts.sort_values(["window", "fused"], ascending=[True, False]).reset_index(drop=True)
-    gap = parse_duration(config["merge_gap"])
-    windows = alerts["window"].drop_duplicates().sort_values()
-    new_group = windows.diff() > gap
-    group_of_window = pd.Series(new_group.cumsum().to_numpy(), index=windows.to_numpy())
+    peak_per_window = alerts.groupby("window")["fused"].max()
+    group_of_window = time_groups(peak_per_window, parse_duration(config["merge_gap"]),
+                                  parse_duration(config["window"]), float(config["settled_fraction"]))
     alerts["time_group"] = alerts["window"].map(group_of_window)
     near = nearby_services(alerts["service"].unique().tolist(), graph, int(config["connect_hops"]))
     alerts["graph_group"] = 0

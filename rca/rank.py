@@ -3,8 +3,10 @@
 score = w_anomaly * anomaly + w_propagation * propagation + w_precedence * precedence + w_change * change
 
 ``anomaly`` is a service's own evidence, the weighted sum over kinds (resource saturation, log
-patterns, callers' logs that name it, span self time, symptom metrics) of how far its strongest calibrated score of that kind
-rises above the kind's noise floor, scaled to max 1 in the incident. The other terms are in
+patterns, callers' logs that name it, span self time, symptom metrics) of how far its strongest
+calibrated score of that kind rises above the kind's noise floor, scaled to max 1 in the incident.
+It shrinks by the share ``complaint_discount`` x how loudly the service's own logs blame another
+service by name: a service that waits on another shows that one's fault. The other terms are in
 :mod:`rca.terms`. Only services that served requests in the incident window are candidates when the
 bundle has traces or logs: a root cause of a user-facing incident sits on the request path.
 """
@@ -54,6 +56,9 @@ def term_table(scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str
     if candidates:
         evidence = evidence[evidence.index.isin(candidates)]
     own = evidence.sum(axis=1)
+    cap = float(config["evidence_cap"])
+    blames = terms.complaint_strength(scores[in_window], kinds[in_window], float(config["noise_floor"]["reported"]), cap)
+    own = own * (1.0 - float(config["complaint_discount"]) * blames.reindex(own.index).fillna(0.0))
     table = pd.DataFrame({
         "anomaly": terms.normalised(own),
         "propagation": terms.propagation_term(graph, own, float(config["pagerank_alpha"])),

@@ -58,6 +58,22 @@ def excess(values: pd.Series, floor: float, cap: float) -> pd.Series:
     return (values - floor).clip(lower=0, upper=cap)
 
 
+def complaint_strength(scores: pd.DataFrame, kinds: pd.Series, floor: float, cap: float) -> pd.Series:
+    """Per service, in [0, 1]: how loudly its own logs blame another service by name.
+
+    A service that logs "Timed out waiting for X" waits on X: the anomalies it shows itself (busy
+    threads, slow responses, its callers' complaints about it) are what X's fault looks like from
+    upstream. Following the complaints down ends at the service that blames no one.
+    """
+    if "reported_by" not in scores.columns:
+        return pd.Series(dtype=float)
+    rows = scores[(kinds == "reported").to_numpy() & scores["reported_by"].notna().to_numpy()]
+    if rows.empty:
+        return pd.Series(dtype=float)
+    loudest = rows.groupby("reported_by", observed=True)["score"].max()
+    return excess(loudest, floor, cap) / cap
+
+
 def propagation_term(graph: nx.DiGraph, own: pd.Series, alpha: float) -> pd.Series:
     """Personalized PageRank on caller -> callee edges, weighted by the callee's own evidence.
 

@@ -73,3 +73,19 @@ def test_a_lone_weak_alert_does_not_chain_two_failures(graph, ensemble) -> None:
     strong = [(6, "web", 15.0)]  # a strong lone alert is no blip: it joins both into one incident
     assert len(group_incidents(_alerts(*first, *strong, *second), SIGNAL_OF, ensemble, graph)) == 1
     assert len(group_incidents(_alerts(*first, *blip, *second), SIGNAL_OF, ensemble | {"blip_factor": 0}, graph)) == 1
+
+
+def test_a_failure_that_faded_and_fell_quiet_is_over(graph, ensemble) -> None:
+    """The next failure starts two minutes after the first one's faded tail, within merge_gap."""
+    first = [(0, "payments", 30.0), (1, "payments", 30.0), (2, "payments", 8.0)]  # tail: 8 of 30
+    second = [(m, "orders", 12.0) for m in range(4, 8)]
+    incidents = group_incidents(_alerts(*first, *second), SIGNAL_OF, ensemble, graph)
+    assert [(i.services, i.start - T0) for i in incidents] == [(["payments"], pd.Timedelta(0)),
+                                                               (["orders"], pd.Timedelta(minutes=4))]
+    loud_to_the_end = [(0, "payments", 30.0), (1, "payments", 30.0), (2, "payments", 25.0)]
+    assert len(group_incidents(_alerts(*loud_to_the_end, *second), SIGNAL_OF, ensemble, graph)) == 1
+    assert len(group_incidents(_alerts(*first, *second), SIGNAL_OF, ensemble | {"settled_fraction": 0}, graph)) == 1
+    flare = [(m, "orders", 30.0) for m in range(3, 7)]  # no quiet window: the next failure more than doubles the tail
+    assert [i.services for i in group_incidents(_alerts(*first, *flare), SIGNAL_OF, ensemble, graph)] == [
+        ["payments"], ["orders"]]
+    assert len(group_incidents(_alerts(*loud_to_the_end, *flare), SIGNAL_OF, ensemble, graph)) == 1

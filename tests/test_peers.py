@@ -14,7 +14,7 @@ from rca.attribution import attribute_to_peers
 from rca.rank import rank_root_causes
 
 T0 = pd.Timestamp("2026-01-01 00:00", tz="UTC")
-SIGNAL_OF = {"log_patterns": "logs", "span_latency": "traces"}
+SIGNAL_OF = {"log_patterns": "logs", "span_latency": "traces", "zscore": "metrics"}
 
 
 def test_a_line_names_the_longest_whole_service_name_other_than_its_own() -> None:
@@ -79,3 +79,20 @@ def test_callers_complaints_rank_the_service_they_name() -> None:
     assert ranked[0].terms["evidence.reported"] == 17.0  # the loudest complaint, less the 3-sigma noise floor
     orders = next(c for c in ranked if c.service == "orders")
     assert orders.terms["evidence.logs"] == 9.0  # fewer complaints about stock stay the caller's own change
+
+
+def test_a_service_that_blames_another_is_waiting_on_it() -> None:
+    """catalog's threads pile up while it waits on a slow db: its CPU and its callers' complaints are db's fault."""
+    graph = nx.DiGraph([("gateway", "catalog"), ("catalog", "db")])
+    scores = pd.DataFrame([
+        _row("catalog", "log_patterns", "GET /item: Timed out waiting for <*> [db]", 23.0, peer="db"),
+        _row("gateway", "log_patterns", "GET /shop: Slow call to <*> [catalog]", 13.0, peer="catalog"),
+        _row("catalog", "zscore", "cpu_usage", 25.0, anomaly_type="spike"),
+    ])
+    incident = window_incident(scores, SIGNAL_OF, T0, T0 + pd.Timedelta(minutes=5), 4.0)
+    config = load_config(None)["rca"]
+    ranked = rank_root_causes(incident, scores, graph, SIGNAL_OF, config, 4.0)
+    assert [c.service for c in ranked] == ["db", "catalog"]
+    assert ranked[1].terms["evidence.resource"] == 20.0  # the evidence itself is kept; its weight in `anomaly` falls
+    trusting = rank_root_causes(incident, scores, graph, SIGNAL_OF, config | {"complaint_discount": 0.0}, 4.0)
+    assert trusting[0].service == "catalog"

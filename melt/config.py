@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "lookback": Duration("5m"),
         "bucket": Duration("1m"),
         "weights": {"anomaly": 0.7, "propagation": 0.1, "precedence": 0.1, "change": 0.1},
-        "evidence_weights": {"resource": 1.0, "logs": 1.0, "reported": 1.0, "traces": 0.5, "symptoms": 0.1},
+        "evidence_weights": {"resource": 1.0, "logs": 1.0, "reported": 1.0, "traces": 0.5, "symptoms": 0.02},
         "noise_floor": {"resource": 3.0, "logs": 0.0, "reported": 3.0, "traces": 3.0, "symptoms": 3.0},
         "complaint_discount": 0.5,
         "evidence_cap": 20.0,

@@ -5,8 +5,8 @@ Alerts are (service, window) cells whose fused score crosses ``threshold`` with 
 signals agreeing. Alerts whose windows lie within ``merge_gap`` of each other, on services within
 ``connect_hops`` calls of each other in the dependency graph, form one incident: duplicate and
 flapping alerts extend an incident instead of opening new ones, and two unrelated failures at the
-same time stay apart. A failure that faded to its tail and fell quiet for a window is over, even
-when the next one starts within ``merge_gap``. A lone weak alert (a blip: alone in its window,
+same time stay apart. A failure that faded to its tail and then fell quiet for a window, or flared
+up again, is over, even when the next one starts within ``merge_gap``. A lone weak alert (a blip: alone in its window,
 nothing in the windows next to it, under ``blip_factor`` x ``threshold``) neither opens nor bridges
 an incident, and incidents with fewer than ``min_alerts`` alerts are dropped.
 """
@@ -152,9 +152,10 @@ def time_groups(peak_per_window: pd.Series, gap: pd.Timedelta, step: pd.Timedelt
     groups = np.zeros(len(windows), dtype=np.int64)
     group, running_peak = 0, 0.0
     for i, peak in enumerate(peaks):  # sequential: the running peak restarts with each group
-        settled_before = i and peaks[i - 1] < settled * running_peak
-        if i and (far_before[i] or (settled_before and (quiet_before[i] or peak > 2.0 * peaks[i - 1]))):
-            group, running_peak = group + 1, 0.0
+        if i > 0:
+            settled_before = peaks[i - 1] < settled * running_peak
+            if far_before[i] or (settled_before and (quiet_before[i] or peak > 2.0 * peaks[i - 1])):
+                group, running_peak = group + 1, 0.0
         groups[i] = group
         running_peak = max(running_peak, peak)
     return pd.Series(groups, index=windows.index)

@@ -52,13 +52,13 @@ def term_table(scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str
     scores = attribute_to_peers(scores, signal_of)
     kinds = terms.evidence_kind(scores, signal_of, config["resource_metrics"])
     in_window = (scores["timestamp"] >= start.floor(parse_duration(config["bucket"]))).to_numpy()
-    evidence = own_evidence(scores[in_window], kinds[in_window], config)
+    current, current_kinds = scores[in_window], kinds[in_window]
+    evidence = own_evidence(current, current_kinds, config)
     if candidates:
         evidence = evidence[evidence.index.isin(candidates)]
-    own = evidence.sum(axis=1)
-    cap = float(config["evidence_cap"])
-    blames = terms.complaint_strength(scores[in_window], kinds[in_window], float(config["noise_floor"]["reported"]), cap)
-    own = own * (1.0 - float(config["complaint_discount"]) * blames.reindex(own.index).fillna(0.0))
+    blames = terms.complaint_strength(current, current_kinds, float(config["noise_floor"]["reported"]),
+                                      float(config["evidence_cap"]))
+    own = evidence.sum(axis=1) * (1.0 - float(config["complaint_discount"]) * blames.reindex(evidence.index).fillna(0.0))
     table = pd.DataFrame({
         "anomaly": terms.normalised(own),
         "propagation": terms.propagation_term(graph, own, float(config["pagerank_alpha"])),

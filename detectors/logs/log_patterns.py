@@ -11,8 +11,8 @@ unit. A unit is one span, when the bundle has traces and the line carries a span
 what the service logged in one trace, or a single line without a trace id. For each (service,
 operation, window) the detector compares the share of units that contain each pattern with the share
 seen in training; a pair's share counts among the units that logged its first line (Nezha's expected
-pattern: B that always followed A stops following it when the code throws between them). The score is the lower confidence bound of the change in share (the two-proportion
-z-test's interval): how much of the operation's calls changed, counting only the part of the change
+pattern: B that always followed A stops following it when the code throws between them). The score
+is the lower confidence bound of the change in share (the two-proportion z-test's interval): how much of the operation's calls changed, counting only the part of the change
 that the data support. A pattern that vanishes from half of an operation's calls outranks a busy
 operation whose share moved by a few points, however significant that small move is: input-dependent
 branches of a busy operation drift with the request mix, but a fault cuts or adds a code path in most

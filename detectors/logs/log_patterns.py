@@ -249,13 +249,14 @@ def _given_first(cells: pd.DataFrame, cell: list[str], min_units: int) -> pd.Dat
     means the code path broke between them (an exception thrown after A), however rarely the request
     mix reaches A. Pairs whose first line was logged in fewer than ``min_units`` units are dropped.
     """
-    pattern = cells["pattern"].astype(str)
-    is_pair = pattern.str.contains(PAIR, regex=False).to_numpy()
+    codes, patterns = pd.factorize(cells["pattern"])
+    parts = pd.Series(patterns, dtype=object).astype(str).str.split(PAIR, n=1, regex=False)  # once per pattern
+    is_pair = (parts.str.len() == 2).to_numpy()[codes]
     if not is_pair.any():
         return cells
     singles = cells.loc[~is_pair, cell + ["pattern", "k", "base_k"]].rename(
         columns={"pattern": "first", "k": "first_n", "base_k": "first_base_n"})
-    pairs = cells[is_pair].assign(first=pattern[is_pair].str.split(PAIR, n=1, regex=False).str[0].to_numpy())
+    pairs = cells[is_pair].assign(first=parts.str[0].to_numpy()[codes[is_pair]])
     pairs = pairs.merge(singles, on=cell + ["first"], how="left")
     pairs["n"] = pairs["first_n"].fillna(0)
     pairs["base_n"] = pairs["first_base_n"].fillna(0)

@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "complaint_discount": 0.5,
         "evidence_cap": 20.0,
         "resource_metrics": "cpu|mem|thread|gc|heap|disk|fd",
+        "host_metrics": r"^(?:node|host)|k8s\.node\.|^system\.",
         "topology_file": Nullable(str),
     },
     "explain": {

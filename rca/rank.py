@@ -50,7 +50,7 @@ def term_table(scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str
                start: pd.Timestamp, threshold: float, candidates: set[str] | None = None) -> pd.DataFrame:
     """Every term for every candidate service, plus the per-kind evidence behind ``anomaly``."""
     scores = attribute_to_peers(scores, signal_of)
-    kinds = terms.evidence_kind(scores, signal_of, config["resource_metrics"])
+    kinds = terms.evidence_kind(scores, signal_of, config["resource_metrics"], config["host_metrics"])
     in_window = (scores["timestamp"] >= start.floor(parse_duration(config["bucket"]))).to_numpy()
     current, current_kinds = scores[in_window], kinds[in_window]
     evidence = own_evidence(current, current_kinds, config)

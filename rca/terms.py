@@ -20,17 +20,23 @@ import pandas as pd
 EVIDENCE_KINDS = ("resource", "logs", "reported", "traces", "symptoms")
 
 
-def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metrics: str) -> pd.Series:
+def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metrics: str,
+                  host_metrics: str | None = None) -> pd.Series:
     """The kind of each score row: resource | symptoms (other metrics) | logs | reported | traces | events.
 
     ``reported`` rows are log rows that :func:`rca.attribution.attribute_to_peers` moved to the service
-    they name. The regex runs once per distinct entity name, not once per row.
+    they name. Metrics matching ``host_metrics`` describe the host a service runs on (node CPU, node
+    memory), which every service on that host reports alike, so they are symptoms, not the service's own
+    resource: a CPU hog raises its neighbours' node CPU as much as its own. The regexes run once per
+    distinct entity name, not once per row.
     """
     signal = scores["detector"].map(signal_of).fillna("unknown")
     entity = scores["entity"].astype(str)
     names = pd.Series(entity.unique())
-    is_resource = pd.Series(names.str.contains(resource_metrics, flags=re.IGNORECASE, regex=True).to_numpy(),
-                            index=names.to_numpy())
+    matches = names.str.contains(resource_metrics, flags=re.IGNORECASE, regex=True)
+    if host_metrics:
+        matches &= ~names.str.contains(host_metrics, flags=re.IGNORECASE, regex=True)
+    is_resource = pd.Series(matches.to_numpy(), index=names.to_numpy())
     resource = signal.eq("metrics") & entity.map(is_resource).astype(bool)
     kind = signal.where(~signal.eq("metrics"), "symptoms").where(~resource, "resource")
     if "reported_by" in scores.columns:

@@ -46,6 +46,23 @@ def test_resource_saturation_beats_louder_symptoms_upstream(graph) -> None:
     assert evidence_kind(scores, SIGNAL_OF, "cpu").tolist() == ["resource", "symptoms", "symptoms", "resource"]
 
 
+def test_a_busy_host_is_not_its_neighbours_own_cpu(graph) -> None:
+    """A CPU hog raises node CPU for every service on its host; only its own pod CPU is its resource.
+
+    Nezha case 26: the hog's pod CPU reads 180 sigma, a neighbour's node CPU 23; both saturate the
+    evidence cap, and the neighbour's louder logs won until node metrics counted as symptoms.
+    """
+    scores = _rows((0, "payments", "zscore", "CpuUsageRate(%)", 180.0), (0, "stock", "zscore", "NodeCpuUsageRate(%)", 23.0),
+                   (0, "stock", "log_patterns", "a -> b", 4.0))
+    incident = window_incident(scores, SIGNAL_OF, T0, T0 + pd.Timedelta(minutes=5), 4.0)
+    config = load_config(None)["rca"]
+    assert evidence_kind(scores, SIGNAL_OF, config["resource_metrics"], config["host_metrics"]).tolist() == [
+        "resource", "symptoms", "logs"]
+    ranked = rank_root_causes(incident, scores, graph, SIGNAL_OF, config, 4.0)
+    assert ranked[0].service == "payments" and ranked[1].terms["evidence.resource"] == 0
+    assert rank_root_causes(incident, scores, graph, SIGNAL_OF, {**config, "host_metrics": ""}, 4.0)[0].service == "stock"
+
+
 def test_propagation_flows_from_callers_to_anomalous_callees(graph) -> None:
     own = pd.Series({"gateway": 1.0, "orders": 1.0, "payments": 1.0})
     walk = propagation_term(graph, own, 0.85)

@@ -81,6 +81,8 @@ def generate(ctx: click.Context, out: str, **options: Any) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the reports.")
 @click.option("--train", "train_dir", type=click.Path(), default=None, help="Bundle of normal data to fit on.")
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Fitted models from 'melt train'.")
+@click.option("--retrain-every", default=None,
+              help="Refit every period this long (e.g. 10m) on the detect.train_window before it (default from config: off).")
 @click.option("--sink", "sinks", multiple=True, type=click.Choice(["files", "stdout", "webhook"]),
               help="Where reports go (repeatable; default from config: files).")
 @click.option("--explain", "provider", type=click.Choice(["template", "openai"]), default=None,
@@ -91,7 +93,7 @@ def generate(ctx: click.Context, out: str, **options: Any) -> None:
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir: str | None, model_dir: str | None,
-           sinks: tuple[str, ...], provider: str | None, keep_prompts: bool | None, spool_dir: str | None,
+           retrain_every: str | None, sinks: tuple[str, ...], provider: str | None, keep_prompts: bool | None, spool_dir: str | None,
            quiet: bool) -> None:
     """Detect incidents, rank root causes and deliver one JSON report per incident.
 
@@ -100,10 +102,19 @@ def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir:
     written).
     """
     from melt.pipeline import detect as run_detect
+    from melt.timeutil import parse_duration
 
     if train_dir and model_dir:
         raise MeltError("give either --train or --model, not both")
+    if retrain_every and model_dir:
+        raise MeltError("--retrain-every refits the detectors; it cannot use the fixed models of --model")
     config = _config(ctx)
+    if retrain_every:
+        try:
+            parse_duration(retrain_every)
+        except ValueError as exc:
+            raise MeltError(f"--retrain-every: {exc}") from None
+        config["detect"]["retrain_every"] = retrain_every
     if provider:
         config["explain"]["provider"] = provider
     if keep_prompts:

@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "detect": {
         "train_fraction": 0.35,
         "min_train_rows": 50,
+        "retrain_every": Nullable(Duration),
+        "train_window": Duration("2h"),
     },
     "detectors": FreeMap(),
     "ensemble": {

@@ -22,7 +22,9 @@ from melt.ensemble import ALERT_SIGNALS, Incident, group_incidents
 from melt.errors import BundleError, PluginError
 from melt.progress import log
 from melt.registry import build_detector, get_plugin, requested_names, resolve_models
+from melt.rolling import rolling_scores
 from melt.sinks import Delivery, make_sinks
+from melt.timeutil import parse_duration
 from rca.graph import dependency_graph
 
 
@@ -172,17 +174,24 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
         log(f"skipped {note}", quiet)
+    retrain_every = config["detect"]["retrain_every"]
     if model_dir is not None:
         models = load_models(model_dir, names if models_spec.strip() != "all" else None)
         models = {n: m for n, m in models.items() if m.signal in bundle.signals()}
+        signal_of = {name: model.signal for name, model in models.items()}
+        scores = score_all(models, bundle, quiet)
+    elif retrain_every:
+        reference = MeltBundle.read(train_dir) if train_dir else None
+        scores, signal_of = rolling_scores(bundle, names, config, parse_duration(retrain_every),
+                                           parse_duration(config["detect"]["train_window"]), reference, quiet)
     else:
         fit_on = MeltBundle.read(train_dir) if train_dir else training_split(bundle, config["detect"]["train_fraction"])
         models = fit_detectors(fit_on, names, config, quiet)
-    signal_of = {name: model.signal for name, model in models.items()}
-    scores = score_all(models, bundle, quiet)
+        signal_of = {name: model.signal for name, model in models.items()}
+        scores = score_all(models, bundle, quiet)
     graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
     incidents = group_incidents(scores, signal_of, config["ensemble"], graph)
     log(f"{len(incidents)} incident(s)", quiet)
     reports = report_incidents(incidents, scores, bundle, signal_of, config, graph, explainer)
     deliveries = [sink.deliver(reports) for sink in outlets]
-    return DetectResult(reports, incidents, list(models), skipped, Path(out_dir), deliveries, explainer.stats)
+    return DetectResult(reports, incidents, list(signal_of), skipped, Path(out_dir), deliveries, explainer.stats)

@@ -96,6 +96,17 @@ def test_detect_fits_on_a_separate_training_bundle(tiny_dir, tmp_path) -> None:
     assert both.exit_code == 2 and "either --train or --model" in both.output
 
 
+def test_detect_refits_every_period_when_asked(tiny_dir, tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--train", str(tiny_dir), "--models", "zscore",
+                                      "--retrain-every", "10m", "--out", str(tmp_path / "rolled")])
+    assert result.exit_code == 0, result.output
+    assert "fitted on the 2h before" in result.output and (tmp_path / "rolled" / "index.json").exists()
+    for args, message in [(["--retrain-every", "often"], "--retrain-every: "),
+                          (["--retrain-every", "10m", "--model", str(tmp_path)], "cannot use the fixed models")]:
+        bad = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--out", str(tmp_path / "x"), *args])
+        assert bad.exit_code == 2 and message in bad.output and bad.output.count("\n") == 1, bad.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--fault-types", "latency,bogus"], "unknown fault type 'bogus'"),
     (["--duration", "30m", "--faults", "5"], "do not fit after the warm-up"),

@@ -1,0 +1,85 @@
+"""Rolling refits: score each period with detectors fitted on the data just before it.
+
+Merlion's evaluator (Bhatnagar et al., 2021, "Merlion: A Machine Learning Library for Time Series")
+retrains a model every ``retrain_freq`` on the most recent ``train_window`` of data, the way a
+deployed detector lives. melt does the same for a bundle that spans a long period: every
+``every``, the detectors are fitted on the ``window`` before the period (plus the fault-free
+reference bundle, when one is given) and score that period only. The baseline then follows slow
+drift (a database that fills up, a request mix that moves over the day), which a fit on a few
+fault-free minutes at one time of day reads as anomalies everywhere; and a fault that stays on for
+a while is outvoted by the longer history rather than becoming the baseline at once.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from melt.bundle import SIGNALS, TIME_COLUMNS, MeltBundle
+from melt.detector import Detector
+from melt.errors import PluginError
+from melt.progress import log
+
+
+def periods(bundle: MeltBundle, every: pd.Timedelta) -> list[pd.Timestamp]:
+    """Starts of the ``every``-long periods, aligned to ``every``, that hold rows of some signal."""
+    starts = []
+    for name in SIGNALS:
+        frame = getattr(bundle, name)
+        column = TIME_COLUMNS[name]
+        if frame is not None and len(frame) and column in frame.columns:
+            starts.append(frame[column].dt.floor(every).drop_duplicates())
+    if not starts:
+        return []
+    return sorted(pd.concat(starts).drop_duplicates())
+
+
+def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd.Timedelta, window: pd.Timedelta,
+                   reference: MeltBundle | None = None, quiet: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Scores of every period of ``bundle``, each from detectors fitted on the ``window`` before it.
+
+    A detector is left out of a period whose history has too little of its signal (the first
+    periods of a bundle without ``reference``), or that has none of its signal to score; a period
+    that no detector can score is skipped. Returns the scores and each detector's signal.
+
+    Raises:
+        PluginError: no period could be scored at all.
+    """
+    from melt.pipeline import fit_detectors, score_all
+    from melt.registry import build_detector
+
+    signal_of = {name: build_detector(name, config["detectors"].get(name)).signal for name in names}
+    minimum = int(config["detect"]["min_train_rows"])
+    starts = periods(bundle, every)
+    parts, skipped = [], 0
+    for number, start in enumerate(starts, 1):
+        period = bundle.slice_time(start, start + every)
+        history = bundle.slice_time(start - window, start)
+        fit_on = reference.union(history) if reference is not None else history
+        usable = [name for name in names
+                  if _rows(period, signal_of[name]) and (signal_of[name] == "events"
+                                                         or _rows(fit_on, signal_of[name]) >= minimum)]
+        if not usable:
+            skipped += 1
+            continue
+        models: dict[str, Detector] = fit_detectors(fit_on, usable, config, quiet=True)
+        parts.append(score_all(models, period, quiet=True))
+        log(f"period {number}/{len(starts)} {start:%Y-%m-%d %H:%M}: {', '.join(usable)} fitted on "
+            f"the {_text(window)} before, {len(parts[-1])} score rows", quiet)
+    if not parts:
+        raise PluginError(f"no period of {_text(every)} could be scored: the {_text(window)} before each holds too little "
+                          f"training data (give a fault-free bundle with --train)")
+    if skipped:
+        log(f"{skipped} period(s) without enough history or data were not scored", quiet)
+    frames = [p for p in parts if len(p)]
+    return (pd.concat(frames, ignore_index=True) if frames else parts[0]), signal_of
+
+
+def _text(span: pd.Timedelta) -> str:
+    """``2h``, ``10min``: a period as a user writes it."""
+    minutes = span.total_seconds() / 60
+    return f"{minutes / 60:g}h" if minutes >= 60 and minutes % 60 == 0 else f"{minutes:g}min"
+
+
+def _rows(bundle: MeltBundle, signal: str) -> int:
+    frame = getattr(bundle, signal)
+    return 0 if frame is None else len(frame)

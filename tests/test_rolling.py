@@ -1,0 +1,72 @@
+"""Rolling refits: each period is scored by detectors fitted on the window just before it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from melt.bundle import MeltBundle
+from melt.config import default_config
+from melt.errors import PluginError
+from melt.pipeline import fit_detectors, score_all, training_split
+from melt.rolling import periods, rolling_scores
+
+T0 = pd.Timestamp("2026-01-01 00:00", tz="UTC")
+
+
+def _drifting(hours: int = 8, spike_at: int = 420, pods: int = 20) -> MeltBundle:
+    """CPU of ``pods`` pods that climbs slowly from 20 to 35 over the period; one pod spikes for 5 minutes."""
+    rng = np.random.default_rng(7)
+    minutes = np.arange(hours * 60)
+    value = 20 + 15 * minutes / minutes[-1] + rng.normal(0, 1.0, (pods, len(minutes)))
+    value[0, spike_at:spike_at + 5] += 25
+    metrics = pd.DataFrame({"timestamp": np.tile(T0 + pd.to_timedelta(minutes, unit="min"), pods), "service": "db",
+                            "instance": np.repeat([f"db-{i}" for i in range(pods)], len(minutes)),
+                            "metric": "cpu_usage", "value": value.ravel()})
+    return MeltBundle(metrics=metrics)
+
+
+def test_a_slow_drift_is_the_new_normal_and_a_spike_still_stands_out() -> None:
+    """Fitted once on the first hours, the climb reads as an anomaly for hours; refitted every 30
+    minutes on the two hours before, it does not, and the spike still does (Merlion's
+    retrain_freq / train_window)."""
+    bundle, config = _drifting(), default_config()
+    threshold = config["ensemble"]["threshold"]
+
+    def loudest_per_minute(scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        loudest = scores.groupby("timestamp")["score"].max()
+        minute = (loudest.index - T0).total_seconds() / 60
+        spike, trailing = (minute >= 420) & (minute < 425), (minute >= 425) & (minute < 427)  # 3-point smoothing
+        return loudest[spike], loudest[~spike & ~trailing]
+
+    once = score_all(fit_detectors(training_split(bundle, 0.35), ["zscore"], config, quiet=True), bundle, quiet=True)
+    rolled, signal_of = rolling_scores(bundle, ["zscore"], config, pd.Timedelta("30min"), pd.Timedelta("2h"), quiet=True)
+    assert signal_of == {"zscore": "metrics"}
+    once_spike, once_rest = loudest_per_minute(once)
+    rolled_spike, rolled_rest = loudest_per_minute(rolled)
+    assert (once_rest >= threshold).sum() > 200  # the climb, for hours after the training period
+    assert (rolled_rest >= threshold).sum() < 0.25 * (once_rest >= threshold).sum()
+    assert rolled_spike.min() > 3 * rolled_rest.max() and rolled_spike.min() > 2 * once_spike.min()
+    # a period whose history is under min_train_rows is not scored rather than scored against nothing
+    assert rolled["timestamp"].min() == T0 + pd.Timedelta("30min")
+
+
+def test_a_reference_bundle_lets_the_first_periods_be_scored() -> None:
+    bundle, config = _drifting(hours=2, spike_at=10), default_config()
+    reference = MeltBundle(metrics=bundle.metrics.assign(timestamp=bundle.metrics["timestamp"] - pd.Timedelta("1D")))
+    rolled, _ = rolling_scores(bundle, ["zscore"], config, pd.Timedelta("30min"), pd.Timedelta("1h"), reference, quiet=True)
+    assert rolled["timestamp"].min() == T0
+
+
+def test_no_period_with_enough_history_is_one_clear_error() -> None:
+    bundle = _drifting(hours=1)
+    with pytest.raises(PluginError, match="no period of 2h could be scored: the 3h before each"):
+        rolling_scores(bundle, ["zscore"], default_config(), pd.Timedelta("2h"), pd.Timedelta("3h"), quiet=True)
+
+
+def test_periods_hold_data_only() -> None:
+    bundle = _drifting(hours=1)
+    late = bundle.metrics.assign(timestamp=bundle.metrics["timestamp"] + pd.Timedelta("5h"))
+    starts = periods(MeltBundle(metrics=pd.concat([bundle.metrics, late])), pd.Timedelta("30min"))
+    assert [s - T0 for s in starts] == [pd.Timedelta(m, unit="min") for m in (0, 30, 300, 330)]

@@ -109,7 +109,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         began = time.perf_counter()
         if mode == "a":
-            bundle, normal = MeltBundle.read(rca_dir), MeltBundle.read(normal_dir)
+            bundle, normal = MeltBundle.read(rca_dir), MeltBundle.read(normal_dir, signals=["logs", "traces"])
             reports = window_given(bundle, normal, config, models, out, pd.Timedelta(args.lead_in),
                                    pd.Timedelta(args.history))
         else:

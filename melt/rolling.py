@@ -52,8 +52,8 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
     starts = periods(bundle, every)
     parts, skipped = [], 0
     for number, start in enumerate(starts, 1):
-        period = bundle.slice_time(start, start + every)
-        history = bundle.slice_time(start - window, start)
+        near = bundle.slice_time(start - window, start + every)  # one pass over the whole bundle per period
+        period, history = near.slice_time(start, None), near.slice_time(None, start)
         fit_on = reference.union(history) if reference is not None else history
         usable = [name for name in names
                   if _rows(period, signal_of[name]) and (signal_of[name] == "events"

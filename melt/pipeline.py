@@ -34,13 +34,20 @@ def training_split(bundle: MeltBundle, fraction: float) -> MeltBundle:
     return bundle.slice_time(None, start + (end - start) * fraction)
 
 
+def enough_training_data(train: MeltBundle, signal: str, config: dict[str, Any]) -> bool:
+    """Whether ``train`` has enough rows of ``signal`` to fit a detector (``detect.min_train_rows``;
+    change events need only be present: a quiet history is a fine baseline for them)."""
+    frame = getattr(train, signal)
+    return frame is not None and (signal == "events" or len(frame) >= int(config["detect"]["min_train_rows"]))
+
+
 def fit_detectors(train: MeltBundle, names: list[str], config: dict[str, Any], quiet: bool = False) -> dict[str, Detector]:
     """Build each detector from ``config['detectors']`` and fit it with calibration."""
     models = {}
     for name in names:
         detector = build_detector(name, config["detectors"].get(name))
         frame = getattr(train, detector.signal)
-        if frame is None or len(frame) < int(config["detect"]["min_train_rows"]) and detector.signal != "events":
+        if not enough_training_data(train, detector.signal, config):
             rows = 0 if frame is None else len(frame)
             raise PluginError(f"detector '{name}' has too little training data: {rows} {detector.signal} rows "
                               f"(need {config['detect']['min_train_rows']}; use --train or a longer bundle)")

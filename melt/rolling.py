@@ -44,11 +44,10 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
     Raises:
         PluginError: no period could be scored at all.
     """
-    from melt.pipeline import fit_detectors, score_all
-    from melt.registry import build_detector
+    from melt.pipeline import enough_training_data, fit_detectors, score_all
+    from melt.registry import get_plugin
 
-    signal_of = {name: build_detector(name, config["detectors"].get(name)).signal for name in names}
-    minimum = int(config["detect"]["min_train_rows"])
+    signal_of = {name: get_plugin(name).signal for name in names}
     starts = periods(bundle, every)
     parts, skipped = [], 0
     for number, start in enumerate(starts, 1):
@@ -56,8 +55,7 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
         period, history = near.slice_time(start, None), near.slice_time(None, start)
         fit_on = reference.union(history) if reference is not None else history
         usable = [name for name in names
-                  if _rows(period, signal_of[name]) and (signal_of[name] == "events"
-                                                         or _rows(fit_on, signal_of[name]) >= minimum)]
+                  if _rows(period, signal_of[name]) and enough_training_data(fit_on, signal_of[name], config)]
         if not usable:
             skipped += 1
             continue

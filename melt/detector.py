@@ -90,13 +90,27 @@ class Detector:
         """
         return self._checked(self.score(bundle))["score"].to_numpy()
 
+    def score_floor(self, raw: np.ndarray) -> np.ndarray | None:
+        """Calibrated scores that raw scores earn by their own meaning, whatever the training held.
+
+        Quantile calibration only says how rare a score was in training. A training history that
+        holds earlier faults (a rolling refit's unlabelled window) puts the top of the scale at their
+        scores, and the next fault like them is then never rarer than the history. A detector whose
+        raw score has an absolute meaning (a share of calls that changed) overrides this; the
+        calibrated score is the larger of the two. ``None``: no floor.
+        """
+        return None
+
     def detect(self, bundle: MeltBundle) -> pd.DataFrame:
         """Score ``bundle`` and calibrate: ``score`` is calibrated, ``raw_score`` is what ``score`` gave."""
         self.check_is_fitted()
         self.require(bundle)
         out = self._checked(self.score(bundle))
         out["raw_score"] = out["score"]
-        out["score"] = self.calibrator_.transform(out["raw_score"].to_numpy())
+        raw = out["raw_score"].to_numpy()
+        calibrated = self.calibrator_.transform(raw)
+        floor = self.score_floor(raw)
+        out["score"] = calibrated if floor is None else np.fmax(calibrated, floor)
         return out
 
     def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:

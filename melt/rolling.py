@@ -4,7 +4,8 @@ Merlion's evaluator (Bhatnagar et al., 2021, "Merlion: A Machine Learning Librar
 retrains a model every ``retrain_freq`` on the most recent ``train_window`` of data, the way a
 deployed detector lives. melt does the same for a bundle that spans a long period: every
 ``every``, the detectors are fitted on the ``window`` before the period (plus the fault-free
-reference bundle, when one is given) and score that period only. The baseline then follows slow
+reference bundle, when one is given) and score that period only, reading the period before it as
+context so that smoothing over trailing points starts warm. The baseline then follows slow
 drift (a database that fills up, a request mix that moves over the day), which a fit on a few
 fault-free minutes at one time of day reads as anomalies everywhere; and a fault that stays on for
 a while is outvoted by the longer history rather than becoming the baseline at once.
@@ -53,6 +54,9 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
     for number, start in enumerate(starts, 1):
         near = bundle.slice_time(start - window, start + every)  # one pass over the whole bundle per period
         period, history = near.slice_time(start, None), near.slice_time(None, start)
+        # scored with the period before it as context: detectors that smooth over trailing points, or
+        # read windows of them, would otherwise score each period's first points unsmoothed
+        with_context = near.slice_time(start - every, None)
         fit_on = reference.union(history) if reference is not None else history
         usable = [name for name in names
                   if _rows(period, signal_of[name]) and enough_training_data(fit_on, signal_of[name], config)]
@@ -60,7 +64,8 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
             skipped += 1
             continue
         models: dict[str, Detector] = fit_detectors(fit_on, usable, config, quiet=True)
-        parts.append(score_all(models, period, quiet=True))
+        scores = score_all(models, with_context, quiet=True)
+        parts.append(scores[scores["timestamp"] >= start])
         log(f"period {number}/{len(starts)} {start:%Y-%m-%d %H:%M}: {', '.join(usable)} fitted on "
             f"the {_text(window)} before, {len(parts[-1])} score rows", quiet)
     if not parts:

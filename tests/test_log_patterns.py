@@ -116,3 +116,18 @@ def test_a_line_that_stops_following_a_rare_line_is_a_strong_change() -> None:
     assert top["raw_score"] > 0.5
     assert top["evidence"]["anomaly_type"] == "pattern_vanished"
     assert "cache miss" in top["evidence"]["template"] and "load item" in top["evidence"]["template"]
+
+
+def test_a_fault_like_one_in_the_history_still_alerts() -> None:
+    """A rolling refit's history holds earlier faults: 'query' was already lost for 3 of its 20
+    minutes. Quantile calibration alone then tops out at that fault's score, under the ensemble's
+    threshold; the share of calls that changed sets a floor that does not depend on the history."""
+    history = _calls("2026-01-01 00:00", 17, 40, 0.5).union(_calls("2026-01-01 00:17", 3, 40, 0.5, lost_line=True, seed=1))
+    fault = _calls("2026-01-01 00:30", 3, 40, 0.5, lost_line=True, seed=2)
+    calibrated_only = LogPatternDetector(alert_share=0).fit_calibrated(history).detect(fault)
+    with_floor = LogPatternDetector().fit_calibrated(history).detect(fault)
+    assert calibrated_only["score"].max() < 4.0
+    assert with_floor["score"].max() >= 4.0
+    assert with_floor["raw_score"].max() == calibrated_only["raw_score"].max()
+    normal = LogPatternDetector().fit_calibrated(history).detect(_calls("2026-01-01 00:40", 3, 40, 0.5, seed=3))
+    assert normal["score"].max() < 4.0

@@ -35,6 +35,7 @@ from melt.detector import Detector, empty_scores
 from melt.timeutil import parse_duration
 
 PAIR = " -> "
+ALERT_SIGMAS = 4.0  # the ensemble's default threshold (config ensemble.threshold)
 NO_SPAN = ""  # operation of units that are not spans (a trace's lines, or one line)
 
 
@@ -51,6 +52,9 @@ class LogPatternDetector(Detector):
         masks: ``[regex, token]`` masking rules; ``None`` uses the built-in set.
         confidence_z: the score is the change in share less this many standard errors (1.96: the
             lower end of a two-sided 95% interval).
+        alert_share: a confident change in at least this share of an operation's calls scores at
+            least 4 sigma (the ensemble's default threshold), and proportionally more above it,
+            whatever the training history held; 0 = calibration only (:meth:`score_floor`).
     """
 
     name = "log_patterns"
@@ -58,7 +62,8 @@ class LogPatternDetector(Detector):
     services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 
     def __init__(self, window: str = "1m", sim_th: float = 0.4, depth: int = 4, pairs: bool = True,
-                 min_units: int = 3, masks: list[list[str]] | None = None, confidence_z: float = 1.96) -> None:
+                 min_units: int = 3, masks: list[list[str]] | None = None, confidence_z: float = 1.96,
+                 alert_share: float = 0.5) -> None:
         self.window = window
         self.sim_th = sim_th
         self.depth = depth
@@ -66,6 +71,7 @@ class LogPatternDetector(Detector):
         self.min_units = min_units
         self.masks = masks
         self.confidence_z = confidence_z
+        self.alert_share = alert_share
 
     def _events(self, logs: pd.DataFrame, traces: pd.DataFrame | None, template: np.ndarray,
                 width: pd.Timedelta | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -173,6 +179,18 @@ class LogPatternDetector(Detector):
         logs = self.require(bundle)
         cells = self._cells(logs, bundle.traces, leave_out=True)
         return self._confident_change(*share_change(cells))
+
+    def score_floor(self, raw: np.ndarray) -> np.ndarray | None:
+        """A code path that changed in half an operation's calls is a fault even if the history had one.
+
+        The raw score is an absolute effect size (a share of the calls), so it can speak for itself
+        where quantile calibration cannot: a rolling refit's history that holds earlier faults tops
+        the calibrated scale out at their scores (Nezha's fault cases, 7 minutes apart, at 3.9).
+        Smaller changes keep their calibrated score, which knows how far shares drift.
+        """
+        if self.alert_share <= 0:
+            return None
+        return np.where(raw >= self.alert_share, ALERT_SIGMAS * raw / self.alert_share, 0.0)
 
     def _confident_change(self, change: np.ndarray, error: np.ndarray) -> np.ndarray:
         """The lower confidence bound of the absolute change in share (0 when the change is not significant)."""

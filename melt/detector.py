@@ -107,11 +107,15 @@ class Detector:
         self.require(bundle)
         out = self._checked(self.score(bundle))
         out["raw_score"] = out["score"]
-        raw = out["raw_score"].to_numpy()
-        calibrated = self.calibrator_.transform(raw)
-        floor = self.score_floor(raw)
-        out["score"] = calibrated if floor is None else np.fmax(calibrated, floor)
+        out["score"] = self.calibrate(out["raw_score"].to_numpy())
         return out
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores on the shared calibrated scale: the learned map, raised to :meth:`score_floor`."""
+        self.check_is_fitted()
+        calibrated = self.calibrator_.transform(raw)
+        floor = self.score_floor(np.asarray(raw, dtype=float))
+        return calibrated if floor is None else np.fmax(calibrated, floor)
 
     def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in SCORE_COLUMNS if c not in frame.columns]

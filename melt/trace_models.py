@@ -65,7 +65,7 @@ def score_traces(detector: Any, bundle: MeltBundle, aggregation: str | None, thr
     """One row per trace: raw and calibrated score, the decision, the attributed service."""
     table, _, _ = detector.trace_scores(bundle, aggregation=aggregation)
     table = table.rename(columns={"score": "anomaly_score"})
-    table["calibrated_score"] = detector.calibrator_.transform(table["anomaly_score"].to_numpy())
+    table["calibrated_score"] = detector.calibrate(table["anomaly_score"].to_numpy())
     table["is_anomaly"] = table["calibrated_score"] >= threshold
     return table
 

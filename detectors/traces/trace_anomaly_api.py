@@ -71,7 +71,7 @@ class TraceAnomalyDetector:
         ``service`` (worst-reconstructed), ``start_time`` and ``span_count``."""
         table, _, _ = self.detector.trace_scores(MeltBundle(traces=df), aggregation=aggregation)
         table = table.rename(columns={"score": "anomaly_score"})
-        table["calibrated_score"] = self.detector.calibrator_.transform(table["anomaly_score"].to_numpy())
+        table["calibrated_score"] = self.detector.calibrate(table["anomaly_score"].to_numpy())
         return table[["trace_id", "anomaly_score", "calibrated_score", "service", "start_time", "span_count"]]
 
     def save(self, directory: str | Path) -> Path:

@@ -101,3 +101,38 @@ def test_pointwise_and_eventwise_scoring() -> None:
     result = eventwise(alerts, faults)
     assert result["found_per_fault"] == [True, False]
     assert result["episodes"] == 3 and result["false_alarms"] == 2
+
+
+def _fleet(minutes: int, seed: int, services: int = 8) -> pd.DataFrame:
+    """A client latency percentile per service: ~5 ms, and 29 s (one slow call in a histogram's top
+    bucket) for 1 minute in 20 on every service but ``quiet``, which never left 5 ms in training."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2026-01-01", periods=minutes, freq="1min", tz="UTC")
+    rows = []
+    for k in range(services):
+        values = 0.005 + rng.normal(0, 0.0002, minutes)
+        values[(np.arange(minutes) + k) % 20 == 0] = 29.0
+        rows.append(pd.DataFrame({"timestamp": times, "service": f"svc{k}", "metric": "client_p99", "value": values}))
+    rows.append(pd.DataFrame({"timestamp": times, "service": "quiet", "metric": "client_p99",
+                              "value": 0.005 + rng.normal(0, 0.0002, minutes)}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_a_series_calmer_than_its_peers_borrows_their_scale() -> None:
+    """Its first jump to a value its peers reach every 20 minutes scores in the single digits, not the
+    hundred thousands; a jump far past anything the fleet did still alerts."""
+    train = MeltBundle(metrics=_fleet(240, seed=0))
+    test_frame = _fleet(30, seed=1).assign(timestamp=lambda f: f["timestamp"] + pd.Timedelta("4h"))
+    jump = (test_frame["service"] == "quiet") & test_frame["timestamp"].dt.minute.between(10, 14)
+
+    def quiet_peak(values: float, fleet_floor: float) -> float:
+        frame = test_frame.copy()
+        frame.loc[jump, "value"] = values
+        detector = build_detector("zscore", {"fleet_floor": fleet_floor}).fit_calibrated(train)
+        scores = detector.detect(MeltBundle(metrics=frame))
+        return float(scores.loc[scores["service"] == "quiet", "score"].max())
+
+    assert quiet_peak(29.0, fleet_floor=0.0) > 10_000  # its own 0.2 ms scale
+    assert quiet_peak(29.0, fleet_floor=0.5) < 10
+    assert quiet_peak(600.0, fleet_floor=0.5) > 50
+

@@ -6,6 +6,8 @@ When the training data covers at least ``min_seasons`` seasons (days, by default
 value is a seasonal profile, the median of the series at the same time of day (the robust
 profile behind STL's seasonal step, Cleveland et al. 1990), and the MAD is taken of the residuals,
 so a daily peak is not an anomaly. With less history, the expected value is the series median.
+No series' scale falls below ``fleet_floor`` (half) of its metric's typical scale across the
+fleet, an empirical-Bayes style shrinkage (:meth:`RobustZScore._fleet_floored`).
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ class RobustZScore(Detector):
         min_seasons: seasons of training data needed before the seasonal profile is used.
         smooth_window: the score is the trailing median of |z| over this many points of the series,
             so a lone one-point blip (a p99 of three requests) does not alert; 1 = off.
+        fleet_floor: no series' sigma falls below this share of the typical sigma of its metric
+            across the series that moved in training (:meth:`_fleet_floored`); 0 = off.
     """
 
     name = "zscore"
     signal = "metrics"
 
     def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
-                 season: str = "1d", profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3) -> None:
+                 season: str = "1d", profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3,
+                 fleet_floor: float = 0.5) -> None:
         self.expected_sigmas = expected_sigmas
         self.min_points = min_points
         self.rel_floor = rel_floor
@@ -47,6 +52,7 @@ class RobustZScore(Detector):
         self.profile_bucket = profile_bucket
         self.min_seasons = min_seasons
         self.smooth_window = smooth_window
+        self.fleet_floor = fleet_floor
 
     def _phase(self, timestamps: pd.Series) -> np.ndarray:
         """Index of each time's bucket within the season (e.g. the half hour of the day)."""
@@ -73,15 +79,27 @@ class RobustZScore(Detector):
             floor = np.maximum(baseline["median"].abs() * self.rel_floor, 1e-6)
             baseline["sigma"] = np.maximum(residual["sigma"].reindex(baseline.index).to_numpy(), floor)
             self.profile_ = profile
-        # a series that never moved in training (an error rate of 0) borrows half the typical scale
-        # of its metric, so its first blip scores in the tens, not the hundreds of thousands
+        baseline["sigma"] = self._fleet_floored(baseline)
+        self.baseline_ = baseline[baseline["count"] >= self.min_points]
+        return self
+
+    def _fleet_floored(self, baseline: pd.DataFrame) -> np.ndarray:
+        """Each series' sigma, raised to ``fleet_floor`` x the typical sigma of its metric.
+
+        The typical sigma is the median over the metric's series that moved in training. A series
+        far calmer than its peers (an error rate that stayed 0, a client latency percentile that sat
+        on one histogram bucket for two hours) would otherwise score its first ordinary jump, one
+        its peers make every hour, in the thousands of sigma: shrinking its scale towards the
+        fleet's, as empirical-Bayes estimates do, keeps that jump in the single digits while a jump
+        large for the whole fleet still alerts.
+        """
+        sigma = baseline["sigma"].to_numpy()
+        if self.fleet_floor <= 0:
+            return sigma
         metric = baseline.index.get_level_values("metric")
         moving = baseline["sigma"] > baseline["median"].abs() * self.rel_floor + 1e-6
         typical = baseline["sigma"].where(moving).groupby(metric).median().reindex(metric).to_numpy()
-        borrowed = np.fmax(baseline["sigma"].to_numpy(), 0.5 * typical)
-        baseline["sigma"] = np.where(moving.to_numpy(), baseline["sigma"].to_numpy(), borrowed)
-        self.baseline_ = baseline[baseline["count"] >= self.min_points]
-        return self
+        return np.fmax(sigma, self.fleet_floor * typical)
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")

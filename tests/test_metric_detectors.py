@@ -135,4 +135,3 @@ def test_a_series_calmer_than_its_peers_borrows_their_scale() -> None:
     assert quiet_peak(29.0, fleet_floor=0.0) > 10_000  # its own 0.2 ms scale
     assert quiet_peak(29.0, fleet_floor=0.5) < 10
     assert quiet_peak(600.0, fleet_floor=0.5) > 50
-

@@ -182,18 +182,17 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict
     for note in skipped:
         log(f"skipped {note}", quiet)
     retrain_every = config["detect"]["retrain_every"]
-    if model_dir is not None:
-        models = load_models(model_dir, names if models_spec.strip() != "all" else None)
-        models = {n: m for n, m in models.items() if m.signal in bundle.signals()}
-        signal_of = {name: model.signal for name, model in models.items()}
-        scores = score_all(models, bundle, quiet)
-    elif retrain_every:
+    if retrain_every and model_dir is None:
         reference = MeltBundle.read(train_dir) if train_dir else None
         scores, signal_of = rolling_scores(bundle, names, config, parse_duration(retrain_every),
                                            parse_duration(config["detect"]["train_window"]), reference, quiet)
     else:
-        fit_on = MeltBundle.read(train_dir) if train_dir else training_split(bundle, config["detect"]["train_fraction"])
-        models = fit_detectors(fit_on, names, config, quiet)
+        if model_dir is not None:
+            models = load_models(model_dir, names if models_spec.strip() != "all" else None)
+            models = {n: m for n, m in models.items() if m.signal in bundle.signals()}
+        else:
+            fit_on = MeltBundle.read(train_dir) if train_dir else training_split(bundle, config["detect"]["train_fraction"])
+            models = fit_detectors(fit_on, names, config, quiet)
         signal_of = {name: model.signal for name, model in models.items()}
         scores = score_all(models, bundle, quiet)
     graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])

@@ -81,7 +81,14 @@ class MeltBundle:
         return min(lows), max(highs)
 
     def slice_time(self, start: pd.Timestamp | None, end: pd.Timestamp | None) -> MeltBundle:
-        """A new bundle with the rows in ``[start, end)``; whole traces are kept or dropped together."""
+        """A new bundle with the rows in ``[start, end)``; whole traces are kept or dropped together,
+        with the log lines they wrote.
+
+        A trace counts at its first span's start, and so do its log lines: a slice that kept a
+        trace's late spans but cut the lines they logged would show those spans as calls whose
+        expected lines vanished.
+        """
+        trace_start = self._trace_starts()
         parts: dict[str, pd.DataFrame | None] = {}
         for name in SIGNALS:
             frame = getattr(self, name)
@@ -91,6 +98,8 @@ class MeltBundle:
             times = frame[TIME_COLUMNS[name]]
             if name == "traces":
                 times = frame.groupby("trace_id", sort=False)["start_time"].transform("min")
+            elif name == "logs" and trace_start is not None and "trace_id" in frame.columns:
+                times = frame["trace_id"].map(trace_start).fillna(times)
             keep = pd.Series(True, index=frame.index)
             if start is not None:
                 keep &= times >= start
@@ -98,6 +107,13 @@ class MeltBundle:
                 keep &= times < end
             parts[name] = frame[keep].reset_index(drop=True)
         return MeltBundle(**parts, truth=self.truth, validate=False)
+
+    def _trace_starts(self) -> pd.Series | None:
+        """Each trace's earliest span start, by trace id; ``None`` without traces."""
+        traces = self.traces
+        if traces is None or traces.empty or not {"trace_id", "start_time"} <= set(traces.columns):
+            return None
+        return traces.groupby("trace_id", sort=False, observed=True)["start_time"].min()
 
     def union(self, other: MeltBundle) -> MeltBundle:
         """Rows of both bundles, frame by frame (e.g. a fault-free reference plus a lead-in period).

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+ALERT_SIGMAS = 4.0  # the ensemble's default threshold (config ensemble.threshold)
 _PROBS = np.array([0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999])
 _TAIL_FROM = 0.9
 
@@ -69,3 +70,14 @@ class ScoreCalibrator:
         calibrator.targets_ = np.asarray(state["targets"], dtype=float)
         calibrator.tail_slope_ = float(state["tail_slope"])
         return calibrator
+
+
+def effect_size_floor(raw: np.ndarray, alert_at: float) -> np.ndarray | None:
+    """The calibrated score a raw effect size earns by itself: at least ``ALERT_SIGMAS`` from
+    ``alert_at`` up, in proportion above it, 0 under it; ``None`` when ``alert_at`` is 0 (off).
+
+    For detectors whose raw score has an absolute meaning (:meth:`melt.detector.Detector.score_floor`).
+    """
+    if alert_at <= 0:
+        return None
+    return np.where(raw >= alert_at, ALERT_SIGMAS * raw / alert_at, 0.0)

@@ -65,7 +65,9 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
             continue
         models: dict[str, Detector] = fit_detectors(fit_on, usable, config, quiet=True)
         scores = score_all(models, with_context, quiet=True)
-        parts.append(scores[scores["timestamp"] >= start])
+        # the period's own rows only: a trace that began in it may run past its end, and the
+        # next period scores that time with its own fit
+        parts.append(scores[(scores["timestamp"] >= start) & (scores["timestamp"] < start + every)])
         log(f"period {number}/{len(starts)} {start:%Y-%m-%d %H:%M}: {', '.join(usable)} fitted on "
             f"the {_text(window)} before, {len(parts[-1])} score rows", quiet)
     if not parts:

@@ -88,3 +88,22 @@ def test_slice_time_keeps_whole_traces(tiny_bundle: MeltBundle) -> None:
     spans = head.frame("traces")
     assert set(spans["parent_span_id"].dropna()) <= set(spans["span_id"])
     assert head.frame("metrics")["timestamp"].max() < start + (end - start) / 2
+
+
+def test_slice_time_keeps_a_traces_log_lines_with_it() -> None:
+    """A request that starts before the cut and logs after it stays whole on the side where it began."""
+    cut = pd.Timestamp("2026-01-01 00:10", tz="UTC")
+    spans = pd.DataFrame({"trace_id": ["t1", "t1", "t2"], "span_id": ["a", "b", "c"], "parent_span_id": [None, "a", None],
+                          "span_name": ["GET /", "SELECT", "GET /"], "service_name": ["api", "db", "api"],
+                          "start_time": [cut - pd.Timedelta("2s"), cut + pd.Timedelta("1s"), cut + pd.Timedelta("5s")],
+                          "duration": 5.0})
+    logs = pd.DataFrame({"timestamp": [cut - pd.Timedelta("2s"), cut + pd.Timedelta("1s"), cut + pd.Timedelta("5s"),
+                                       cut + pd.Timedelta("6s")],
+                         "service": ["api", "db", "api", "cron"], "level": "INFO",
+                         "message": ["received", "query ok", "received", "nightly job"],
+                         "trace_id": ["t1", "t1", "t2", None], "span_id": ["a", "b", "c", None]})
+    bundle = MeltBundle(logs=logs, traces=spans)
+    before, after = bundle.slice_time(None, cut), bundle.slice_time(cut, None)
+    assert before.frame("logs")["message"].tolist() == ["received", "query ok"]
+    assert after.frame("logs")["message"].tolist() == ["received", "nightly job"]  # a line without a trace: its own time
+    assert set(before.frame("traces")["span_id"]) == {"a", "b"}

@@ -87,3 +87,35 @@ def test_a_period_starts_with_its_smoothing_warm() -> None:
     first = at[(at["entity"] == "cpu_usage") & (at["minute"] == 150)]
     blip = first[first["evidence"].map(lambda e: e["instance"]) == "db-1"]["score"].max()
     assert blip < config["ensemble"]["threshold"]
+
+
+def _slow_calls(minutes: int) -> MeltBundle:
+    """Every 4 s a request: 'api' logs 'received', then 20 s later its call to 'db' logs 'query ok'.
+
+    The 5 requests that start in the last 20 s of a period reach 'db' in the next one.
+    """
+    starts = T0 + pd.to_timedelta(np.arange(0, minutes * 60, 4), unit="s")
+    n = len(starts)
+    trace = np.array([f"t{i}" for i in range(n)], dtype=object)
+    child_start = starts + pd.Timedelta("20s")
+    spans = pd.DataFrame({"trace_id": np.r_[trace, trace], "span_id": np.r_[["root"] * n, ["call"] * n],
+                          "parent_span_id": np.r_[[None] * n, ["root"] * n], "service_name": ["api"] * n + ["db"] * n,
+                          "span_name": ["GET /order"] * n + ["SELECT order"] * n,
+                          "start_time": starts.append(child_start), "duration": 25.0})
+    logs = pd.DataFrame({"timestamp": starts.append(child_start), "service": ["api"] * n + ["db"] * n, "level": "INFO",
+                         "message": [f"OrderImpl#1 received order {i}" for i in range(n)]
+                         + [f"DbImpl#2 query ok for order {i}" for i in range(n)],
+                         "trace_id": np.r_[trace, trace], "span_id": np.r_[["root"] * n, ["call"] * n]})
+    return MeltBundle(logs=logs, traces=spans)
+
+
+def test_a_trace_that_outlasts_its_period_is_scored_once_and_whole() -> None:
+    """Requests that start before a period ends and log after it: the period keeps them whole, with
+    their lines, and scores only its own minutes. Cut at the boundary instead, their late calls look
+    like calls whose expected line vanished, and both periods score the first minute of the next."""
+    config = default_config()
+    rolled, _ = rolling_scores(_slow_calls(90), ["log_patterns"], config, pd.Timedelta("10min"),
+                               pd.Timedelta("30min"), quiet=True)
+    assert not rolled.empty
+    assert not rolled.duplicated(["timestamp", "service", "entity"]).any()
+    assert rolled["score"].max() < config["ensemble"]["threshold"]

@@ -23,6 +23,17 @@ def test_default_masks_cover_the_usual_variable_parts() -> None:
     ]
 
 
+def test_a_payload_cut_by_the_loggers_length_limit_reads_as_the_whole_one() -> None:
+    """A growing payload (a list of sold tickets) crosses the logger's length limit one day: the cut
+    line loses the payload's end and the brackets that closed the line, but not its template."""
+    whole = "[getSoldTickets][Left ticket info][info is: LeftTicketInfo{soldTickets=[Ticket(seatNo=1), Ticket(seatNo=2)]}]"
+    wrapped = "[distributeSeat][info is : Response(status=1, msg=Success, data=LeftTicketInfo{soldTickets=[]})]"
+    masked = TemplateMiner().mask(pd.Series([whole, whole[:70], wrapped, wrapped[:80]])).tolist()
+    assert masked[0] == masked[1] == "[getSoldTickets][Left ticket info][info is: LeftTicketInfo<JSON>"
+    assert masked[2] == masked[3]
+    assert TemplateMiner().mask(pd.Series(["sent {a=1} to queue"])).tolist() == ["sent <JSON> to queue"]
+
+
 def test_matching_never_changes_the_fitted_miner() -> None:
     miner = TemplateMiner()
     miner.fit(pd.Series([f"Connected to db in {i} ms" for i in range(50)] + ["Cache miss for key user:7"] * 5))

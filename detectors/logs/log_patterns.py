@@ -31,11 +31,11 @@ import pandas as pd
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
 from detectors.logs.templates import TemplateMiner
 from melt.bundle import MeltBundle
+from melt.calibration import effect_size_floor
 from melt.detector import Detector, empty_scores
 from melt.timeutil import parse_duration
 
 PAIR = " -> "
-ALERT_SIGMAS = 4.0  # the ensemble's default threshold (config ensemble.threshold)
 NO_SPAN = ""  # operation of units that are not spans (a trace's lines, or one line)
 
 
@@ -188,9 +188,7 @@ class LogPatternDetector(Detector):
         the calibrated scale out at their scores (Nezha's fault cases, 7 minutes apart, at 3.9).
         Smaller changes keep their calibrated score, which knows how far shares drift.
         """
-        if self.alert_share <= 0:
-            return None
-        return np.where(raw >= self.alert_share, ALERT_SIGMAS * raw / self.alert_share, 0.0)
+        return effect_size_floor(raw, self.alert_share)
 
     def _confident_change(self, change: np.ndarray, error: np.ndarray) -> np.ndarray:
         """The lower confidence bound of the absolute change in share (0 when the change is not significant)."""

@@ -23,6 +23,9 @@ DEFAULT_MASKS: list[list[str]] = [
     [r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<IP>"],
     [r"\b[0-9a-fA-F]{8,}\b", "<HEX>"],  # ids, hashes, long numbers (and the rare 8-letter a-f word)
     [r"(^|[^\w.])/(?:[\w.-]+/)*[\w.-]*\d[\w.-]*", r"\1<PATH>"],
+    # a payload that ends the line takes the brackets that close it along: a logger's length limit
+    # cuts exactly these lines (a growing payload), and the cut one must read as the same template
+    [r"\{[^{}]*\}[\])>\"'\s]*$", "<JSON>"],
     [r"\{[^{}]*\}", "<JSON>"],
     # a payload cut off by the logger's length limit: token counts of the cut vary, so mask to the end
     [r"\{[^{}]*$", "<JSON>"],
@@ -30,6 +33,9 @@ DEFAULT_MASKS: list[list[str]] = [
     # ``OrderServiceImpl#532``): it names the log statement, so it stays part of the template;
     # after '##' or a digit and '#' (field separators, as in HealthApp) it is still a number
     [r"(^|[^\w#]|[^A-Za-z_]#|^#)[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB)?\b%?", r"\1<NUM>"],
+    # a list of ids or numbers (``[<UUID>:ZhiDa, <UUID>:GaoTieOne]``) is one value: Drain groups by
+    # token count, and would split the statement into one template per list length
+    [r"<(?:UUID|HEX|NUM|IP)>(?::[\w.-]+)?(?:, ?<(?:UUID|HEX|NUM|IP)>(?::[\w.-]+)?)+", "<LIST>"],
 ]
 UNMATCHED = -1
 PARALLEL_MASK_ROWS = 4_000

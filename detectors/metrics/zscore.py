@@ -7,7 +7,9 @@ value is a seasonal profile, the median of the series at the same time of day (t
 profile behind STL's seasonal step, Cleveland et al. 1990), and the MAD is taken of the residuals,
 so a daily peak is not an anomaly. With less history, the expected value is the series median.
 No series' scale falls below ``fleet_floor`` (half) of its metric's typical scale across the
-fleet, an empirical-Bayes style shrinkage (:meth:`RobustZScore._fleet_floored`).
+fleet, an empirical-Bayes style shrinkage (:meth:`RobustZScore._fleet_floored`). A point
+``alert_z`` robust sigmas out scores at least the alert threshold whatever the training history
+held (:meth:`RobustZScore.score_floor`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 from detectors.metrics.matrix import smooth
 from detectors.robust import robust_baseline, severity_direction
 from melt.bundle import MeltBundle
+from melt.calibration import effect_size_floor
 from melt.detector import Detector, empty_scores
 from melt.timeutil import parse_duration
 
@@ -37,6 +40,9 @@ class RobustZScore(Detector):
             so a lone one-point blip (a p99 of three requests) does not alert; 1 = off.
         fleet_floor: no series' sigma falls below this share of the typical sigma of its metric
             across the series that moved in training (:meth:`_fleet_floored`); 0 = off.
+        alert_z: a (smoothed) score of at least this many robust sigmas scores at least 4 calibrated
+            sigma (the ensemble's default threshold), and proportionally more above it, whatever the
+            training history held; 0 = calibration only (:meth:`score_floor`).
     """
 
     name = "zscore"
@@ -44,7 +50,7 @@ class RobustZScore(Detector):
 
     def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
                  season: str = "1d", profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3,
-                 fleet_floor: float = 0.5) -> None:
+                 fleet_floor: float = 0.5, alert_z: float = 20.0) -> None:
         self.expected_sigmas = expected_sigmas
         self.min_points = min_points
         self.rel_floor = rel_floor
@@ -53,6 +59,7 @@ class RobustZScore(Detector):
         self.min_seasons = min_seasons
         self.smooth_window = smooth_window
         self.fleet_floor = fleet_floor
+        self.alert_z = alert_z
 
     def _phase(self, timestamps: pd.Series) -> np.ndarray:
         """Index of each time's bucket within the season (e.g. the half hour of the day)."""
@@ -100,6 +107,16 @@ class RobustZScore(Detector):
         moving = baseline["sigma"] > baseline["median"].abs() * self.rel_floor + 1e-6
         typical = baseline["sigma"].where(moving).groupby(metric).median().reindex(metric).to_numpy()
         return np.fmax(sigma, self.fleet_floor * typical)
+
+    def score_floor(self, raw: np.ndarray) -> np.ndarray | None:
+        """A series 20 of its own robust sigmas out is anomalous, however wild the pooled history was.
+
+        Calibration pools every series and tops its scale out at the largest training score: one
+        series that ran 232 sigma out in the 2 h before (an earlier fault, in a rolling refit's
+        unlabelled history) squashed a CPU hog's 100 sigma to 3.5. Points far past what normal
+        noise reaches keep a score in proportion to their own z; the rest keep the calibrated one.
+        """
+        return effect_size_floor(raw, self.alert_z)
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")

@@ -131,3 +131,39 @@ def test_a_fault_like_one_in_the_history_still_alerts() -> None:
     assert with_floor["raw_score"].max() == calibrated_only["raw_score"].max()
     normal = LogPatternDetector().fit_calibrated(history).detect(_calls("2026-01-01 00:40", 3, 40, 0.5, seed=3))
     assert normal["score"].max() < 4.0
+
+
+def _behind_two_endpoints(start: str, minutes: int, lost: bool) -> MeltBundle:
+    """'PriceController.query' serves two endpoints; only the list endpoint's calls log 'list prices'.
+
+    ``lost``: the list endpoint's calls stop logging it (its code path changed).
+    """
+    logs, spans = [], []
+    t0 = pd.Timestamp(start, tz="UTC")
+    for minute in range(minutes):
+        for i in range(40):
+            at = t0 + pd.Timedelta(minutes=minute, seconds=i * 1.5)
+            trace, endpoint = f"{start}-{minute}-{i}", ("/prices/list" if i % 2 else "/prices/{id}")
+            spans += [(trace, "entry", "", endpoint, "price", at, 5.0),
+                      (trace, "query", "entry", "PriceController.query", "price", at, 4.0)]
+            if endpoint == "/prices/list" and not lost:
+                logs.append((at, "price", "INFO", f"PriceServiceImpl#31 list prices for {i} routes", trace, "query"))
+            logs.append((at, "price", "INFO", f"PriceController#12 query {i}", trace, "query"))
+    return MeltBundle(
+        logs=pd.DataFrame(logs, columns=["timestamp", "service", "level", "message", "trace_id", "span_id"]),
+        traces=pd.DataFrame(spans, columns=["trace_id", "span_id", "parent_span_id", "span_name", "service_name",
+                                            "start_time", "duration"]))
+
+
+def test_a_line_lost_behind_one_of_two_endpoints_is_a_full_change() -> None:
+    """The same controller span behind two endpoints runs two code paths. Keyed by the endpoint the
+    request came in through, a line lost from every call of one endpoint is a change in all of its
+    calls, not in half of the controller's."""
+    detector = LogPatternDetector().fit_calibrated(_behind_two_endpoints("2026-01-01 00:00", 4, lost=False))
+    broken = detector.detect(_behind_two_endpoints("2026-01-01 00:10", 2, lost=True))
+    top = broken.sort_values("raw_score").iloc[-1]
+    assert top["evidence"]["operation"] == "/prices/list > PriceController.query"
+    assert top["evidence"]["anomaly_type"] == "pattern_vanished"
+    assert top["raw_score"] > 0.7  # keyed by the controller alone, at most half the calls changed
+    healthy = detector.detect(_behind_two_endpoints("2026-01-01 00:20", 2, lost=False))
+    assert healthy["raw_score"].max() < 0.15

@@ -281,8 +281,36 @@ def _given_first(cells: pd.DataFrame, cell: list[str], min_units: int) -> pd.Dat
 
 
 def _spans(traces: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Spans as units: trace and span id, service, operation and start, or ``None`` without traces."""
+    """Spans as units: trace and span id, service, operation and start, or ``None`` without traces.
+
+    The operation is the span's name, qualified by the endpoint the request entered its service
+    through (:func:`_entry_names`) where that is another span: one controller method behind two
+    endpoints (``PriceController.query`` behind ``/prices/{routeId}`` and ``/prices/byRouteIds``)
+    runs two code paths, and a line that only one of them logs would otherwise be expected in
+    just part of the calls, so its vanishing could never count as a change in all of them.
+    """
     needed = ["trace_id", "span_id", "service_name", "span_name", "start_time"]
     if traces is None or traces.empty or not set(needed) <= set(traces.columns):
         return None
-    return traces[needed].rename(columns={"service_name": "service", "span_name": "op"}).reset_index(drop=True)
+    spans = traces[needed].rename(columns={"service_name": "service", "span_name": "op"}).reset_index(drop=True)
+    if "parent_span_id" in traces.columns:
+        entry = _entry_names(traces.reset_index(drop=True))
+        name = spans["op"].to_numpy(dtype=object)
+        spans["op"] = np.where(entry == name, name, entry + " > " + name)
+    return spans
+
+
+def _entry_names(traces: pd.DataFrame) -> np.ndarray:
+    """Per span, the name of its highest ancestor in the same service: where the request entered it."""
+    keys = pd.MultiIndex.from_arrays([traces["trace_id"].to_numpy(), traces["span_id"].to_numpy()])
+    parent = keys.get_indexer(pd.MultiIndex.from_arrays([traces["trace_id"].to_numpy(),
+                                                          traces["parent_span_id"].to_numpy()]))
+    service = traces["service_name"].to_numpy(dtype=object)
+    entry = np.arange(len(traces))
+    for _ in range(len(traces)):  # climbs one call level per pass; ends at the depth of the deepest trace
+        up = parent[entry]
+        climb = (up >= 0) & (service[np.maximum(up, 0)] == service)
+        if not climb.any():
+            break
+        entry = np.where(climb, up, entry)
+    return traces["span_name"].to_numpy(dtype=object)[entry]

@@ -96,8 +96,8 @@ class MeltBundle:
                 parts[name] = frame
                 continue
             times = frame[TIME_COLUMNS[name]]
-            if name == "traces":
-                times = frame.groupby("trace_id", sort=False)["start_time"].transform("min")
+            if name == "traces" and trace_start is not None:
+                times = frame["trace_id"].map(trace_start)
             elif name == "logs" and trace_start is not None and "trace_id" in frame.columns:
                 times = frame["trace_id"].map(trace_start).fillna(times)
             keep = pd.Series(True, index=frame.index)

@@ -37,6 +37,7 @@ from melt.timeutil import parse_duration
 
 PAIR = " -> "
 NO_SPAN = ""  # operation of units that are not spans (a trace's lines, or one line)
+MAX_CALL_DEPTH = 64  # nested spans within one service followed up to the entry point
 
 
 class LogPatternDetector(Detector):
@@ -307,9 +308,9 @@ def _entry_names(traces: pd.DataFrame) -> np.ndarray:
                                                           traces["parent_span_id"].to_numpy()]))
     service = traces["service_name"].to_numpy(dtype=object)
     entry = np.arange(len(traces))
-    for _ in range(len(traces)):  # climbs one call level per pass; ends at the depth of the deepest trace
+    for _ in range(MAX_CALL_DEPTH):  # one call level per pass; a broken trace whose parents loop stops here
         up = parent[entry]
-        climb = (up >= 0) & (service[np.maximum(up, 0)] == service)
+        climb = (up >= 0) & (up != entry) & (service[np.maximum(up, 0)] == service)
         if not climb.any():
             break
         entry = np.where(climb, up, entry)

@@ -109,7 +109,7 @@ class RobustZScore(Detector):
         return np.fmax(sigma, self.fleet_floor * typical)
 
     def score_floor(self, raw: np.ndarray) -> np.ndarray | None:
-        """A series 20 of its own robust sigmas out is anomalous, however wild the pooled history was.
+        """A point ``alert_z`` of its series' own robust sigmas out is anomalous, however wild the pooled history was.
 
         Calibration pools every series and tops its scale out at the largest training score: one
         series that ran 232 sigma out in the 2 h before (an earlier fault, in a rolling refit's

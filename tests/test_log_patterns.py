@@ -167,3 +167,15 @@ def test_a_line_lost_behind_one_of_two_endpoints_is_a_full_change() -> None:
     assert top["raw_score"] > 0.7  # keyed by the controller alone, at most half the calls changed
     healthy = detector.detect(_behind_two_endpoints("2026-01-01 00:20", 2, lost=False))
     assert healthy["raw_score"].max() < 0.15
+
+
+def test_spans_whose_parents_loop_still_fit_and_score() -> None:
+    """Broken input: two spans of one service name each other as parent. The climb to the entry
+    span stops instead of running forever, and each keeps a name."""
+    bundle = _behind_two_endpoints("2026-01-01 00:00", 2, lost=False)
+    spans = bundle.traces.copy()
+    spans.loc[spans["span_id"] == "entry", "parent_span_id"] = "query"
+    looped = MeltBundle(logs=bundle.logs, traces=spans)
+    scores = LogPatternDetector().fit_calibrated(looped).detect(looped)
+    assert not scores.empty
+    assert scores["evidence"].map(lambda e: e["operation"]).str.contains("PriceController.query").all()

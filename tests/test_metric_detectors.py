@@ -136,3 +136,32 @@ def test_a_series_calmer_than_its_peers_borrows_their_scale() -> None:
     assert quiet_peak(29.0, fleet_floor=0.0) > 10_000  # its own 0.2 ms scale
     assert quiet_peak(29.0, fleet_floor=0.5) < 10
     assert quiet_peak(600.0, fleet_floor=0.5) > 50
+
+
+def _cpu(minutes: int, seed: int, jump: dict[int, tuple[int, float]] | None = None) -> pd.DataFrame:
+    """CPU of 20 pods around 100 (robust sigma about 5); ``jump``: pod -> (first minute, sigmas) for 5 minutes."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2026-01-01", periods=minutes, freq="1min", tz="UTC")
+    rows = []
+    for pod in range(20):
+        values = 100 + rng.normal(0, 5, minutes)
+        if jump and pod in jump:
+            first, sigmas = jump[pod]
+            values[first:first + 5] += sigmas * 5
+        rows.append(pd.DataFrame({"timestamp": times, "service": f"svc{pod}", "metric": "cpu_usage", "value": values}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_a_point_far_out_alerts_even_after_a_wilder_history() -> None:
+    """The 10 h history held an earlier fault 232 sigma out, so calibration tops out there and a CPU
+    hog at 100 sigma calibrates under the threshold; past ``alert_z`` a point keeps a score in
+    proportion to its own z. Ordinary points keep their calibrated score."""
+    train = MeltBundle(metrics=_cpu(600, seed=0, jump={3: (300, 232.0)}))
+    test_frame = _cpu(30, seed=1, jump={7: (10, 100.0)}).assign(timestamp=lambda f: f["timestamp"] + pd.Timedelta("10h"))
+    scores = {z: build_detector("zscore", {"alert_z": z}).fit_calibrated(train).detect(MeltBundle(metrics=test_frame))
+              for z in (0.0, 20.0)}
+    hog = {z: float(s.loc[s["service"] == "svc7", "score"].max()) for z, s in scores.items()}
+    assert hog[0.0] < 4.0
+    assert hog[20.0] >= 4.0 * 90 / 20
+    calm = {z: s.loc[s["service"] != "svc7", "score"].to_numpy() for z, s in scores.items()}
+    np.testing.assert_allclose(calm[0.0], calm[20.0])

@@ -34,6 +34,17 @@ def test_a_payload_cut_by_the_loggers_length_limit_reads_as_the_whole_one() -> N
     assert TemplateMiner().mask(pd.Series(["sent {a=1} to queue"])).tolist() == ["sent <JSON> to queue"]
 
 
+def test_a_list_of_ids_is_one_value_whatever_its_length() -> None:
+    """Drain groups by token count: unmasked, each list length would be a template of its own, and a
+    line that vanishes from most calls would vanish from several templates, each under half of them."""
+    ids = [f"a5f3c2d1-1111-2222-3333-44445555666{i}:{kind}" for i, kind in enumerate(["ZhiDa", "GaoTieOne", "DongCheOne"])]
+    lines = pd.Series([f"[Query price][routeId and Train Type: [{', '.join(ids[:n])}]]" for n in (2, 3, 2, 3)]
+                      + ["Route IDs: [7, 12, 30]", "took 12 ms, 3 retries", "x=1, y=2"])
+    masked = TemplateMiner().mask(lines).tolist()
+    assert masked[:4] == ["[Query price][routeId and Train Type: [<LIST>]]"] * 4
+    assert masked[4:] == ["Route IDs: [<LIST>]", "took <NUM> ms, <NUM> retries", "x=<NUM>, y=<NUM>"]
+
+
 def test_matching_never_changes_the_fitted_miner() -> None:
     miner = TemplateMiner()
     miner.fit(pd.Series([f"Connected to db in {i} ms" for i in range(50)] + ["Cache miss for key user:7"] * 5))

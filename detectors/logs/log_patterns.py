@@ -295,7 +295,7 @@ def _spans(traces: pd.DataFrame | None) -> pd.DataFrame | None:
         return None
     spans = traces[needed].rename(columns={"service_name": "service", "span_name": "op"}).reset_index(drop=True)
     if "parent_span_id" in traces.columns:
-        entry = _entry_names(traces.reset_index(drop=True))
+        entry = _entry_names(traces)
         name = spans["op"].to_numpy(dtype=object)
         spans["op"] = np.where(entry == name, name, entry + " > " + name)
     return spans

@@ -30,6 +30,7 @@ import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
 from detectors.logs.templates import TemplateMiner
+from detectors.traces.span_tree import entry_rows
 from melt.bundle import MeltBundle
 from melt.calibration import effect_size_floor
 from melt.detector import Detector, empty_scores
@@ -37,7 +38,6 @@ from melt.timeutil import parse_duration
 
 PAIR = " -> "
 NO_SPAN = ""  # operation of units that are not spans (a trace's lines, or one line)
-MAX_CALL_DEPTH = 64  # nested spans within one service followed up to the entry point
 
 
 class LogPatternDetector(Detector):
@@ -285,7 +285,7 @@ def _spans(traces: pd.DataFrame | None) -> pd.DataFrame | None:
     """Spans as units: trace and span id, service, operation and start, or ``None`` without traces.
 
     The operation is the span's name, qualified by the endpoint the request entered its service
-    through (:func:`_entry_names`) where that is another span: one controller method behind two
+    through (:func:`detectors.traces.span_tree.entry_rows`) where that is another span: one controller method behind two
     endpoints (``PriceController.query`` behind ``/prices/{routeId}`` and ``/prices/byRouteIds``)
     runs two code paths, and a line that only one of them logs would otherwise be expected in
     just part of the calls, so its vanishing could never count as a change in all of them.
@@ -295,23 +295,7 @@ def _spans(traces: pd.DataFrame | None) -> pd.DataFrame | None:
         return None
     spans = traces[needed].rename(columns={"service_name": "service", "span_name": "op"}).reset_index(drop=True)
     if "parent_span_id" in traces.columns:
-        entry = _entry_names(traces)
+        entry = traces["span_name"].to_numpy(dtype=object)[entry_rows(traces)]
         name = spans["op"].to_numpy(dtype=object)
         spans["op"] = np.where(entry == name, name, entry + " > " + name)
     return spans
-
-
-def _entry_names(traces: pd.DataFrame) -> np.ndarray:
-    """Per span, the name of its highest ancestor in the same service: where the request entered it."""
-    keys = pd.MultiIndex.from_arrays([traces["trace_id"].to_numpy(), traces["span_id"].to_numpy()])
-    parent = keys.get_indexer(pd.MultiIndex.from_arrays([traces["trace_id"].to_numpy(),
-                                                          traces["parent_span_id"].to_numpy()]))
-    service = traces["service_name"].to_numpy(dtype=object)
-    entry = np.arange(len(traces))
-    for _ in range(MAX_CALL_DEPTH):  # one call level per pass; a broken trace whose parents loop stops here
-        up = parent[entry]
-        climb = (up >= 0) & (up != entry) & (service[np.maximum(up, 0)] == service)
-        if not climb.any():
-            break
-        entry = np.where(climb, up, entry)
-    return traces["span_name"].to_numpy(dtype=object)[entry]

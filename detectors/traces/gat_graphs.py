@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from detectors.traces.span_tree import parent_rows
+
 KINDS = ("server", "client", "producer", "consumer")
 NUMERIC = ["log_duration", "error", *(f"kind_{k}" for k in KINDS), "kind_other", "has_http", "http_class",
            "log_children", "log_depth", "log_span_count", "log_total_duration", "log_avg_duration",
@@ -94,8 +96,7 @@ class Baselines:
 def _span_table(spans: pd.DataFrame) -> pd.DataFrame:
     """Per span: trace code, operation, parent row, children, caller and root operation, trace span count."""
     trace = spans["trace_id"].astype(str)
-    key = pd.MultiIndex.from_arrays([trace, spans["span_id"].astype(str)])
-    parent = key.get_indexer(pd.MultiIndex.from_arrays([trace, spans["parent_span_id"].astype(str).fillna("")]))
+    parent = parent_rows(spans)
     codes, _ = pd.factorize(trace)
     operation = (spans["service_name"].astype(str) + " " + spans["span_name"].astype(str)).to_numpy(dtype=object)
     has_parent = parent >= 0

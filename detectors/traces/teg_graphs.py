@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import HashingVectorizer
 
+from detectors.traces.span_tree import parent_rows, span_index
+
 HASH_DIM = 32
 EXTRA = ["is_span", "is_log", "duration_z", "error", "warn", "unseen"]
 
@@ -64,9 +66,8 @@ def build_graphs(spans: pd.DataFrame, logs: pd.DataFrame | None, log_keys: np.nd
     """
     spans = spans.reset_index(drop=True)
     n_spans = len(spans)
-    span_key = pd.MultiIndex.from_arrays([spans["trace_id"].astype(str), spans["span_id"].astype(str)])
-    parent = span_key.get_indexer(pd.MultiIndex.from_arrays([spans["trace_id"].astype(str),
-                                                             spans["parent_span_id"].astype(str).fillna("")]))
+    span_key = span_index(spans)
+    parent = parent_rows(spans, span_key)
     status = spans["status_code"].fillna(0).to_numpy() if "status_code" in spans.columns else np.zeros(n_spans)
     start = pd.to_datetime(spans["start_time"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
     span_text = (spans["service_name"].astype(str) + " " + spans["span_name"].astype(str)).to_numpy()

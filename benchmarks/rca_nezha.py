@@ -6,6 +6,8 @@
     the fault starts: unlabelled, as a production history is, so it may hold earlier faults (the
     recordings of earlier cases) and also the same fault where it was on before its stated start.
     A longer history outvotes both; a short lead-in alone does not (docs/benchmarks.md).
+    ``--history-signals metrics`` keeps the history's metrics only, so logs and traces are compared
+    with ``construct_data`` alone, as Nezha does (the construct_data metric files hold the faults).
 (b) end to end: melt finds the incidents over the whole day itself, then ranks them. With
     ``--retrain-every`` (default 10min; ``off`` fits once), the detectors are refitted every period
     on the fault-free bundle plus the ``detect.train_window`` (2h) before the period, as a deployed
@@ -38,6 +40,7 @@ from melt.config import load_config  # noqa: E402
 from melt.ensemble import window_incident  # noqa: E402
 from melt.incident_evaluation import evaluate, format_table, read_truth  # noqa: E402
 from melt.pipeline import detect, fit_detectors, report_incidents, score_all  # noqa: E402
+from melt.schema import SIGNALS  # noqa: E402
 from melt.sinks import make_sinks  # noqa: E402
 
 MODELS = "zscore,log_patterns,span_latency"
@@ -61,12 +64,13 @@ def without_metrics(normal_dir: Path, out: Path) -> Path:
 
 
 def window_given(bundle: MeltBundle, normal: MeltBundle, config: dict, models: list[str], out: Path,
-                 lead_in: pd.Timedelta, history: pd.Timedelta) -> list[dict]:
+                 lead_in: pd.Timedelta, history: pd.Timedelta, history_signals: list[str]) -> list[dict]:
     """Mode (a): one report per fault window, detectors fitted on that case's normal baseline."""
     reports, timings = [], []
     for fault in bundle.truth["faults"]:
         start, end = pd.Timestamp(fault["start"]), pd.Timestamp(fault["end"])
         before = bundle.slice_time(start - history, start)
+        before = MeltBundle(**{name: getattr(before, name) for name in history_signals}, validate=False)
         baseline = MeltBundle(logs=normal.logs, traces=normal.traces, validate=False).union(before)
         fitted = fit_detectors(baseline, models, config, quiet=True)
         signal_of = {name: model.signal for name, model in fitted.items()}
@@ -94,8 +98,13 @@ def main() -> None:
     parser.add_argument("--modes", default="a,b")
     parser.add_argument("--lead-in", default="1min", help="mode (a): minutes before each fault scored with it")
     parser.add_argument("--history", default="2h", help="mode (a): data before each fault added to the baseline")
+    parser.add_argument("--history-signals", default=",".join(SIGNALS),
+                        help="mode (a): the signals that the history adds to the baseline")
     parser.add_argument("--retrain-every", default="10min", help="mode (b): refit period, or 'off' to fit once")
     args = parser.parse_args()
+    history_signals = [name.strip() for name in args.history_signals.split(",")]
+    if unknown := sorted(set(history_signals) - set(SIGNALS)):
+        sys.exit(f"--history-signals: unknown signal(s) {', '.join(unknown)} (known: {', '.join(SIGNALS)})")
     if not args.data.is_dir():
         sys.exit(f"{args.data}: not found (the Nezha data lives in ../shared/data/nezha-trainticket)")
     config = load_config(ROOT / "config.yaml")
@@ -111,7 +120,7 @@ def main() -> None:
         if mode == "a":
             bundle, normal = MeltBundle.read(rca_dir), MeltBundle.read(normal_dir, signals=["logs", "traces"])
             reports = window_given(bundle, normal, config, models, out, pd.Timedelta(args.lead_in),
-                                   pd.Timedelta(args.history))
+                                   pd.Timedelta(args.history), history_signals)
         else:
             every = None if args.retrain_every == "off" else args.retrain_every
             rolling = {**config, "detect": {**config["detect"], "retrain_every": every}}

@@ -18,8 +18,8 @@ def span_index(spans: pd.DataFrame) -> pd.MultiIndex:
 def parent_rows(spans: pd.DataFrame, index: pd.MultiIndex | None = None) -> np.ndarray:
     """Row of each span's parent in ``spans`` (positional), -1 for a root or a parent not present."""
     keys = span_index(spans) if index is None else index
-    return keys.get_indexer(pd.MultiIndex.from_arrays([spans["trace_id"].astype(str),
-                                                       spans["parent_span_id"].astype(str).fillna("")]))
+    parents = spans["parent_span_id"].fillna("").astype(str)
+    return keys.get_indexer(pd.MultiIndex.from_arrays([keys.get_level_values(0), parents]))
 
 
 def entry_rows(spans: pd.DataFrame) -> np.ndarray:

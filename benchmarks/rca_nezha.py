@@ -67,10 +67,10 @@ def window_given(bundle: MeltBundle, normal: MeltBundle, config: dict, models: l
                  lead_in: pd.Timedelta, history: pd.Timedelta, history_signals: list[str]) -> list[dict]:
     """Mode (a): one report per fault window, detectors fitted on that case's normal baseline."""
     reports, timings = [], []
+    history_source = MeltBundle(**{name: getattr(bundle, name) for name in history_signals}, validate=False)
     for fault in bundle.truth["faults"]:
         start, end = pd.Timestamp(fault["start"]), pd.Timestamp(fault["end"])
-        before = bundle.slice_time(start - history, start)
-        before = MeltBundle(**{name: getattr(before, name) for name in history_signals}, validate=False)
+        before = history_source.slice_time(start - history, start)
         baseline = MeltBundle(logs=normal.logs, traces=normal.traces, validate=False).union(before)
         fitted = fit_detectors(baseline, models, config, quiet=True)
         signal_of = {name: model.signal for name, model in fitted.items()}

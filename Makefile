@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= data/demo
 REPORTS?= out/demo-reports
 DATA   ?= ../shared/data
+BOUTIQUE_TAR := $(DATA)/nezha-onlineboutique/nezha-onlineboutique.tar.xz
+BOUTIQUE := data/real/nezha-onlineboutique# unpacked once from BOUTIQUE_TAR (git-ignored)
 
 .PHONY: demo test bench lint clean
 
@@ -42,9 +44,12 @@ bench: $(STAMP)
 	@if [ -d "$(DATA)/loghub-2k" ]; then $(BIN)/python benchmarks/logs_loghub.py $(DATA)/loghub-2k; \
 	else echo "skipping loghub: no $(DATA)/loghub-2k (set DATA=path/to/shared/data)"; fi
 	@if [ -d "$(DATA)/nezha-trainticket" ]; then $(BIN)/python benchmarks/import_nezha.py $(DATA)/nezha-trainticket && \
-	$(BIN)/python benchmarks/logs_nezha.py $(DATA)/nezha-trainticket && \
-	$(BIN)/python benchmarks/rca_nezha.py $(DATA)/nezha-trainticket --models zscore,log_patterns; \
+	$(BIN)/python benchmarks/logs_nezha.py $(DATA)/nezha-trainticket; \
 	else echo "skipping Nezha: no $(DATA)/nezha-trainticket (set DATA=path/to/shared/data)"; fi
+	@if [ -f "$(BOUTIQUE_TAR)" ] && [ ! -d $(BOUTIQUE) ]; then mkdir -p data/real && tar -xJf $(BOUTIQUE_TAR) -C data/real; fi
+	@systems=""; for d in $(DATA)/nezha-trainticket $(BOUTIQUE); do [ -d "$$d" ] && systems="$$systems $$d"; done; \
+	if [ -n "$$systems" ]; then $(BIN)/python benchmarks/rca_nezha.py $$systems; \
+	else echo "skipping root-cause ranking on Nezha: no TrainTicket or OnlineBoutique data"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

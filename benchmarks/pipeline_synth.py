@@ -1,6 +1,6 @@
 """End-to-end pipeline on synthetic bundles, scored with ``melt evaluate``'s code.
 
-Usage: python benchmarks/pipeline_synth.py [--seeds 1,2,3,4,5,7] [--faults 7] [--duration 4h]
+Usage: python benchmarks/pipeline_synth.py [--seeds 1,2,3,4,5,7] [--faults 8] [--duration 4h]
        [--preset realistic] [--models all] [--out DIR]
 
 For each seed: generate a bundle (each seed on its own day, so that the windows of all seeds can
@@ -33,7 +33,7 @@ from synth.generate import SynthConfig, generate  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2,3,4,5,7")
-    parser.add_argument("--faults", type=int, default=7, help="faults per bundle (types cycle through all seven)")
+    parser.add_argument("--faults", type=int, default=8, help="faults per bundle (types cycle through all eight)")
     parser.add_argument("--duration", default="4h")
     parser.add_argument("--preset", default="realistic")
     parser.add_argument("--models", default="all")

@@ -40,3 +40,18 @@ def robust_baseline(values: pd.Series, keys: list[pd.Series] | pd.Series, rel_fl
 def severity_direction(z: np.ndarray) -> np.ndarray:
     """'spike' above the baseline, 'drop' below it."""
     return np.where(z >= 0, "spike", "drop")
+
+
+def median_shift_z(window_median: np.ndarray, n: np.ndarray, median: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """z-score of a window's median of ``n`` draws against a baseline median and sigma.
+
+    The median of ``n`` normal draws has a standard error of about 1.25 sigma / sqrt(n), so a
+    busy operation's small but steady shift counts, and one slow call among three does not.
+    """
+    return (window_median - median) / (sigma * 1.25 / np.sqrt(n))
+
+
+def binomial_z(count: np.ndarray, n: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """z-score of ``count`` events in ``n`` trials against a baseline ``rate`` (kept off 0 and 1)."""
+    p = np.clip(rate, 0.001, 0.999)
+    return (count - n * p) / np.sqrt(n * p * (1 - p))

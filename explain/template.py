@@ -141,13 +141,14 @@ class TemplateExplainer:
         causes = suggested_causes(facts)
         minutes = minutes_between(incident["start"], incident["end"])
         if not facts["top_causes"]:
-            text = f"Anomalies in {', '.join(incident['services'])} for {minutes:.0f} min; no root cause could be ranked."
+            where = f"in {', '.join(incident['services'])}" if incident["services"] else "that name no service"
+            text = f"Anomalies {where} for {minutes:.0f} min; no root cause could be ranked."
         else:
             top = facts["top_causes"][0]
             others = [c["service"] for c in facts["top_causes"][1:]]
             cited = ", ".join(top["evidence_ids"][:4]) or "no direct evidence"
             text = (f"{incident['severity'].capitalize()} incident over {minutes:.0f} min affecting "
-                    f"{', '.join(incident['services'][:5])}. The most likely root cause is {top['service']} "
+                    f"{', '.join(incident['services'][:5]) or top['service']}. The most likely root cause is {top['service']} "
                     f"(score {top['score']:.2f}; evidence {cited})")
             if causes:
                 text += f": {causes[0]}"

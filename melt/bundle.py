@@ -127,7 +127,7 @@ class MeltBundle:
         if parts["traces"] is not None:
             parts["traces"] = parts["traces"].drop_duplicates(["trace_id", "span_id"], ignore_index=True)
         if parts["metrics"] is not None:
-            key = [c for c in ("timestamp", "service", "instance", "metric") if c in parts["metrics"].columns]
+            key = [c for c in ("timestamp", "service", "instance", "metric", "peer") if c in parts["metrics"].columns]
             parts["metrics"] = parts["metrics"].drop_duplicates(key, ignore_index=True)
         return MeltBundle(**parts, truth=self.truth, validate=False)
 

@@ -32,7 +32,9 @@ class Detector:
     Subclasses set ``name`` (the entry-point name) and ``signal`` and implement :meth:`fit` and
     :meth:`score`. ``score`` returns one row per scored unit with the columns of
     :data:`SCORE_COLUMNS`: ``evidence`` is a dict that ends up in the report (include
-    ``value``, ``expected_range`` and ``anomaly_type`` where they make sense).
+    ``value``, ``expected_range`` and ``anomaly_type`` where they make sense). A row that scores a
+    call edge rather than a service carries the extra column ``caller``, with the callee as
+    ``service`` (:mod:`detectors.edges`): the ranking decides which end the anomaly belongs to.
     """
 
     name: ClassVar[str] = ""

@@ -41,19 +41,36 @@ def enough_training_data(train: MeltBundle, signal: str, config: dict[str, Any])
     return frame is not None and (signal == "events" or len(frame) >= int(config["detect"]["min_train_rows"]))
 
 
-def fit_detectors(train: MeltBundle, names: list[str], config: dict[str, Any], quiet: bool = False) -> dict[str, Detector]:
-    """Build each detector from ``config['detectors']`` and fit it with calibration."""
-    models = {}
+def fit_detectors(train: MeltBundle, names: list[str], config: dict[str, Any], quiet: bool = False,
+                  skipped: list[str] | None = None) -> dict[str, Detector]:
+    """Build each detector from ``config['detectors']`` and fit it with calibration.
+
+    A detector whose signal has no or too little training data (``detect.min_train_rows``) is left
+    out with one warning line, and the others go on: a real collection often lacks a signal (the
+    OnlineBoutique faults have no logs). Each skip is also appended to ``skipped``.
+
+    Raises:
+        PluginError: not one of ``names`` had enough training data.
+    """
+    models, short = {}, []
     for name in names:
         detector = build_detector(name, config["detectors"].get(name))
         frame = getattr(train, detector.signal)
         if not enough_training_data(train, detector.signal, config):
             rows = 0 if frame is None else len(frame)
-            raise PluginError(f"detector '{name}' has too little training data: {rows} {detector.signal} rows "
-                              f"(need {config['detect']['min_train_rows']}; use --train or a longer bundle)")
+            short.append(f"detector '{name}' has too little training data: {rows} {detector.signal} rows "
+                         f"(need {config['detect']['min_train_rows']})")
+            continue
         began = time.perf_counter()
         models[name] = detector.fit_calibrated(train)
         log(f"fitted {name} on {len(frame)} {detector.signal} rows in {time.perf_counter() - began:.1f}s", quiet)
+    if not models:
+        raise PluginError(f"{short[0] if len(short) == 1 else 'no detector has enough training data'}; "
+                          "use --train or a longer bundle")
+    for note in short:
+        log(f"skipped {note}", quiet, stage="melt warning")
+    if skipped is not None:
+        skipped.extend(short)
     return models
 
 
@@ -109,8 +126,8 @@ def train(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[
     bundle = MeltBundle.read(data)
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
-        log(f"skipped {note}", quiet)
-    return save_models(fit_detectors(bundle, names, config, quiet), out_dir)
+        log(f"skipped {note}", quiet, stage="melt warning")
+    return save_models(fit_detectors(bundle, names, config, quiet, skipped), out_dir)
 
 
 def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: MeltBundle,
@@ -180,7 +197,7 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict
     log(f"read {data}: " + ", ".join(f"{k}={v}" for k, v in bundle.summary().items()), quiet)
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
-        log(f"skipped {note}", quiet)
+        log(f"skipped {note}", quiet, stage="melt warning")
     retrain_every = config["detect"]["retrain_every"]
     if retrain_every and model_dir is None:
         reference = MeltBundle.read(train_dir) if train_dir else None
@@ -192,7 +209,7 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict
             models = {n: m for n, m in models.items() if m.signal in bundle.signals()}
         else:
             fit_on = MeltBundle.read(train_dir) if train_dir else training_split(bundle, config["detect"]["train_fraction"])
-            models = fit_detectors(fit_on, names, config, quiet)
+            models = fit_detectors(fit_on, names, config, quiet, skipped)
         signal_of = {name: model.signal for name, model in models.items()}
         scores = score_all(models, bundle, quiet)
     graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])

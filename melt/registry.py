@@ -101,7 +101,9 @@ def resolve_models(spec: str, signals: list[str]) -> tuple[list[str], list[str]]
     """Turn ``--models all|a,b`` into detector names.
 
     ``all`` picks every loaded detector whose signal the bundle has; returns (chosen, skipped with
-    reason). Named detectors whose signal is absent are an error, since the user asked for them.
+    reason). A named detector whose signal the bundle lacks is skipped too, with its reason: a real
+    collection often lacks a signal, and the other detectors still have work. Only when none is
+    left is it an error.
     """
     loaded, _ = discover()
     if spec.strip() == "all":
@@ -111,11 +113,14 @@ def resolve_models(spec: str, signals: list[str]) -> tuple[list[str], list[str]]
             raise PluginError(f"no detector can run on this bundle (it has: {', '.join(signals) or 'nothing'})")
         return chosen, skipped
     names = requested_names(spec)
-    for name in names:
-        info = get_plugin(name)
-        if info.signal not in signals:
-            raise PluginError(f"detector '{name}' needs {info.signal} but the bundle has no {info.signal}.parquet")
-    return names, []
+    absent = [name for name in names if get_plugin(name).signal not in signals]
+    if len(absent) == len(names):
+        info = get_plugin(names[0])
+        raise PluginError(f"detector '{names[0]}' needs {info.signal} but the bundle has no {info.signal}.parquet"
+                          if len(names) == 1 else
+                          f"none of the detectors can run on this bundle (it has: {', '.join(signals) or 'nothing'})")
+    return ([name for name in names if name not in absent],
+            [f"{name} (no {get_plugin(name).signal})" for name in absent])
 
 
 def build_detector(name: str, params: Mapping[str, Any] | None = None) -> Detector:

@@ -18,6 +18,7 @@ from melt.errors import ReportError
 from melt.json_schema import first_error
 
 SCHEMA_VERSION = "1.1"
+UNKNOWN_SERVICE = "unknown"  # the report's service when an incident names none and nothing ranked
 
 
 def validate_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def correlated_anomalies(incident: Incident, top: str, window: str = "1min") -> 
 def build_report(incident: Incident, candidates: list[dict[str, Any]], evidence: list[dict[str, Any]],
                  explanation: dict[str, Any], facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble one report. ``candidates`` and ``evidence`` are plain dicts (from rca and melt.evidence)."""
-    top = candidates[0]["service"] if candidates else incident.services[0]
+    top = candidates[0]["service"] if candidates else next(iter(incident.services), UNKNOWN_SERVICE)
     main = next((e for e in evidence if e["service"] == top and e["component"] != "events"), None) or (
         evidence[0] if evidence else {})
     report: dict[str, Any] = {

@@ -19,6 +19,7 @@ from melt.bundle import SIGNALS, TIME_COLUMNS, MeltBundle
 from melt.detector import Detector
 from melt.errors import PluginError
 from melt.progress import log
+from melt.timeutil import format_duration
 
 
 def periods(bundle: MeltBundle, every: pd.Timedelta) -> list[pd.Timestamp]:
@@ -69,20 +70,14 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
         # next period scores that time with its own fit
         parts.append(scores[(scores["timestamp"] >= start) & (scores["timestamp"] < start + every)])
         log(f"period {number}/{len(starts)} {start:%Y-%m-%d %H:%M}: {', '.join(usable)} fitted on "
-            f"the {_text(window)} before, {len(parts[-1])} score rows", quiet)
+            f"the {format_duration(window)} before, {len(parts[-1])} score rows", quiet)
     if not parts:
-        raise PluginError(f"no period of {_text(every)} could be scored: the {_text(window)} before each holds too little "
+        raise PluginError(f"no period of {format_duration(every)} could be scored: the {format_duration(window)} before each holds too little "
                           f"training data (give a fault-free bundle with --train)")
     if skipped:
         log(f"{skipped} period(s) without enough history or data were not scored", quiet)
     frames = [p for p in parts if len(p)]
     return (pd.concat(frames, ignore_index=True) if frames else parts[0]), signal_of
-
-
-def _text(span: pd.Timedelta) -> str:
-    """``2h``, ``10min``: a period as a user writes it."""
-    minutes = span.total_seconds() / 60
-    return f"{minutes / 60:g}h" if minutes >= 60 and minutes % 60 == 0 else f"{minutes:g}min"
 
 
 def _rows(bundle: MeltBundle, signal: str) -> int:

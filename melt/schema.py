@@ -15,6 +15,9 @@ import pandas as pd
 from melt.errors import BundleError
 
 SIGNALS: tuple[str, ...] = ("metrics", "logs", "traces", "events")
+EDGE_ARROW = " -> "
+"""How the two ends of a call are written in a name: a call edge ``caller -> callee``, and a call
+metric's series ``rpc.client.duration.p50 -> callee`` (the metric, then its ``peer``)."""
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 EVENT_KINDS: tuple[str, ...] = ("deploy", "config_change", "restart", "scale", "other")
 
@@ -38,8 +41,8 @@ SCHEMAS: dict[str, FrameSchema] = {
     "metrics": FrameSchema(
         "metrics",
         required={"timestamp": "time", "service": "str", "metric": "str", "value": "float"},
-        optional={"instance": "str", "label": "int"},
-        nullable=frozenset({"value", "instance"}),
+        optional={"instance": "str", "peer": "str", "label": "int"},
+        nullable=frozenset({"value", "instance", "peer"}),
     ),
     "logs": FrameSchema(
         "logs",

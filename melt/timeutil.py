@@ -26,3 +26,13 @@ def parse_duration(text: str | int | float) -> pd.Timedelta:
     if delta <= pd.Timedelta(0):
         raise ValueError(f"'{text}' must be positive")
     return delta
+
+
+def format_duration(span: pd.Timedelta) -> str:
+    """``1d``, ``2h``, ``10min``, ``90s``: a duration as a user writes it, in the largest unit that
+    keeps it whole (the inverse of :func:`parse_duration`)."""
+    seconds = span.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

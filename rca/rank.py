@@ -41,8 +41,14 @@ class Candidate:
 def own_evidence(scores: pd.DataFrame, kinds: pd.Series, config: dict[str, Any]) -> pd.DataFrame:
     """Per service and evidence kind: the strongest calibrated score above that kind's noise floor."""
     floors, weights, cap = config["noise_floor"], config["evidence_weights"], float(config["evidence_cap"])
-    columns = {kind: terms.excess(terms.strongest(scores, kinds, kind, rising_only=(kind == "resource")),
-                                  float(floors[kind]), cap) * float(weights[kind]) for kind in terms.EVIDENCE_KINDS}
+    columns = {}
+    for kind in terms.EVIDENCE_KINDS:
+        if kind == "calls":  # an edge's two ends: attributed to the end the anomalous edges share
+            strength = terms.call_edge_evidence(scores, kinds, float(floors[kind]), cap)
+        else:
+            strength = terms.excess(terms.strongest(scores, kinds, kind, rising_only=(kind == "resource")),
+                                    float(floors[kind]), cap)
+        columns[kind] = strength * float(weights[kind])
     return pd.DataFrame(columns).fillna(0.0)
 
 
@@ -99,21 +105,42 @@ def rank_root_causes(incident: Any, all_scores: pd.DataFrame, graph: nx.DiGraph,
         signal_of: detector name -> signal.
         config: the ``rca`` config section.
         threshold: the ensemble's alert threshold, for onset times.
-        candidates: services allowed to rank (those on the request path); ``None`` = all with evidence.
+        candidates: services allowed to rank (those on the request path); ``None`` = every service
+            with a score row in the evidence window. The list is filled up to ``top_k`` from them
+            (:func:`ranked_services`).
     """
     start, end = evidence_window(incident, config)
     window = all_scores[(all_scores["timestamp"] >= start) & (all_scores["timestamp"] < end)]
     table = term_table(window, graph, signal_of, config, incident.start, threshold, candidates)
     weights = config["weights"]
     total = table[list(TERMS)].mul(pd.Series({name: float(weights[name]) for name in TERMS})).sum(axis=1)
-    ranked = total[total > 0].sort_values(ascending=False, kind="stable").head(int(config["top_k"]))
-    symptoms = [s for s in incident.services if s in table.index]
+    symptoms = [s for s in incident.services if s in table.index]  # every service with evidence, ranked or not
+    ranked = ranked_services(total, window, candidates, int(config["top_k"]))
+    table = table.reindex(ranked.index).fillna(0.0)
     return [
         Candidate(service=str(s), score=round(float(v), 4),
                   terms={k: round(float(table.at[s, k]), 4) for k in table.columns},
                   path=propagation_path(graph, symptoms, str(s)))
         for s, v in ranked.items()
     ]
+
+
+def ranked_services(total: pd.Series, window: pd.DataFrame, candidates: set[str] | None, top_k: int) -> pd.Series:
+    """The ``top_k`` services by total score, filled up with the other candidates.
+
+    Every service involved in the incident can be the cause, so the list runs to ``top_k`` wherever
+    that many took part, also when only one or two had evidence above its noise floor: a
+    responder reads on down the list, and AC@3 or AC@5 are meaningless for a list of one. Ties
+    (a zero total most often) go to the service with the loudest single score in the window, then
+    by name, so the order is stable.
+    """
+    pool = set(total.index) | (set(candidates) if candidates else set(window["service"].dropna().astype(str)))
+    loudest = window.groupby("service", observed=True)["score"].max() if len(window) else pd.Series(dtype=float)
+    order = pd.DataFrame({"total": total.reindex(sorted(pool)).fillna(0.0)})
+    order["loudest"] = loudest.reindex(order.index).fillna(-np.inf).to_numpy()
+    order = order.rename_axis("service").reset_index()
+    order = order.sort_values(["total", "loudest", "service"], ascending=[False, False, True], kind="stable")
+    return order.set_index("service")["total"].head(top_k)
 
 
 def score_spread(candidates: list[Candidate]) -> float:

@@ -17,12 +17,18 @@ import re
 import networkx as nx
 import pandas as pd
 
-EVIDENCE_KINDS = ("resource", "logs", "reported", "traces", "symptoms")
+from melt.schema import EDGE_ARROW
+
+EVIDENCE_KINDS = ("resource", "logs", "reported", "traces", "calls", "symptoms")
+ONSET_KINDS = ("resource", "logs", "reported", "traces", "symptoms")  # kinds whose rows name the service they are about
 
 
 def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metrics: str,
                   host_metrics: str | None = None) -> pd.Series:
-    """The kind of each score row: resource | symptoms (other metrics) | logs | reported | traces | events.
+    """The kind of each score row: resource | symptoms (other metrics) | logs | reported | traces | calls | events.
+
+    ``calls`` rows score a call edge (they carry a ``caller``; :mod:`detectors.edges`), whichever
+    signal they were read from: :func:`call_edge_evidence` decides which end they speak about.
 
     ``reported`` rows are log rows that :func:`rca.attribution.attribute_to_peers` moved to the service
     they name. Metrics matching ``host_metrics`` describe the host a service runs on (node CPU, node
@@ -33,14 +39,17 @@ def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metr
     signal = scores["detector"].map(signal_of).fillna("unknown")
     entity = scores["entity"].astype(str)
     names = pd.Series(entity.unique())
-    matches = names.str.contains(resource_metrics, flags=re.IGNORECASE, regex=True)
+    metric = names.str.split(EDGE_ARROW, n=1, regex=False).str[0]  # a call metric's peer is not part of its name
+    matches = metric.str.contains(resource_metrics, flags=re.IGNORECASE, regex=True)
     if host_metrics:
-        matches &= ~names.str.contains(host_metrics, flags=re.IGNORECASE, regex=True)
+        matches &= ~metric.str.contains(host_metrics, flags=re.IGNORECASE, regex=True)
     is_resource = pd.Series(matches.to_numpy(), index=names.to_numpy())
     resource = signal.eq("metrics") & entity.map(is_resource).astype(bool)
     kind = signal.where(~signal.eq("metrics"), "symptoms").where(~resource, "resource")
     if "reported_by" in scores.columns:
         kind = kind.where(scores["reported_by"].isna(), "reported")
+    if "caller" in scores.columns:
+        kind = kind.where(scores["caller"].isna(), "calls")
     return kind
 
 
@@ -62,6 +71,37 @@ def excess(values: pd.Series, floor: float, cap: float) -> pd.Series:
     was near constant (a z of thousands) would outweigh every other service and kind.
     """
     return (values - floor).clip(lower=0, upper=cap)
+
+
+def call_edge_evidence(scores: pd.DataFrame, kinds: pd.Series, floor: float, cap: float) -> pd.Series:
+    """Per service: how far the call edges it takes part in moved, attributed to the end they share.
+
+    An edge's anomaly (its strongest ``calls`` score above ``floor``, capped) could belong to either
+    end. The data decide: in the Nezha OnlineBoutique network delays only the calls *into* the
+    delayed pod grow (frontend -> checkoutservice from 4 to 234 ms while checkoutservice's own
+    calls stay at 4-8 ms), and under a CPU hog on a caller *all* of its outgoing calls grow
+    (frontend -> every callee from 2-6 to about 90 ms). So:
+    - the caller's effect is its second most anomalous outgoing edge: two calls to different
+      services that grew together are explained more simply by the one service they share (with
+      one anomalous edge, nothing tells caller from callee, and the callee takes it);
+    - what the caller's effect does not explain moves to the callee, whose effect is the median of
+      that residue over its incoming edges: one caller of many is that caller's noise or trouble;
+    - a service's evidence is the larger of its two effects.
+    On OnlineBoutique the second edge rather than the median of a caller's edges ranks a CPU hog on
+    the frontend first where it slows only some of its calls (docs/rca.md); TrainTicket is unchanged.
+    """
+    rows = scores[(kinds == "calls").to_numpy()]
+    if rows.empty:
+        return pd.Series(dtype=float)
+    edges = excess(rows.groupby(["caller", "service"], observed=True)["score"].max(), floor, cap).rename("anomaly")
+    edges = edges.reset_index()
+    second = edges.sort_values("anomaly", ascending=False, kind="stable").groupby("caller", observed=True).nth(1)
+    caller_effect = second.set_index("caller")["anomaly"].reindex(edges["caller"].unique()).fillna(0.0)
+    residue = (edges["anomaly"] - caller_effect.reindex(edges["caller"]).fillna(0.0).to_numpy()).clip(lower=0.0)
+    callee_effect = residue.groupby(edges["service"].to_numpy()).median()
+    both = pd.concat([caller_effect, callee_effect], axis=1).max(axis=1)
+    both.index = both.index.astype(str)
+    return both
 
 
 def complaint_strength(scores: pd.DataFrame, kinds: pd.Series, floor: float, cap: float) -> pd.Series:
@@ -108,7 +148,7 @@ def propagation_term(graph: nx.DiGraph, own: pd.Series, alpha: float) -> pd.Seri
 
 def precedence_term(scores: pd.DataFrame, own_kinds: pd.Series, threshold: float) -> pd.Series:
     """1 for the service whose evidence crossed ``threshold`` first, falling with its onset order."""
-    hot = scores[own_kinds.isin(EVIDENCE_KINDS).to_numpy() & (scores["score"] >= threshold).to_numpy()]
+    hot = scores[own_kinds.isin(ONSET_KINDS).to_numpy() & (scores["score"] >= threshold).to_numpy()]
     if hot.empty:
         return pd.Series(dtype=float)
     onset = hot.groupby("service", observed=True)["timestamp"].min()

@@ -35,6 +35,32 @@ def subtree_sizes(spans: SpanArrays) -> np.ndarray:
     return size
 
 
+NETWORK_MEDIAN_MS = 0.4  # a call's round trip inside a cluster, before any fault
+
+
+def remote_calls(spans: SpanArrays) -> np.ndarray:
+    """Spans that a synchronous call from another service started (they cross the network)."""
+    return (spans.parent >= 0) & ~spans.is_async & (spans.service != spans.service[np.maximum(spans.parent, 0)])
+
+
+def network_time(spans: SpanArrays, rng: np.random.Generator) -> np.ndarray:
+    """The network's share of each call between two services: a log-normal round trip (median
+    :data:`NETWORK_MEDIAN_MS`, with a tail); 0 for calls inside a service and for async messages."""
+    return np.where(remote_calls(spans), rng.lognormal(np.log(NETWORK_MEDIAN_MS), 0.5, spans.size), 0.0)
+
+
+def in_subtrees(spans: SpanArrays, roots: np.ndarray) -> np.ndarray:
+    """The spans of ``roots`` (a mask) and every span below them (a subtree is contiguous in pre-order)."""
+    out = np.zeros(spans.size, dtype=bool)
+    first = np.flatnonzero(roots)
+    if first.size == 0:
+        return out
+    change = np.zeros(spans.size + 1, dtype=np.int64)
+    np.add.at(change, first, 1)
+    np.add.at(change, first + subtree_sizes(spans)[first], -1)
+    return np.cumsum(change)[:-1] > 0
+
+
 def add_retries(spans: SpanArrays, roots: np.ndarray, instances: np.ndarray,
                 rng: np.random.Generator) -> tuple[SpanArrays, np.ndarray]:
     """Insert a copy of each failed call's subtree right after it (its retry), keeping pre-order.

@@ -3,8 +3,10 @@
 Effects touch a span's *own* work, its wait before the call, or its *own* error only; latency,
 timeouts and errors then reach the callers through ``synth.calls``, so the root cause is where a
 change starts, not where it is loudest. The fault types follow the chaos experiments of the Nezha,
-RCAEval and AIOps-challenge datasets (CPU, memory, network delay, exceptions, pool exhaustion,
-bad deploys).
+RCAEval and AIOps-challenge datasets (CPU, memory, network delay and packet loss, exceptions,
+pool exhaustion, bad deploys). A network fault sits on the target's network, as a chaos tool's
+``tc netem`` on its pods does: every call into the target waits (or, with packet loss, is retried
+at the TCP level, times out, or never arrives), while the target's own work is unchanged.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from synth.calls import in_subtrees
 from synth.topology import Topology
 from synth.workload import SpanArrays
 
 FAULT_TYPES = ("latency", "error_burst", "cpu_saturation", "memory_leak", "network_delay", "pool_exhaustion",
-               "bad_deploy")
+               "bad_deploy", "packet_loss")
 ELIGIBLE_ROLES = {
     "latency": ("service", "db", "cache"),
     "error_burst": ("service",),
@@ -27,18 +30,23 @@ ELIGIBLE_ROLES = {
     "network_delay": ("service", "db", "cache"),
     "pool_exhaustion": ("db",),
     "bad_deploy": ("service", "frontend"),
+    "packet_loss": ("service", "db", "cache"),
 }
+NETWORK_FAULTS = ("network_delay", "packet_loss")  # on the target's network: every call into it
 POD_FAULTS = ("cpu_saturation", "memory_leak")  # injected into one pod, not the whole service
 ERROR_FAULTS = ("error_burst", "bad_deploy")  # change only the spans that fail
 MAGNITUDE = {  # (low, high) before the preset's severity scale; see apply_effects for the units
     "latency": (50.0, 250.0), "error_burst": (0.3, 0.6), "cpu_saturation": (3.0, 6.0), "memory_leak": (3.0, 6.0),
     "network_delay": (80.0, 250.0), "pool_exhaustion": (150.0, 400.0), "bad_deploy": (0.15, 0.35),
+    "packet_loss": (0.1, 0.25),
 }
+RTO_MS = 200.0  # Linux's minimum TCP retransmission timeout; each further loss doubles it
 RESTART_NS = 60_000_000_000  # an OOM-killed pod is down this long before the fault window ends
 
-# why a span raised its own error (the log template and status depend on it)
-CAUSE_NONE, CAUSE_BACKGROUND, CAUSE_EXCEPTION, CAUSE_DEPLOY, CAUSE_POOL, CAUSE_DOWN = range(6)
-CAUSE_STATUS = np.array([0, 500, 500, 500, 503, 503])
+# why a span raised its own error (the log template and status depend on it); CAUSE_LOST: the
+# request never reached the span's service (packet loss), so the span never ran
+CAUSE_NONE, CAUSE_BACKGROUND, CAUSE_EXCEPTION, CAUSE_DEPLOY, CAUSE_POOL, CAUSE_DOWN, CAUSE_LOST = range(7)
+CAUSE_STATUS = np.array([0, 500, 500, 500, 503, 503, 503])
 FAULT_CAUSE = {"error_burst": CAUSE_EXCEPTION, "bad_deploy": CAUSE_DEPLOY, "pool_exhaustion": CAUSE_POOL,
                "memory_leak": CAUSE_DOWN}
 
@@ -54,7 +62,6 @@ class Fault:
     start: int
     end: int
     magnitude: float
-    peer: int | None = None  # network_delay: the calling service whose calls are delayed
 
     @property
     def leak_end(self) -> int:
@@ -73,8 +80,6 @@ class Fault:
             "affected_services": affected,
             "magnitude": round(self.magnitude, 3),
         }
-        if self.peer is not None:
-            truth["peer_service"] = topology.services[self.peer]
         return truth
 
 
@@ -84,7 +89,7 @@ def schedule_faults(topology: Topology, spans: SpanArrays, n_faults: int, types:
     """Place ``n_faults`` faults after the warm-up, cycling through ``types``.
 
     Targets are services that at least 5% of requests reach (a fault nobody calls is invisible);
-    a network delay's peer is a service that really calls the target that often. Without
+    a network fault's target is also called by another service that often. Without
     ``overlap`` each fault gets its own slot; with it, start times are uniform and faults may
     overlap. ``severity`` scales every magnitude (presets make faults subtler or louder).
     """
@@ -100,7 +105,7 @@ def schedule_faults(topology: Topology, spans: SpanArrays, n_faults: int, types:
     for i in range(n_faults):
         kind = types[i % len(types)]
         candidates = np.flatnonzero(np.isin(roles, ELIGIBLE_ROLES[kind]) & reached)
-        if kind == "network_delay":
+        if kind in NETWORK_FAULTS:
             candidates = np.array([c for c in candidates if callers[c]])
         if candidates.size == 0:
             raise ValueError(f"the topology has no service that a '{kind}' fault can target "
@@ -113,9 +118,8 @@ def schedule_faults(topology: Topology, spans: SpanArrays, n_faults: int, types:
         magnitude = rng.uniform(low, high) * severity
         if kind in ("cpu_saturation", "memory_leak"):  # multipliers: scale the excess over 1
             magnitude = 1 + (rng.uniform(low, high) - 1) * severity
-        peer = int(rng.choice(callers[service])) if kind == "network_delay" else None
         faults.append(Fault(f"F{i + 1:03d}", kind, service, instance, begin, begin + duration_ns,
-                            float(min(magnitude, 0.95) if kind in ERROR_FAULTS else magnitude), peer))
+                            float(min(magnitude, 0.95) if kind in ERROR_FAULTS + ("packet_loss",) else magnitude)))
     return faults
 
 
@@ -142,14 +146,14 @@ def _busy_callers(topology: Topology, spans: SpanArrays, min_calls: float) -> li
 
 def fault_masks(spans: SpanArrays, faults: list[Fault]) -> list[np.ndarray]:
     """Per fault, the spans it hits directly: its service (pod) inside its window; for a network
-    delay, the calls from the peer service to the target."""
+    fault, the target's spans called from another service (calls inside the service stay local)."""
     masks = []
     for fault in faults:
         hit = (spans.service == fault.service) & (spans.request_time >= fault.start) & (spans.request_time < fault.end)
         if fault.instance is not None:
             hit &= spans.instance == fault.instance
-        if fault.peer is not None:
-            hit &= (spans.parent >= 0) & (spans.service[np.maximum(spans.parent, 0)] == fault.peer)
+        if fault.type in NETWORK_FAULTS:
+            hit &= (spans.parent >= 0) & (spans.service[np.maximum(spans.parent, 0)] != fault.service)
         masks.append(hit)
     return masks
 
@@ -170,6 +174,8 @@ def own_error_causes(spans: SpanArrays, faults: list[Fault], masks: list[np.ndar
             cause[hit & (draw < min(0.15 + fault.magnitude / 1500, 0.6))] = CAUSE_POOL
         elif fault.type == "memory_leak":  # the pod is down while it restarts after the OOM kill
             cause[hit & (spans.request_time >= fault.leak_end) & (draw < 0.97)] = CAUSE_DOWN
+        elif fault.type == "packet_loss":  # the connection fails outright: reset, or SYNs unanswered
+            cause[hit & (draw < fault.magnitude / 2)] = CAUSE_LOST
     return cause.astype(np.int8)
 
 
@@ -193,12 +199,36 @@ def apply_effects(spans: SpanArrays, faults: list[Fault], masks: list[np.ndarray
         elif fault.type == "memory_leak":  # GC thrash grows with the heap: slowdown up to magnitude
             progress = np.clip((spans.request_time[idx] - fault.start) / (fault.leak_end - fault.start), 0, 1)
             spans.self_ms[idx] *= 1 + (fault.magnitude - 1) * progress ** 2
-        elif fault.type == "network_delay":  # magnitude: mean extra ms per call from the peer
+        elif fault.type == "network_delay":  # magnitude: mean extra ms per call into the target
             spans.gap_ms[idx] += fault.magnitude * rng.lognormal(0, 0.3, idx.size)
+        elif fault.type == "packet_loss":  # magnitude: share of packets lost
+            spans.gap_ms[idx] += retransmission_wait(fault.magnitude, idx.size, rng)
         elif fault.type == "pool_exhaustion":  # magnitude: mean wait (ms) for a free connection
             spans.gap_ms[idx] += rng.exponential(fault.magnitude, idx.size)
         elif fault.type == "bad_deploy":  # the new build is also a little slower
             spans.self_ms[idx] *= 1.3
+
+
+def lose_requests(spans: SpanArrays, cause: np.ndarray) -> np.ndarray:
+    """Requests that packet loss kept from arriving: the client gives up after one retransmission
+    timeout (a reset or refused connection), and the call's service, and everything below it,
+    does no work. Returns the mask of lost spans (in place on ``spans``)."""
+    lost = cause == CAUSE_LOST
+    spans.gap_ms[lost] = RTO_MS
+    spans.self_ms[in_subtrees(spans, lost)] = 0.0
+    return lost
+
+
+def retransmission_wait(loss: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """ms a call waits for TCP retransmissions when a share ``loss`` of packets is lost.
+
+    Each loss waits one retransmission timeout, doubling from :data:`RTO_MS`, until a packet
+    gets through: ``k`` losses in a row cost ``RTO_MS * (2**k - 1)``. A call sends a few packets, so
+    it meets a first loss with about twice the packet loss rate.
+    """
+    hit = rng.random(n) < min(2 * loss, 0.95)
+    losses = np.where(hit, rng.geometric(1 - loss, n), 0)
+    return RTO_MS * (2.0 ** losses - 1)
 
 
 def changed_spans(spans: SpanArrays, fault: Fault, hit: np.ndarray, cause: np.ndarray, error: np.ndarray) -> np.ndarray:

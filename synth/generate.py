@@ -2,7 +2,7 @@
 
 Pipeline: topology -> request arrivals -> span trees -> faults' own errors -> retries -> fault
 effects on own work and waits -> timeouts, durations and errors resolved upward -> spans, logs,
-metrics and events -> ``truth.json``. All randomness
+metrics and events -> client spans above remote calls, and call metrics -> ``truth.json``. All randomness
 comes from one ``numpy.random.Generator`` seeded from ``seed``, so a seed gives identical files.
 """
 
@@ -18,7 +18,8 @@ from melt.bundle import MeltBundle
 from melt.errors import ConfigError
 from melt.progress import log
 from melt.timeutil import parse_duration
-from synth.calls import add_retries, endpoint_timeouts, resolve_calls
+from synth.calls import add_retries, endpoint_timeouts, in_subtrees, network_time, resolve_calls
+from synth.client_spans import add_client_spans
 from synth.events import benign_events, fault_events
 from synth.faults import (
     CAUSE_STATUS,
@@ -28,12 +29,13 @@ from synth.faults import (
     changed_spans,
     fault_masks,
     fault_slot,
+    lose_requests,
     own_error_causes,
     retry_roots,
     schedule_faults,
 )
 from synth.logs import background_logs, caller_problems, fault_logs, span_logs
-from synth.metrics import golden_signals, resource_metrics, to_long
+from synth.metrics import call_latency, golden_signals, resource_metrics, to_long
 from synth.text import random_ids
 from synth.topology import Topology, load_topology, random_topology
 from synth.workload import SpanArrays, arrival_times, build_templates, expand_requests
@@ -117,6 +119,7 @@ def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
     times = arrival_times(start, minutes, config.requests_per_minute, surges, rng)
     log(f"{len(topology.services)} services, {times.size} requests", quiet, stage="melt generate")
     spans = expand_requests(topology, templates, times, rng)
+    spans.gap_ms = network_time(spans, rng)
     try:
         faults = schedule_faults(topology, spans, config.faults, config.fault_types, start.value, end.value,
                                  config.warmup_fraction, fault_length.value, preset["severity"], config.overlap, rng)
@@ -131,6 +134,7 @@ def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
     masks = fault_masks(spans, faults)
     cause = np.where(spans.is_retry, own_error_causes(spans, faults, masks, background, rng), cause[source])
     apply_effects(spans, faults, masks, topology, rng)
+    lost = lose_requests(spans, cause)
     outcome = resolve_calls(spans, CAUSE_STATUS[cause], timeouts, preset["propagate"], rng)
     changed = [changed_spans(spans, f, m, cause, outcome.error) for f, m in zip(faults, masks, strict=True)]
     for fault_changed, hit in zip(changed, masks, strict=True):  # deadlines cancel, and retries repeat, downstream work
@@ -139,23 +143,26 @@ def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
 
     log(f"{spans.size} spans", quiet, stage="melt generate")
     trace = _span_frame(topology, spans, times, outcome.duration, outcome.start_ns, outcome.status, label, rng)
+    never_ran = in_subtrees(spans, lost)  # lost requests: only the caller's client span shows them
     logs = pd.concat([
         span_logs(trace, topology, cause, caller_problems(spans, outcome), rng),
         background_logs(topology, start.value, end.value, config.background_logs_per_minute, rng),
         fault_logs(topology, faults, rng),
     ], ignore_index=True).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    logs = logs[~logs["span_id"].isin(trace["span_id"].to_numpy()[never_ran])].reset_index(drop=True)
     log(f"{len(logs)} log lines", quiet, stage="melt generate")
 
-    golden = golden_signals(trace, interval, start, end)
+    golden = golden_signals(trace[~never_ran], interval, start, end)
     resources = resource_metrics(golden, topology, faults, noise, rng)
-    metrics = to_long(golden.join(resources))
     truth_faults = [f.to_truth(topology, affected_services(spans, m, c, topology))
                     for f, m, c in zip(faults, masks, changed, strict=True)]
-    metrics["label"] = _metric_labels(metrics, truth_faults)
     events = pd.concat([benign_events(topology, start.value, end.value, preset["events"], rng),
                         fault_events(topology, faults, preset["distractors"], rng)], ignore_index=True)
     events = events[(events["timestamp"] >= start) & (events["timestamp"] < end)]
     events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    trace = add_client_spans(trace, spans, outcome, lost, rng)
+    metrics = pd.concat([to_long(golden.join(resources)), call_latency(trace, interval)], ignore_index=True)
+    metrics["label"] = _metric_labels(metrics, truth_faults)
     truth = {
         "faults": truth_faults,
         "generator": {"seed": config.seed, "preset": config.preset, "services": topology.services,

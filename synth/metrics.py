@@ -34,6 +34,33 @@ def golden_signals(spans: pd.DataFrame, interval: pd.Timedelta, start: pd.Timest
     return wide[["request_rate", "error_rate", "latency_p50", "latency_p95", "latency_p99"]]
 
 
+def call_latency(trace: pd.DataFrame, interval: pd.Timedelta) -> pd.DataFrame:
+    """Median call latency per call edge and bucket, in seconds, as a mesh or RPC library reports it:
+    ``rpc.client.duration.p50`` measured by the caller (``peer`` = the callee, from its client spans)
+    and ``rpc.server.duration.p50`` measured by the callee (``peer`` = the caller, from the server
+    spans right below a client span)."""
+    client = trace[trace["span_kind"].eq("client").to_numpy()]
+    rows = pd.Index(trace["span_id"]).get_indexer(client["span_id"])
+    server_of = pd.Series(np.arange(len(trace)), index=trace["parent_span_id"].to_numpy())
+    below = server_of[~server_of.index.duplicated()].reindex(client["span_id"].to_numpy()).to_numpy()
+    bucket = trace["start_time"].dt.floor(interval).to_numpy()
+    caller = client["service_name"].to_numpy()
+    served = ~np.isnan(below)
+    callee = np.full(len(client), None, dtype=object)
+    callee[served] = trace["service_name"].to_numpy()[below[served].astype(int)]
+    # a lost call's callee: the one the same caller reaches through the same operation
+    known = pd.Series(callee).groupby([caller, client["span_name"].to_numpy()]).transform("first").to_numpy()
+    callee = np.where(served, callee, known)
+    sides = [pd.DataFrame({"timestamp": bucket[rows], "service": caller, "peer": callee,
+                           "metric": "rpc.client.duration.p50", "value": client["duration"].to_numpy() / 1000.0})]
+    server = below[served].astype(int)
+    sides.append(pd.DataFrame({"timestamp": bucket[server], "service": callee[served], "peer": caller[served],
+                               "metric": "rpc.server.duration.p50", "value": trace["duration"].to_numpy()[server] / 1000.0}))
+    frame = pd.concat(sides, ignore_index=True).dropna(subset=["peer"])
+    medians = frame.groupby(["timestamp", "service", "peer", "metric"], observed=True)["value"].median().reset_index()
+    return medians[["timestamp", "service", "metric", "value", "peer"]]
+
+
 def resource_metrics(golden: pd.DataFrame, topology: Topology, faults: list[Fault], noise: np.ndarray,
                      rng: np.random.Generator) -> pd.DataFrame:
     """CPU %, memory MB, GC pause ms, connection-pool use and queue depth per (service, instance, bucket).

@@ -22,6 +22,7 @@ from tests.conftest import REPO
 
 DATA = REPO / "tests" / "fixtures"
 NEZHA = REPO.parent / "shared" / "data" / "nezha-trainticket"
+BOUTIQUE = REPO / "data" / "real" / "nezha-onlineboutique"  # unpacked from ../shared/data (see its README)
 NS = 1_700_000_000_000_000_000
 
 
@@ -269,6 +270,43 @@ def test_nezha_layout(tmp_path) -> None:
     assert provenance["format"] == "nezha" and provenance["duplicate_spans"] == 1
 
 
+def test_nezha_directories_with_extra_files_a_broken_clock_and_edge_tables(tmp_path) -> None:
+    """OnlineBoutique's metric/ holds a call graph, per-edge latency tables and one table dated 2028."""
+    source = write_nezha_layout(tmp_path / "nezha")
+    metric = source / "rca_data" / "2023-01-29" / "metric"
+    (metric / "dependency.csv").write_text("Source,Target,Weight\nts-order-service,ts-contacts-service,1\n")
+    (metric / "notes.txt.csv").write_text("just,some,words\n1,2,3\n")
+    (metric / "ts-order-service-5b67c48447-mv5hb_metric.csv").write_text(  # 200,000,000 s ahead, like adservice
+        "Time,TimeStamp,PodName,CpuUsageRate(%)\n"
+        "2023-01-29 08:41:10 +0000 UTC,1874981670,ts-order-service-5b67c48447-mv5hb,3.2\n")
+    edges = "time,timestamp,ts-order-service_ts-contacts-service\n2023-01-29 08:41:28 +0000 UTC,1674981688,{}\n"
+    (metric.parent / "trace" / "README.csv").write_text("what,where\nspans,per minute\n")
+    (metric / "source_50.csv").write_text(edges.format("0.012"))
+    (metric / "destination_50.csv").write_text(edges.format("0.003"))
+    summary = import_source("nezha", source, tmp_path / "b", load_config(env={}), quiet=True)
+    notes = "\n".join(summary.notes)
+    assert "skipped" in notes and "dependency.csv: not a metric table (columns Source, Target, Weight)" in notes
+    assert "notes.txt.csv: not a metric table" in notes
+    assert "excluded" in notes and "ts-order-service-5b67c48447-mv5hb_metric.csv: its clock (2029-06-01" in notes
+    assert "trace/README.csv: not a trace table (columns what, where)" in notes
+    assert len(summary.notes) == 4 and "\n".join(summary.lines()).count("excluded") == 1
+    metrics = MeltBundle.read(tmp_path / "b").metrics
+    assert metrics["timestamp"].max() < pd.Timestamp("2023-01-30", tz="UTC")  # the 2028 table stretched nothing
+    calls = metrics[metrics["peer"].notna()].set_index("metric")
+    assert calls.loc["rpc.client.duration.p50", ["service", "peer", "value"]].tolist() == [
+        "ts-order-service", "ts-contacts-service", 0.012]
+    assert calls.loc["rpc.server.duration.p50", ["service", "peer", "value"]].tolist() == [
+        "ts-contacts-service", "ts-order-service", 0.003]
+    assert json.loads((tmp_path / "b" / "import.json").read_text())["notes"] == summary.notes
+
+
+def test_split_edge_uses_known_service_names() -> None:
+    from melt.importers.nezha import split_edge
+
+    assert split_edge("frontend_cartservice", set()) == ("frontend", "cartservice")
+    assert split_edge("my_app_other_svc", {"my_app", "other_svc"}) == ("my_app", "other_svc")
+
+
 @pytest.mark.skipif(not NEZHA.is_dir(), reason="real Nezha data (../shared/data) not present")
 def test_real_nezha_import(tmp_path) -> None:
     summary = import_source("nezha", NEZHA, tmp_path / "tt", load_config(env={}), quiet=True)
@@ -292,3 +330,30 @@ def test_cli_import_and_its_errors(tmp_path) -> None:
     bad_map = runner.invoke(cli, ["import", "csv", str(tmp_path), "--out", str(tmp_path / "d"), "--map", "x"])
     assert bad_map.exit_code == 2 and "--map takes SRC=DST" in bad_map.output
     assert len(bad_map.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not BOUTIQUE.is_dir(), reason="OnlineBoutique data not unpacked into data/real")
+def test_real_onlineboutique_import(tmp_path) -> None:
+    summary = import_source("nezha", BOUTIQUE, tmp_path / "ob", load_config(env={}), quiet=True)
+    assert summary.faults == 56
+    assert sum("dependency.csv: not a metric table" in note for note in summary.notes) == 2
+    excluded = [note for note in summary.notes if note.startswith("excluded")]
+    assert len(excluded) == 1 and "2022-08-22/metric/adservice-" in excluded[0] and "(2028-" in excluded[0]
+    metrics = MeltBundle.read(tmp_path / "ob", signals=["metrics"]).metrics
+    assert metrics["timestamp"].max() < pd.Timestamp("2022-08-24", tz="UTC")
+    edges = metrics[metrics["peer"].notna()]
+    assert edges.groupby(["service", "peer"]).ngroups == 2 * 14  # 14 call edges, seen from both ends
+
+
+def test_a_broken_clock_among_two_tables_excludes_only_itself(tmp_path) -> None:
+    """With two tables the median cannot tell which clock is broken; the directory's date can."""
+    date = tmp_path / "nezha" / "rca_data" / "2023-01-29"
+    (date / "metric").mkdir(parents=True)
+    row = "Time,TimeStamp,PodName,CpuUsageRate(%)\n2023-01-29 08:41:10 +0000 UTC,{},{}-5b67c48447-mv5hb,3.2\n"
+    (date / "metric" / "a_metric.csv").write_text(row.format(1674981670, "ts-a-service"))
+    (date / "metric" / "b_metric.csv").write_text(row.format(1874981670, "ts-b-service"))
+    (date / "metric" / "c_metric.csv").write_text("Time,TimeStamp,PodName,CpuUsageRate(%)\n")  # no rows at all
+    summary = import_source("nezha", tmp_path / "nezha", tmp_path / "b", load_config(env={}), quiet=True)
+    excluded = [note for note in summary.notes if note.startswith("excluded")]
+    assert len(excluded) == 2 and "b_metric.csv: its clock (2029-" in excluded[0] and "c_metric.csv: no readable time" in excluded[1]
+    assert set(MeltBundle.read(tmp_path / "b").metrics["service"]) == {"ts-a-service"}

@@ -92,7 +92,7 @@ def test_a_service_that_blames_another_is_waiting_on_it() -> None:
     incident = window_incident(scores, SIGNAL_OF, T0, T0 + pd.Timedelta(minutes=5), 4.0)
     config = load_config(None)["rca"]
     ranked = rank_root_causes(incident, scores, graph, SIGNAL_OF, config, 4.0)
-    assert [c.service for c in ranked] == ["db", "catalog"]
+    assert [c.service for c in ranked][:2] == ["db", "catalog"]
     assert ranked[1].terms["evidence.resource"] == 20.0  # the evidence itself is kept; its weight in `anomaly` falls
     trusting = rank_root_causes(incident, scores, graph, SIGNAL_OF, config | {"complaint_discount": 0.0}, 4.0)
     assert trusting[0].service == "catalog"

@@ -134,7 +134,6 @@ def test_truth_and_labels_are_complete(all_faults) -> None:
     for fault in all_faults.truth["faults"]:
         assert {"id", "type", "root_cause_service", "root_cause_instance", "start", "end", "affected_services"} <= set(fault)
         assert fault["root_cause_service"] in fault["affected_services"]
-    assert "peer_service" in next(f for f in all_faults.truth["faults"] if f["type"] == "network_delay")
     first = min(pd.Timestamp(f["start"]) for f in all_faults.truth["faults"])
     for signal, column in (("traces", "start_time"), ("logs", "timestamp"), ("metrics", "timestamp")):
         frame = all_faults.frame(signal)

@@ -12,8 +12,9 @@ what the service logged in one trace, or a single line without a trace id. For e
 operation, window) the detector compares the share of units that contain each pattern with the share
 seen in training; a pair's share counts among the units that logged its first line (Nezha's expected
 pattern: B that always followed A stops following it when the code throws between them). The score
-is the lower confidence bound of the change in share (the two-proportion z-test's interval): how much of the operation's calls changed, counting only the part of the change
-that the data support. A pattern that vanishes from half of an operation's calls outranks a busy
+is the lower confidence bound of the change in share (the two-proportion z-test's interval): how
+much of the operation's calls changed, counting only the part of the change that the data support
+(:mod:`detectors.pattern_shares`, shared with ``call_patterns``). A pattern that vanishes from half of an operation's calls outranks a busy
 operation whose share moved by a few points, however significant that small move is: input-dependent
 branches of a busy operation drift with the request mix, but a fault cuts or adds a code path in most
 calls. Shares conditioned on the operation do not move with traffic volume or with which operations
@@ -30,13 +31,21 @@ import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
 from detectors.logs.templates import TemplateMiner
+from detectors.pattern_shares import (
+    PAIR,
+    change_kind,
+    confident_change,
+    consecutive_pairs,
+    fit_baseline,
+    pattern_cells,
+    share_change,
+)
 from detectors.traces.span_tree import entry_rows
 from melt.bundle import MeltBundle
 from melt.calibration import effect_size_floor
 from melt.detector import Detector, empty_scores
 from melt.timeutil import parse_duration
 
-PAIR = " -> "
 NO_SPAN = ""  # operation of units that are not spans (a trace's lines, or one line)
 
 
@@ -117,14 +126,8 @@ class LogPatternDetector(Detector):
                 spans["bucket"] = span_units["start_time"].dt.floor(width).to_numpy()
             units = [units[0][units[0]["op"] == NO_SPAN], spans]
         events = [frame[keys + ["pattern"]]]
-        if self.pairs and len(frame) > 1:
-            same = np.ones(len(frame), dtype=bool)
-            for key in keys:
-                values = frame[key].to_numpy()
-                same[1:] &= values[1:] == values[:-1]
-            same[0] = False
-            previous = np.roll(frame["pattern"].to_numpy(), 1)
-            events.append(frame[same][keys].assign(pattern=previous[same] + PAIR + frame["pattern"].to_numpy()[same]))
+        if self.pairs:
+            events.append(consecutive_pairs(frame, keys))
         return pd.concat(events, ignore_index=True).drop_duplicates(), pd.concat(units, ignore_index=True)
 
     def _templates(self, logs: pd.DataFrame, traces: pd.DataFrame | None) -> np.ndarray:
@@ -137,9 +140,7 @@ class LogPatternDetector(Detector):
         self.miner_.fit(logs["message"])
         self.services_ = tuple(known_services(logs, bundle.traces))
         events, units = self._events(logs, bundle.traces, self._templates(logs, bundle.traces), None)
-        self.units_ = units.groupby(["service", "op"], observed=True).size().rename("base_n")
-        self.baseline_ = (events.groupby(["service", "op", "pattern"], observed=True).size()
-                          .rename("base_k").reset_index())
+        self.units_, self.baseline_ = fit_baseline(events, units)
         self.template_text_ = {str(k): v for k, v in self.miner_.templates().items()}
         return self
 
@@ -154,7 +155,7 @@ class LogPatternDetector(Detector):
         base_k, base_n = cells["base_k"].to_numpy(float), cells["base_n"].to_numpy(float)
         change, error = share_change(cells)
         z = change / error
-        kind = np.where(base_k == 0, "new_pattern", np.where(z < 0, "pattern_vanished", "pattern_grew"))
+        kind = change_kind(base_k, z)
         codes, patterns = pd.factorize(cells["pattern"])
         text = np.array([self._describe(p) for p in patterns], dtype=object)[codes]  # once per distinct pattern
         peer = np.array([self._peer(p) for p in patterns], dtype=object)[codes]
@@ -192,8 +193,7 @@ class LogPatternDetector(Detector):
         return effect_size_floor(raw, self.alert_share)
 
     def _confident_change(self, change: np.ndarray, error: np.ndarray) -> np.ndarray:
-        """The lower confidence bound of the absolute change in share (0 when the change is not significant)."""
-        return np.clip(np.abs(change) - self.confidence_z * error, 0.0, None)
+        return confident_change(change, error, self.confidence_z)
 
     def _cells(self, logs: pd.DataFrame, traces: pd.DataFrame | None, leave_out: bool) -> pd.DataFrame:
         """Per (service, op, bucket, pattern): units with the pattern ``k``, units ``n``, and the baseline's.
@@ -201,25 +201,7 @@ class LogPatternDetector(Detector):
         ``leave_out`` takes each cell's own counts out of the baseline (for data that is the training set).
         """
         events, units = self._events(logs, traces, self._templates(logs, traces), parse_duration(self.window))
-        cell = ["service", "op", "bucket"]
-        counts = units.groupby(cell, observed=True).size().rename("n").reset_index()
-        counts = counts.join(self.units_, on=["service", "op"], how="inner")  # unseen in training: no baseline
-        if leave_out:
-            counts["base_n"] = counts["base_n"] - counts["n"]
-            counts = counts[counts["base_n"] > 0]
-        counts = counts[counts["n"] >= self.min_units]
-        seen = events.groupby(cell + ["pattern"], observed=True).size().rename("k").reset_index()
-        # every baseline pattern of an active operation is a candidate too: vanished ones have no row
-        expected = counts.merge(self.baseline_, on=["service", "op"], how="inner")[cell + ["pattern"]]
-        cells = pd.concat([seen[cell + ["pattern"]], expected]).drop_duplicates()
-        cells = (cells.merge(counts, on=cell, how="inner")
-                 .merge(seen, on=cell + ["pattern"], how="left")
-                 .merge(self.baseline_, on=["service", "op", "pattern"], how="left"))
-        cells["k"] = cells["k"].fillna(0)
-        cells["base_k"] = cells["base_k"].fillna(0)
-        if leave_out:
-            cells["base_k"] = cells["base_k"] - cells["k"]
-        return _given_first(cells, cell, self.min_units)
+        return pattern_cells(events, units, self.units_, self.baseline_, leave_out, self.min_units)
 
     def _describe(self, pattern: str) -> str:
         return PAIR.join(describe(part, self.template_text_) for part in pattern.split(PAIR))
@@ -245,40 +227,6 @@ class LogPatternDetector(Detector):
         self.miner_.load(root / "drain3_state.json")
         for key, value in joblib.load(root / "state.joblib").items():
             setattr(self, key, value)
-
-
-def share_change(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Change of each cell's share ``k/n`` from ``base_k/base_n``, and its pooled standard error.
-
-    The two-proportion z-test's terms, with add-half smoothing so that empty cells stay finite.
-    """
-    k, n = cells["k"].to_numpy(float), cells["n"].to_numpy(float)
-    base_k, base_n = cells["base_k"].to_numpy(float), cells["base_n"].to_numpy(float)
-    share, base_share = (k + 0.5) / (n + 1), (base_k + 0.5) / (base_n + 1)
-    pooled = (k + base_k + 1) / (n + base_n + 2)
-    return share - base_share, np.sqrt(pooled * (1 - pooled) * (1 / (n + 1) + 1 / (base_n + 1)))
-
-
-def _given_first(cells: pd.DataFrame, cell: list[str], min_units: int) -> pd.DataFrame:
-    """A pair's share counts among the units that logged its first line, not among all the calls.
-
-    Nezha's expected patterns: when line A is always followed by line B, a B that no longer follows A
-    means the code path broke between them (an exception thrown after A), however rarely the request
-    mix reaches A. Pairs whose first line was logged in fewer than ``min_units`` units are dropped.
-    """
-    codes, patterns = pd.factorize(cells["pattern"])
-    parts = pd.Series(patterns, dtype=object).astype(str).str.split(PAIR, n=1, regex=False)  # once per pattern
-    is_pair = (parts.str.len() == 2).to_numpy()[codes]
-    if not is_pair.any():
-        return cells
-    singles = cells.loc[~is_pair, cell + ["pattern", "k", "base_k"]].rename(
-        columns={"pattern": "first", "k": "first_n", "base_k": "first_base_n"})
-    pairs = cells[is_pair].assign(first=parts.str[0].to_numpy()[codes[is_pair]])
-    pairs = pairs.merge(singles, on=cell + ["first"], how="left")
-    pairs["n"] = pairs["first_n"].fillna(0)
-    pairs["base_n"] = pairs["first_base_n"].fillna(0)
-    pairs = pairs[(pairs["n"] >= min_units) & (pairs["base_n"] > 0)]
-    return pd.concat([cells[~is_pair], pairs[cells.columns]], ignore_index=True)
 
 
 def _spans(traces: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -21,6 +21,7 @@ from detectors.metrics.matrix import (
     scale,
     scorable_wide,
     score_frame,
+    series_metric,
     smooth,
     trailing_mean,
     unit_codes,
@@ -74,7 +75,7 @@ class IsolationForestDetector(Detector):
     def fit(self, bundle: MeltBundle) -> Self:
         frame = self.require(bundle)
         self.scaler_ = fit_scaler(frame)
-        self.features_ = sorted(frame["metric"].astype(str).unique())
+        self.features_ = sorted(series_metric(frame).unique())
         x, _, _ = self._features(wide_metrics(frame))
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(x)),
                                        random_state=self.seed).fit(x)

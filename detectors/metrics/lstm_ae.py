@@ -22,6 +22,7 @@ from detectors.metrics.matrix import (
     scale,
     scorable_wide,
     score_frame,
+    series_metric,
     smooth,
     unit_codes,
     wide_metrics,
@@ -125,7 +126,7 @@ class LSTMAutoencoder(TorchNetworkMixin, Detector):
 
         frame = self.require(bundle)
         self.scaler_ = fit_scaler(frame)
-        self.features_ = sorted(frame["metric"].astype(str).unique())
+        self.features_ = sorted(series_metric(frame).unique())
         wide = wide_metrics(frame)
         windows, _, _ = self._windows(wide)
         times = wide.index.get_level_values("timestamp")

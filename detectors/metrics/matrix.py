@@ -12,16 +12,31 @@ import numpy as np
 import pandas as pd
 
 from detectors.robust import robust_baseline
+from melt.schema import EDGE_ARROW
 
 UNIT_KEYS = ["service", "instance"]
 CLIP = 50.0  # scaled values beyond +-CLIP robust sigmas carry no extra information
+
+
+def series_metric(frame: pd.DataFrame) -> pd.Series:
+    """Each row's metric name, qualified by its ``peer`` where it has one.
+
+    A call metric (``rpc.client.duration.p50``) is one series per peer service: without the peer in
+    its name, the series of a caller's calls to every callee would be one, with several points a
+    minute.
+    """
+    metric = frame["metric"].astype(str)
+    if "peer" not in frame.columns or not frame["peer"].notna().any():
+        return metric
+    peer = frame["peer"].astype("string")
+    return metric.where(peer.isna(), metric + EDGE_ARROW + peer.fillna(""))
 
 
 def wide_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (service, instance, timestamp), one column per metric (duplicates averaged)."""
     instance = frame["instance"].fillna("") if "instance" in frame.columns else pd.Series("", index=frame.index)
     long = pd.DataFrame({"service": frame["service"].astype(str).to_numpy(), "instance": instance.astype(str).to_numpy(),
-                         "timestamp": frame["timestamp"].to_numpy(), "metric": frame["metric"].astype(str).to_numpy(),
+                         "timestamp": frame["timestamp"].to_numpy(), "metric": series_metric(frame).to_numpy(),
                          "value": frame["value"].to_numpy(dtype=float)})
     # groupby+unstack keeps only (service, instance, timestamp) rows that exist; a pivot_table with
     # dropna=False would build the full product of the levels (every instance name under every service)
@@ -40,7 +55,7 @@ def fit_scaler(frame: pd.DataFrame, rel_floor: float = 0.02, min_points: int = 1
     which would hand a neural network inputs in the hundreds.
     """
     clean = frame.dropna(subset=["value"])
-    keys = [clean["service"].astype(str).rename("service"), clean["metric"].astype(str).rename("metric")]
+    keys = [clean["service"].astype(str).rename("service"), series_metric(clean).rename("metric")]
     stats = robust_baseline(clean["value"], keys, rel_floor=rel_floor)
     std = clean["value"].astype(float).groupby(keys, observed=True).std().fillna(0.0)
     stats["sigma"] = np.maximum(stats["sigma"], std.reindex(stats.index).fillna(0.0).to_numpy())

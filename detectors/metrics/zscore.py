@@ -19,7 +19,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from detectors.metrics.matrix import smooth
+from detectors.metrics.matrix import series_metric, smooth
 from detectors.robust import robust_baseline, severity_direction
 from melt.bundle import MeltBundle
 from melt.calibration import effect_size_floor
@@ -70,7 +70,7 @@ class RobustZScore(Detector):
     @staticmethod
     def _keys(frame: pd.DataFrame) -> list[pd.Series]:
         instance = frame["instance"].fillna("") if "instance" in frame.columns else pd.Series("", index=frame.index)
-        return [frame["service"].rename("service"), instance.rename("instance"), frame["metric"].rename("metric")]
+        return [frame["service"].rename("service"), instance.rename("instance"), series_metric(frame).rename("metric")]
 
     def fit(self, bundle: MeltBundle) -> Self:
         frame = self.require(bundle).dropna(subset=["value"])
@@ -149,7 +149,7 @@ class RobustZScore(Detector):
             "timestamp": frame["timestamp"].to_numpy(),
             "service": frame["service"].to_numpy(),
             "detector": self.name,
-            "entity": frame["metric"].to_numpy(),
+            "entity": key_arrays[2],
             "score": smooth(np.abs(z), series, self.smooth_window, how="median"),
             "evidence": evidence,
         })

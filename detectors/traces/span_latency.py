@@ -2,8 +2,10 @@
 
 A span's *self time* is its duration minus its synchronous children's: it grows in the service
 that is slow, not in the callers that merely wait for it, which is the trace evidence RCA needs
-(the "exclusive time" used by MicroRank and TraceRCA). An *own error* is an error status on a span
-none of whose children failed. Both are aggregated per (service, operation, window) and compared
+(the "exclusive time" used by MicroRank and TraceRCA). Client spans are left out: what they add
+beyond their server span is the network's and the callee's front door's, which
+:mod:`detectors.traces.call_edges` scores per call edge; here it would blame the caller. An *own
+error* is an error status on a span none of whose children failed. Both are aggregated per (service, operation, window) and compared
 with the training baseline: a robust z-score of the window's median log self time, and a binomial
 z-score of the own-error rate.
 """
@@ -15,7 +17,8 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from detectors.robust import robust_baseline
+from detectors.robust import binomial_z, median_shift_z, robust_baseline
+from detectors.traces.client_calls import client_span_mask
 from melt.bundle import MeltBundle
 from melt.detector import Detector, empty_scores
 from melt.errors import PluginError
@@ -66,7 +69,7 @@ class SpanLatencyDetector(Detector):
             raise PluginError(f"detector '{self.name}' needs the optional traces column 'start_time'")
         spans = self_time_and_own_error(spans)
         spans["log_self"] = np.log1p(spans["self_ms"])
-        return spans
+        return spans[~client_span_mask(spans)]  # a client span's own time is the call's: call_edges scores it
 
     def fit(self, bundle: MeltBundle) -> Self:
         spans = self._spans(bundle)
@@ -91,10 +94,9 @@ class SpanLatencyDetector(Detector):
         known = base["median"].notna().to_numpy()
         windows, base = windows[known], base[known]
         n = windows["n"].to_numpy()
-        # the median of n draws has standard error ~ 1.25 sigma / sqrt(n)
-        latency_z = (windows["log_self"].to_numpy() - base["median"].to_numpy()) / (base["sigma"].to_numpy() * 1.25 / np.sqrt(n))
+        latency_z = median_shift_z(windows["log_self"].to_numpy(), n, base["median"].to_numpy(), base["sigma"].to_numpy())
         p = np.clip(base["error_rate"].to_numpy(), 0.001, 0.999)
-        error_z = (windows["errors"].to_numpy() - n * p) / np.sqrt(n * p * (1 - p))
+        error_z = binomial_z(windows["errors"].to_numpy(), n, p)
         raw = np.maximum(np.abs(latency_z), error_z)
         kind = np.where(error_z > np.abs(latency_z), "error_burst", np.where(latency_z >= 0, "latency_spike", "latency_drop"))
         low = np.expm1(base["median"].to_numpy() - self.expected_sigmas * base["sigma"].to_numpy())

@@ -22,9 +22,10 @@ def parent_rows(spans: pd.DataFrame, index: pd.MultiIndex | None = None) -> np.n
     return keys.get_indexer(pd.MultiIndex.from_arrays([keys.get_level_values(0), parents]))
 
 
-def entry_rows(spans: pd.DataFrame) -> np.ndarray:
-    """Row of each span's highest ancestor in the same service: where the request entered it."""
-    parent = parent_rows(spans)
+def entry_rows(spans: pd.DataFrame, parent: np.ndarray | None = None) -> np.ndarray:
+    """Row of each span's highest ancestor in the same service: where the request entered it
+    (``parent``: :func:`parent_rows`, when already computed)."""
+    parent = parent_rows(spans) if parent is None else parent
     service = spans["service_name"].to_numpy(dtype=object)
     entry = np.arange(len(spans))
     for _ in range(MAX_CALL_DEPTH):  # one call level per pass

@@ -69,7 +69,8 @@ def import_source(fmt: str, src: str | Path, out: str | Path, config: dict[str, 
         chosen = {**settings["nezha"], **{k: v for k, v in (nezha or {}).items() if v is not None}}
         provenance["nezha"] = chosen
         truth = import_nezha(src, writer, subset=chosen["subset"], fault_duration=chosen["fault_duration"],
-                             service_regex=chosen["service_regex"], quiet=quiet)
+                             service_regex=chosen["service_regex"], max_clock_skew=chosen["max_clock_skew"],
+                             quiet=quiet)
         if not truth["faults"]:
             truth = None
     return writer.finish(truth, provenance)

@@ -5,6 +5,7 @@ One directory per date, under ``rca_data/`` (fault cases) or ``construct_data/``
     <date>/trace/HH_MM_trace.csv   TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration(us)
     <date>/log/HH_MM_log.csv       Timestamp,TimeUnixNano,Node,PodName,Container,TraceID,SpanID,Log(JSON with a 'log' field)
     <date>/metric/<pod>_metric.csv one wide 1-minute table per pod; front_service.csv for the entry point
+    <date>/metric/source_50.csv    (OnlineBoutique) median latency per call edge at the caller; destination_50.csv at the callee
     <date>/<date>-fault_list.json  {"HH": [{"inject_time", "inject_pod", "inject_type"}, ...]}
 
 Services are pod names without their last two ``-`` parts. ``inject_time`` is read as UTC (the
@@ -13,7 +14,9 @@ Services are pod names without their last two ``-`` parts. ``inject_time`` is re
 
 from __future__ import annotations
 
+import csv
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from melt.importers.columns import (
     POD_SUFFIX,
     duration_ms,
     note_problems,
+    numbers,
     service_names,
     split_level,
     to_utc,
@@ -34,11 +38,12 @@ from melt.importers.columns import (
 from melt.importers.sources import csv_batches, read_csv_chunks
 from melt.importers.writer import PLAUSIBLE_TIMES, BundleWriter
 from melt.progress import log
-from melt.timeutil import parse_duration
+from melt.timeutil import format_duration, parse_duration
 
 SPAN_COLUMNS = ["TraceID", "SpanID", "ParentID", "PodName", "OperationName", "StartTimeUnixNano", "Duration"]
 LOG_COLUMNS = ["TimeUnixNano", "PodName", "TraceID", "SpanID", "Log"]
 SUBSETS = {"rca": "rca_data", "normal": "construct_data"}
+EDGE_SIDES = {"source": "client", "destination": "server"}  # per-edge tables: measured at the caller / callee
 _DOCKER_LINE = r'^\{"log":"(?P<line>(?:[^"\\]|\\.)*)","stream":"[^"]*","time":"[^"]*"\}$'
 
 
@@ -63,24 +68,27 @@ def date_directories(src: str | Path, subset: str = "rca") -> list[Path]:
 
 
 def import_nezha(src: str | Path, writer: BundleWriter, *, subset: str = "rca", fault_duration: str = "3m",
-                 service_regex: str = POD_SUFFIX, quiet: bool = False) -> dict[str, Any]:
-    """Import every date directory under ``src`` into ``writer``; return the ground truth."""
+                 service_regex: str = POD_SUFFIX, max_clock_skew: str = "1d", quiet: bool = False) -> dict[str, Any]:
+    """Import every date directory under ``src`` into ``writer``; return the ground truth.
+
+    Files under ``metric/`` that are not metric tables are skipped, and a table whose clock lies
+    more than ``max_clock_skew`` from the other tables' is left out, each with a note
+    (:func:`import_metric_tables`).
+    """
     faults: list[dict[str, Any]] = []
+    skew = parse_duration(max_clock_skew)
     for date in date_directories(src, subset):
         for kind, convert, required in (("trace", _spans, SPAN_COLUMNS), ("log", _logs, LOG_COLUMNS)):
             files = sorted((date / kind).glob("*.csv"))
             total = 0
-            for chunk, lines, sources, done in csv_batches(files, writer.bad_rows, required=required):
+            foreign = partial(_skip_foreign, writer, kind)
+            for chunk, lines, sources, done in csv_batches(files, writer.bad_rows, required=required, foreign=foreign):
                 frame, problems = convert(chunk, service_regex)
                 total += writer.add("traces" if kind == "trace" else "logs", frame, sources, lines, problems)
                 log(f"{date.name} {kind}: {done}/{len(files)} files, {total:,} rows", quiet, stage="melt import")
-        metric_files = sorted((date / "metric").glob("*.csv"))
-        for file in metric_files:
-            for chunk, lines in read_csv_chunks(file, writer.bad_rows):
-                frame, frame_lines, problems = _in_file(file, _metrics, chunk, lines, service_regex)
-                writer.add("metrics", frame, str(file), frame_lines, problems)
-        if metric_files:
-            log(f"{date.name} metric: {len(metric_files)} files", quiet, stage="melt import")
+        imported = import_metric_tables(date / "metric", writer, service_regex, skew)
+        if imported:
+            log(f"{date.name} metric: {imported} files", quiet, stage="melt import")
         faults += fault_list(date, parse_duration(fault_duration), service_regex)
     return {"faults": faults, "source": {"format": "nezha", "subset": subset}}
 
@@ -169,6 +177,126 @@ def docker_log_lines(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
         except (json.JSONDecodeError, KeyError, TypeError):
             bad[position] = True
     return pd.Series(lines, index=raw.index, dtype="string"), bad
+
+
+def import_metric_tables(directory: Path, writer: BundleWriter, service_regex: str,
+                         max_clock_skew: pd.Timedelta) -> int:
+    """Import the metric tables of one ``metric/`` directory; return how many were imported.
+
+    Three kinds of table are known, told apart by their header:
+    - per pod (``TimeStamp``, ``PodName``) or per entry point (``TimeStamp``, ``ServiceName``):
+      one wide 1-minute row per pod;
+    - per call edge (``timestamp`` and ``caller_callee`` columns, OnlineBoutique's
+      ``source_50.csv`` and ``destination_50.csv``): the median latency of each edge in seconds, as
+      measured at the caller (``source_``) or at the callee (``destination_``). They become the
+      OpenTelemetry-style series ``rpc.client.duration.p50`` of the caller and
+      ``rpc.server.duration.p50`` of the callee, each with the other end in ``peer``;
+    - anything else (``dependency.csv``'s ``Source,Target,Weight``) is not a metric table: skipped,
+      with a note.
+    A table whose median time lies more than ``max_clock_skew`` from the median of the
+    directory's tables (OnlineBoutique's 2022-08-22 adservice table is dated 2028) would stretch
+    the bundle's period over years and score a clock error as an anomaly: it is left out, with a
+    note (:func:`_clock_centre`), as is a table with no readable time.
+    """
+    tables = {file: _table_kind(file) for file in sorted(directory.glob("*.csv"))}
+    for file, kind in tables.items():
+        if kind is None:
+            writer.note(f"skipped {file}: not a metric table (columns {', '.join(_header(file))})")
+    known = {file: kind for file, kind in tables.items() if kind is not None}
+    clocks = {file: _median_time(file, "TimeStamp" if kind != "edges" else "timestamp") for file, kind in known.items()}
+    centre = _clock_centre(directory.parent.name, clocks)
+    imported = 0
+    services: set[str] = set()
+    for file, kind in sorted(known.items(), key=lambda item: item[1] == "edges"):  # pods first: edges need names
+        clock = clocks[file]
+        if pd.isna(clock):
+            writer.note(f"excluded {file}: no readable time in its {'TimeStamp' if kind != 'edges' else 'timestamp'} column")
+            continue
+        if centre is not None and abs(clock - centre) > max_clock_skew:
+            writer.note(f"excluded {file}: its clock ({clock:%Y-%m-%d %H:%M}) is more than "
+                        f"{format_duration(max_clock_skew)} from the other tables' ({centre:%Y-%m-%d %H:%M})")
+            continue
+        for chunk, lines in read_csv_chunks(file, writer.bad_rows):
+            if kind == "edges":
+                frame, frame_lines, problems = _in_file(file, _edge_metrics, chunk, lines, file.name, services)
+            else:
+                frame, frame_lines, problems = _in_file(file, _metrics, chunk, lines, service_regex)
+                services.update(frame["service"].dropna().unique().tolist())
+            writer.add("metrics", frame, str(file), frame_lines, problems)
+        imported += 1
+    return imported
+
+
+def _skip_foreign(writer: BundleWriter, kind: str, file: Path, columns: list[str]) -> None:
+    """A file under ``trace/`` or ``log/`` that is not such a table: skipped, with a note."""
+    writer.note(f"skipped {file}: not a {kind} table (columns {', '.join(columns[:8])})")
+
+
+def _header(file: Path) -> list[str]:
+    with file.open(encoding="utf-8", errors="replace") as handle:
+        return next(csv.reader([handle.readline()]), [])
+
+
+def _table_kind(file: Path) -> str | None:
+    """``pods`` (per pod or entry point), ``edges`` (per call edge) or ``None`` (not a metric table)."""
+    columns = _header(file)
+    if "TimeStamp" in columns and ("PodName" in columns or "ServiceName" in columns):
+        return "pods"
+    if "timestamp" in columns and file.stem.split("_")[0] in EDGE_SIDES and any("_" in c for c in columns):
+        return "edges"
+    return None
+
+
+def _clock_centre(date_name: str, clocks: dict[Path, pd.Timestamp]) -> pd.Timestamp | None:
+    """The time the directory's tables should agree on: the median of their median times where
+    three or more read (one broken clock cannot move it), else noon of the directory's date, else
+    ``None`` (nothing to compare with)."""
+    readable = pd.Series(list(clocks.values()), dtype="datetime64[ns, UTC]").dropna()
+    if len(readable) >= 3:
+        return readable.median()
+    named = pd.to_datetime(date_name, format="%Y-%m-%d", utc=True, errors="coerce")
+    return None if pd.isna(named) else named + pd.Timedelta("12h")
+
+
+def _median_time(file: Path, column: str) -> pd.Timestamp:
+    """The median of a table's epoch-second time column (NaT when none reads)."""
+    stamps = pd.read_csv(file, usecols=[column], dtype=str)[column]
+    return to_utc(stamps, "s").median()
+
+
+def _edge_metrics(chunk: pd.DataFrame, lines: pd.Series, name: str,
+                  services: set[str]) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """A per-edge latency table (one ``caller_callee`` column per edge, seconds) to long metric rows."""
+    side = EDGE_SIDES[name.split("_")[0]]
+    quantile = name.rsplit(".", 1)[0].split("_")[-1]
+    edges = [c for c in chunk.columns if c not in ("time", "timestamp")]
+    stamps = to_utc(chunk["timestamp"], "s")
+    pairs = [split_edge(column, services) for column in edges]
+    values = np.column_stack([numbers(chunk[c]) for c in edges]) if edges else np.empty((len(chunk), 0))
+    own, peer = (0, 1) if side == "client" else (1, 0)
+    long = pd.DataFrame({
+        "timestamp": np.repeat(stamps.to_numpy(), len(edges)),
+        "service": np.tile(np.array([p[own] for p in pairs], dtype=object), len(chunk)),
+        "metric": f"rpc.{side}.duration.p{quantile}",
+        "value": values.ravel(),
+        "peer": np.tile(np.array([p[peer] for p in pairs], dtype=object), len(chunk)),
+    })
+    problems = pd.Series(pd.NA, index=long.index, dtype="string")
+    bad_time = np.repeat(unreadable(chunk["timestamp"], stamps), len(edges))
+    return long, pd.Series(np.repeat(lines.to_numpy(), len(edges))), note_problems(problems, bad_time,
+                                                                                   "timestamp is not a number")
+
+
+def split_edge(column: str, services: set[str]) -> tuple[str, str]:
+    """``caller_callee`` -> (caller, callee): at the underscore whose two sides are both known
+    services, else at the first underscore."""
+    cuts = [i for i, char in enumerate(column) if char == "_"]
+    for cut in cuts:
+        if column[:cut] in services and column[cut + 1:] in services:
+            return column[:cut], column[cut + 1:]
+    if not cuts:
+        raise SourceError(f"edge column {column!r} is not caller_callee")
+    return column[:cuts[0]], column[cuts[0] + 1:]
 
 
 def _metrics(chunk: pd.DataFrame, lines: pd.Series, service_regex: str) -> tuple[pd.DataFrame, pd.Series, pd.Series]:

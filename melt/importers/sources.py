@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -108,15 +108,18 @@ def read_csv_chunks(path: Path, bad_rows: BadRows, *, delimiter: str = ",",
 
 
 def csv_batches(files: list[Path], bad_rows: BadRows, *, required: list[str],
-                min_rows: int = 50_000, max_bytes: int = BATCH_BYTES
+                min_rows: int = 50_000, max_bytes: int = BATCH_BYTES,
+                foreign: Callable[[Path, list[str]], None] | None = None,
                 ) -> Iterator[tuple[pd.DataFrame, pd.Series, pd.Series, int]]:
     """Stream many small CSV files as batches of ``min_rows`` rows or ``max_bytes`` of files, whichever comes first.
 
     Yields ``(frame, line numbers, file of each row, files done)``, so per-batch work (conversion,
-    checks) is paid once per batch, not once per file.
+    checks) is paid once per batch, not once per file. A file that lacks one of the ``required``
+    columns is not this kind of data: with ``foreign``, it is handed to it (file, its columns) and
+    skipped; without, it is an error.
 
     Raises:
-        SourceError: a file lacks one of the ``required`` columns (named with the file).
+        SourceError: a file lacks one of the ``required`` columns (named with the file), and no ``foreign``.
     """
     frames: list[pd.DataFrame] = []
     lines: list[pd.Series] = []
@@ -126,6 +129,9 @@ def csv_batches(files: list[Path], bad_rows: BadRows, *, required: list[str],
         size += file.stat().st_size
         for chunk, chunk_lines in read_csv_chunks(file, bad_rows):
             missing = [c for c in required if c not in chunk.columns]
+            if missing and foreign is not None:
+                foreign(file, list(chunk.columns))
+                break
             if missing:
                 raise SourceError(f"{file}: column {missing[0]} is missing (have: {', '.join(chunk.columns)})")
             frames.append(chunk)

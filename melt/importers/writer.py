@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class ImportSummary:
     duplicate_spans: int
     seconds: float
     faults: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """A human summary, one item per line."""
@@ -48,6 +49,7 @@ class ImportSummary:
         out = [f"wrote {self.out}: {counts}{faults} in {self.seconds:.1f}s"]
         if self.duplicate_spans:
             out.append(f"{self.duplicate_spans:,} duplicate span(s) dropped (same trace_id and span_id)")
+        out.extend(self.notes)
         if self.bad_rows.count:
             out.extend(self.bad_rows.summary().splitlines())
         return out
@@ -88,7 +90,14 @@ class BundleWriter:
         self._buffered_bytes: dict[str, float] = dict.fromkeys(SIGNALS, 0.0)
         self._files: dict[str, list[Path]] = {name: [] for name in SIGNALS}
         self._duplicates = 0
+        self._notes: list[str] = []
         self._began = time.perf_counter()
+
+    def note(self, text: str) -> None:
+        """Record something the import left out on purpose (a file that is not data, a broken clock):
+        printed with the summary and kept in ``import.json``."""
+        self._notes.append(text)
+        log(text, self.quiet, stage="melt import")
 
     def add(self, signal: str, frame: pd.DataFrame, source: str | pd.Series, lines: pd.Series | None = None,
             problems: pd.Series | None = None) -> int:
@@ -169,10 +178,10 @@ class BundleWriter:
         if truth is not None:
             (self.out / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
         summary = ImportSummary(self.out, rows, self.bad_rows, self._duplicates, time.perf_counter() - self._began,
-                                faults=len(truth["faults"]) if truth else None)
+                                faults=len(truth["faults"]) if truth else None, notes=list(self._notes))
         record = {"melt_version": melt.__version__, **(provenance or {}), "rows": rows,
                   "bad_rows": self.bad_rows.count, "bad_row_examples": self.bad_rows.examples,
-                  "duplicate_spans": self._duplicates}
+                  "duplicate_spans": self._duplicates, "notes": self._notes}
         (self.out / "import.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         return summary
 

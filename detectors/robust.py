@@ -55,3 +55,23 @@ def binomial_z(count: np.ndarray, n: np.ndarray, rate: np.ndarray) -> np.ndarray
     """z-score of ``count`` events in ``n`` trials against a baseline ``rate`` (kept off 0 and 1)."""
     p = np.clip(rate, 0.001, 0.999)
     return (count - n * p) / np.sqrt(n * p * (1 - p))
+
+
+def fleet_floored(baseline: pd.DataFrame, fleet_floor: float, rel_floor: float) -> np.ndarray:
+    """Each series' sigma, raised to ``fleet_floor`` x the typical sigma of its metric.
+
+    ``baseline`` has ``median`` and ``sigma`` columns and a ``metric`` index level. The typical
+    sigma is the median over the metric's series that moved in training. A series far calmer than
+    its peers (an error rate that stayed 0, a client latency percentile that sat on one histogram
+    bucket for two hours) would otherwise score its first ordinary jump, one its peers make every
+    hour, in the thousands of sigma: shrinking its scale towards the fleet's, as empirical-Bayes
+    estimates do, keeps that jump in the single digits while a jump large for the whole fleet still
+    alerts. ``fleet_floor`` 0 = off.
+    """
+    sigma = baseline["sigma"].to_numpy()
+    if fleet_floor <= 0:
+        return sigma
+    metric = baseline.index.get_level_values("metric")
+    moving = baseline["sigma"] > baseline["median"].abs() * rel_floor + 1e-6
+    typical = baseline["sigma"].where(moving).groupby(metric).median().reindex(metric).to_numpy()
+    return np.fmax(sigma, fleet_floor * typical)

@@ -162,3 +162,17 @@ def test_call_patterns_sees_calls_an_operation_stopped_making() -> None:
     assert top["evidence"]["value"] == pytest.approx(0.1)  # 2 of 20 calls still ship
     calm = detector.detect(MeltBundle(traces=pd.DataFrame([row for i in range(200, 220) for row in trace(i, False, 30)])))
     assert calm["score"].max() < 4.0
+
+
+def test_server_tree_folds_a_call_into_its_server_span_and_keeps_lost_requests() -> None:
+    from detectors.traces.client_calls import server_tree
+
+    spans = pd.DataFrame([
+        _span("t", "a", None, "web", "GET /", 100.0, "server"),
+        _span("t", "c1", "a", "web", "GetCart", 30.0, "client", at=1),
+        _span("t", "s1", "c1", "cart", "GetCart", 12.0, "server", at=5),
+        _span("t", "c2", "a", "web", "GetCart", 200.0, "client", status=503, at=40),  # never arrived
+    ])
+    tree = server_tree(spans).set_index("span_id")
+    assert list(tree.index) == ["a", "s1", "c2"]
+    assert tree.loc["s1", "parent_span_id"] == "a" and tree.loc["c2", "parent_span_id"] == "a"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from detectors.robust import robust_baseline
+from detectors.robust import fleet_floored, robust_baseline
 from melt.schema import EDGE_ARROW
 
 UNIT_KEYS = ["service", "instance"]
@@ -46,19 +46,24 @@ def wide_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def fit_scaler(frame: pd.DataFrame, rel_floor: float = 0.02, min_points: int = 10) -> pd.DataFrame:
+def fit_scaler(frame: pd.DataFrame, rel_floor: float = 0.02, min_points: int = 10,
+               fleet_floor: float = 0.5) -> pd.DataFrame:
     """Centre (median) and scale per (service, metric) of the training frame; a (service, metric)
     with fewer than ``min_points`` training points is left out, so it is not scored.
 
     The scale is the larger of the MAD-based sigma and the standard deviation: MAD alone explodes
     on sensors that sit on one value and jump now and then (a pressure gauge, a retry counter),
-    which would hand a neural network inputs in the hundreds.
+    which would hand a neural network inputs in the hundreds. No scale falls below ``fleet_floor``
+    x its metric's typical scale across services (:func:`detectors.robust.fleet_floored`): an error
+    rate that stayed 0 through a short training window would otherwise turn its first error into
+    the clip value (on the demo bundle, 360 calibrated sigma from ``lstm_ae`` on an innocent service).
     """
     clean = frame.dropna(subset=["value"])
     keys = [clean["service"].astype(str).rename("service"), series_metric(clean).rename("metric")]
     stats = robust_baseline(clean["value"], keys, rel_floor=rel_floor)
     std = clean["value"].astype(float).groupby(keys, observed=True).std().fillna(0.0)
     stats["sigma"] = np.maximum(stats["sigma"], std.reindex(stats.index).fillna(0.0).to_numpy())
+    stats["sigma"] = fleet_floored(stats, fleet_floor, rel_floor)
     return stats.loc[stats["count"] >= min_points, ["median", "sigma"]]
 
 

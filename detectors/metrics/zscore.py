@@ -7,7 +7,7 @@ value is a seasonal profile, the median of the series at the same time of day (t
 profile behind STL's seasonal step, Cleveland et al. 1990), and the MAD is taken of the residuals,
 so a daily peak is not an anomaly. With less history, the expected value is the series median.
 No series' scale falls below ``fleet_floor`` (half) of its metric's typical scale across the
-fleet, an empirical-Bayes style shrinkage (:meth:`RobustZScore._fleet_floored`). A point
+fleet, an empirical-Bayes style shrinkage (:func:`detectors.robust.fleet_floored`). A point
 ``alert_z`` robust sigmas out scores at least the alert threshold whatever the training history
 held (:meth:`RobustZScore.score_floor`).
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.metrics.matrix import series_metric, smooth
-from detectors.robust import robust_baseline, severity_direction
+from detectors.robust import fleet_floored, robust_baseline, severity_direction
 from melt.bundle import MeltBundle
 from melt.calibration import effect_size_floor
 from melt.detector import Detector, empty_scores
@@ -39,7 +39,7 @@ class RobustZScore(Detector):
         smooth_window: the score is the trailing median of |z| over this many points of the series,
             so a lone one-point blip (a p99 of three requests) does not alert; 1 = off.
         fleet_floor: no series' sigma falls below this share of the typical sigma of its metric
-            across the series that moved in training (:meth:`_fleet_floored`); 0 = off.
+            across the series that moved in training (:func:`detectors.robust.fleet_floored`); 0 = off.
         alert_z: a (smoothed) score of at least this many robust sigmas scores at least 4 calibrated
             sigma (the ensemble's default threshold), and proportionally more above it, whatever the
             training history held; 0 = calibration only (:meth:`score_floor`).
@@ -86,27 +86,9 @@ class RobustZScore(Detector):
             floor = np.maximum(baseline["median"].abs() * self.rel_floor, 1e-6)
             baseline["sigma"] = np.maximum(residual["sigma"].reindex(baseline.index).to_numpy(), floor)
             self.profile_ = profile
-        baseline["sigma"] = self._fleet_floored(baseline)
+        baseline["sigma"] = fleet_floored(baseline, self.fleet_floor, self.rel_floor)
         self.baseline_ = baseline[baseline["count"] >= self.min_points]
         return self
-
-    def _fleet_floored(self, baseline: pd.DataFrame) -> np.ndarray:
-        """Each series' sigma, raised to ``fleet_floor`` x the typical sigma of its metric.
-
-        The typical sigma is the median over the metric's series that moved in training. A series
-        far calmer than its peers (an error rate that stayed 0, a client latency percentile that sat
-        on one histogram bucket for two hours) would otherwise score its first ordinary jump, one
-        its peers make every hour, in the thousands of sigma: shrinking its scale towards the
-        fleet's, as empirical-Bayes estimates do, keeps that jump in the single digits while a jump
-        large for the whole fleet still alerts.
-        """
-        sigma = baseline["sigma"].to_numpy()
-        if self.fleet_floor <= 0:
-            return sigma
-        metric = baseline.index.get_level_values("metric")
-        moving = baseline["sigma"] > baseline["median"].abs() * self.rel_floor + 1e-6
-        typical = baseline["sigma"].where(moving).groupby(metric).median().reindex(metric).to_numpy()
-        return np.fmax(sigma, self.fleet_floor * typical)
 
     def score_floor(self, raw: np.ndarray) -> np.ndarray | None:
         """A point ``alert_z`` of its series' own robust sigmas out is anomalous, however wild the pooled history was.

@@ -98,6 +98,22 @@ def span_callees(spans: pd.DataFrame, parent: np.ndarray | None = None) -> np.nd
     return np.where(calls.client, calls.callee, None)
 
 
+def server_tree(spans: pd.DataFrame) -> pd.DataFrame:
+    """The spans without the client spans that have a server span below them, whose children hang
+    from the client span's parent instead: the call tree as a trace of server spans draws it, for
+    models that learn a trace's shape (a client span and its server span are one call there).
+    Client spans whose request never arrived stay: they are the only trace of that call."""
+    if spans.empty:
+        return spans
+    s = call_structure(spans)
+    drop = s.client & s.has_children
+    if not drop.any():
+        return spans
+    parent_ids = spans["parent_span_id"].to_numpy(dtype=object)
+    lifted = np.where((s.parent >= 0) & drop[np.maximum(s.parent, 0)], parent_ids[np.maximum(s.parent, 0)], parent_ids)
+    return spans.assign(parent_span_id=lifted)[~drop].reset_index(drop=True)
+
+
 def client_calls(spans: pd.DataFrame, known_callees: pd.Series | None = None) -> pd.DataFrame:
     """One row per client span (see the module doc), with the columns of :data:`CALL_COLUMNS`.
 

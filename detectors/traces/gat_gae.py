@@ -26,6 +26,7 @@ from detectors.torch_model import (
     torch_device,
     trailing_split,
 )
+from detectors.traces.client_calls import server_tree
 from detectors.traces.gat_graphs import (
     NUMERIC,
     SpanGraphs,
@@ -116,6 +117,10 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         return GATGraphAutoencoder(numeric_dim, len(self.services_), len(self.operations_), self.embed_dim,
                                    self.hidden_dim, self.latent_dim, self.gat_heads)
 
+    def _spans(self, bundle: MeltBundle) -> pd.DataFrame:
+        """The bundle's spans as a trace of server spans draws them: a call is one node (its server span)."""
+        return server_tree(self.require(bundle))
+
     def _raw_graphs(self, spans: pd.DataFrame) -> SpanGraphs:
         """Span graphs with the learned vocabularies and baselines, numeric features not yet standardised."""
         return build_span_graphs(spans, pd.Index(self.services_, dtype=object), pd.Index(self.operations_, dtype=object),
@@ -173,7 +178,7 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
 
         if self.aggregation not in AGGREGATIONS:
             raise PluginError(f"gat_gae: aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
-        spans = self.require(bundle)
+        spans = self._spans(bundle)
         self.services_ = list(vocabulary(spans["service_name"]))
         self.operations_ = list(vocabulary(spans["service_name"].astype(str) + " " + spans["span_name"].astype(str)))
         self.baselines_ = learn_baselines(spans)
@@ -263,7 +268,7 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         how = aggregation or self.aggregation
         if how not in AGGREGATIONS:
             raise PluginError(f"gat_gae: aggregation must be one of {', '.join(AGGREGATIONS)}, got {how!r}")
-        graphs = self._graphs(self.require(bundle))
+        graphs = self._graphs(self._spans(bundle))
         errors = self.span_scores(graphs, batch_size=batch_size)
         starts, counts = graphs.trace_ptr[:-1], np.diff(graphs.trace_ptr)
         if how == "max":
@@ -281,7 +286,7 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         return table, graphs, errors
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
-        spans = self.require(bundle)
+        spans = self._spans(bundle)
         if spans.empty:
             return empty_scores()
         table, graphs, errors = self.trace_scores(bundle)

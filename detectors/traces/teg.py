@@ -27,6 +27,7 @@ from detectors.torch_model import (
     torch_device,
     trailing_split,
 )
+from detectors.traces.client_calls import server_tree
 from detectors.traces.graph_batch import gather
 from detectors.traces.teg_graphs import TraceGraphs, build_graphs
 from melt.bundle import MeltBundle
@@ -66,7 +67,7 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detect
 
     # ------------------------------------------------------------------ graphs
     def _graphs(self, bundle: MeltBundle, learn: bool) -> TraceGraphs:
-        spans = self.require(bundle)
+        spans = server_tree(self.require(bundle))  # a call is one node: its server span
         logs = bundle.logs
         usable = logs is not None and {"trace_id", "span_id"} <= set(logs.columns)
         if usable and (learn or getattr(self, "miner_", None) is not None):  # a model fitted without logs ignores them

@@ -28,6 +28,7 @@ demo: $(STAMP)
 	@echo "reports: $(REPORTS)/ (index.json lists them; ground truth in $(DEMO)/truth.json)"
 
 test: $(STAMP)
+	$(BIN)/lint-imports  # the layer contracts in pyproject.toml (docs/architecture.md)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -53,6 +54,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(DEMO) $(REPORTS) .pytest_cache

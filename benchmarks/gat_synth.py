@@ -36,9 +36,9 @@ from sklearn.metrics import roc_auc_score
 
 from detectors.traces.gat_gae import AGGREGATIONS
 from detectors.traces.gat_graphs import learn_baselines
-from melt.bundle import MeltBundle
-from melt.pipeline import training_split
-from melt.registry import build_detector
+from melt.core.bundle import MeltBundle
+from melt.core.registry import build_detector
+from melt.pipeline.fitting import training_split
 from synth.generate import SynthConfig, generate
 
 MUTATED = 300

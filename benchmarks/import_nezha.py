@@ -52,7 +52,7 @@ def input_bytes(dates: list[Path]) -> int:
 
 def naive_import(data: Path, out: Path) -> None:
     """The obvious converter: everything in memory at once, a Python loop for the nested JSON."""
-    from melt.bundle import MeltBundle
+    from melt.core.bundle import MeltBundle
 
     date = date_directories(data)[0]
     spans = pd.concat([pd.read_csv(f, on_bad_lines="skip", dtype=str) for f in sorted((date / "trace").glob("*.csv"))])

@@ -32,7 +32,7 @@ import yaml
 
 from detectors.logs.drain_tree import prefix_tree_drain
 from detectors.logs.templates import DEFAULT_MASKS, TemplateMiner
-from melt.scoring import grouping_accuracy
+from melt.evaluation.scoring import grouping_accuracy
 from synth.generate import SynthConfig, generate
 
 PUBLISHED_DRAIN = {"HDFS": 0.9975, "Spark": 0.92, "Zookeeper": 0.9665, "OpenStack": 0.7325, "OpenSSH": 0.7875,

@@ -36,10 +36,10 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.logs_loghub import throughput  # noqa: E402
 from detectors.logs.templates import DEFAULT_MASKS  # noqa: E402
-from melt.bundle import MeltBundle  # noqa: E402
-from melt.config import load_config  # noqa: E402
+from melt.core.bundle import MeltBundle  # noqa: E402
+from melt.core.config import load_config  # noqa: E402
+from melt.core.registry import build_detector  # noqa: E402
 from melt.importers import import_source  # noqa: E402
-from melt.registry import build_detector  # noqa: E402
 
 RECOVERY = pd.Timedelta("2min")
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from melt.bundle import MeltBundle
-from melt.registry import build_detector
-from melt.scoring import pointwise
+from melt.core.bundle import MeltBundle
+from melt.core.registry import build_detector
+from melt.evaluation.scoring import pointwise
 
 PUBLISHED = {"Conv-AE": 0.78, "MSET": 0.78, "T2+Q (PCA)": 0.76, "LSTM-AE": 0.74, "T2": 0.66, "LSTM-VAE": 0.56,
              "Vanilla LSTM": 0.54, "Vanilla AE": 0.39, "MSCRED": 0.36, "Isolation Forest": 0.29}

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from melt.bundle import MeltBundle
-from melt.pipeline import training_split
-from melt.registry import build_detector
-from melt.scoring import eventwise, pointwise
+from melt.core.bundle import MeltBundle
+from melt.core.registry import build_detector
+from melt.evaluation.scoring import eventwise, pointwise
+from melt.pipeline.fitting import training_split
 from synth.generate import SynthConfig, generate
 
 DETECTORS = ["zscore", "iforest", "lstm_ae"]

@@ -24,9 +24,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from melt.config import default_config  # noqa: E402
-from melt.incident_evaluation import evaluate, format_table  # noqa: E402
-from melt.pipeline import detect  # noqa: E402
+from melt.core.config import default_config  # noqa: E402
+from melt.evaluation.incidents import evaluate, format_table  # noqa: E402
+from melt.pipeline.batch import detect  # noqa: E402
 from synth.generate import SynthConfig, generate  # noqa: E402
 
 

@@ -15,7 +15,7 @@ the window that the protocol gives).
 (b) end to end: melt finds the incidents over the whole recording itself, then ranks them. With
     ``--retrain-every`` (default 10min; ``off`` fits once), the detectors are refitted every period
     on the fault-free bundle plus the ``detect.train_window`` (2h) before the period, as a deployed
-    detector would be (:mod:`melt.rolling`); with ``off``, on the fault-free bundle only.
+    detector would be (:mod:`melt.pipeline.rolling`); with ``off``, on the fault-free bundle only.
 
 A detector whose signal has too little training data for a case (OnlineBoutique has logs for 3
 minutes of its 56 faults) is left out of that case, and the others go on. Imports are cached under
@@ -43,13 +43,14 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from melt.bundle import MeltBundle  # noqa: E402
-from melt.config import load_config  # noqa: E402
-from melt.ensemble import window_incident  # noqa: E402
-from melt.incident_evaluation import evaluate, format_table, read_truth  # noqa: E402
-from melt.pipeline import detect, fit_detectors, report_incidents, score_all  # noqa: E402
-from melt.schema import SIGNALS  # noqa: E402
-from melt.sinks import make_sinks  # noqa: E402
+from melt.core.bundle import MeltBundle  # noqa: E402
+from melt.core.config import load_config  # noqa: E402
+from melt.core.schema import SIGNALS  # noqa: E402
+from melt.delivery.sinks import make_sinks  # noqa: E402
+from melt.evaluation.incidents import evaluate, format_table, read_truth  # noqa: E402
+from melt.incidents.ensemble import window_incident  # noqa: E402
+from melt.pipeline.batch import detect, report_incidents  # noqa: E402
+from melt.pipeline.fitting import fit_detectors, score_all  # noqa: E402
 
 MODELS = "zscore,log_patterns,span_latency,call_edges,call_metrics,call_patterns"
 CACHE = ROOT / "data" / "nezha-cache"
@@ -117,7 +118,7 @@ def window_given(bundle: MeltBundle, normal: MeltBundle, config: dict, models: l
 
 def _has(bundle: MeltBundle, name: str) -> bool:
     """Whether ``bundle`` holds rows of the signal detector ``name`` reads."""
-    from melt.registry import get_plugin
+    from melt.core.registry import get_plugin
 
     frame = getattr(bundle, get_plugin(name).signal)
     return frame is not None and len(frame) > 0

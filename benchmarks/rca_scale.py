@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.timing import median_time  # noqa: E402
-from melt.config import default_config  # noqa: E402
-from melt.ensemble import ALERT_SIGNALS, group_incidents  # noqa: E402
-from melt.pipeline import fit_detectors, report_incidents, score_all, training_split  # noqa: E402
+from melt.core.config import default_config  # noqa: E402
+from melt.incidents.ensemble import ALERT_SIGNALS, group_incidents  # noqa: E402
+from melt.pipeline.batch import report_incidents  # noqa: E402
+from melt.pipeline.fitting import fit_detectors, score_all, training_split  # noqa: E402
 from rca.baselines import loudest, pagerank_ranking  # noqa: E402
 from rca.graph import dependency_graph  # noqa: E402
 from rca.rank import rank_root_causes  # noqa: E402

@@ -30,12 +30,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.timing import median_time  # noqa: E402
 from explain.facts import build_facts  # noqa: E402
 from explain.template import TemplateExplainer  # noqa: E402
-from melt.config import default_config  # noqa: E402
-from melt.ensemble import group_incidents  # noqa: E402
-from melt.pipeline import fit_detectors, report_incidents, score_all, training_split  # noqa: E402
-from melt.report import validate_report  # noqa: E402
-from melt.sinks import WebhookSink  # noqa: E402
-from melt.spool import drain  # noqa: E402
+from melt.core.config import default_config  # noqa: E402
+from melt.delivery.sinks import WebhookSink  # noqa: E402
+from melt.delivery.spool import drain  # noqa: E402
+from melt.incidents.ensemble import group_incidents  # noqa: E402
+from melt.pipeline.batch import report_incidents  # noqa: E402
+from melt.pipeline.fitting import fit_detectors, score_all, training_split  # noqa: E402
+from melt.reports.report import validate_report  # noqa: E402
 from rca.graph import dependency_graph  # noqa: E402
 from synth.generate import SynthConfig, generate  # noqa: E402
 from tests.local_servers import WebhookReceiver  # noqa: E402

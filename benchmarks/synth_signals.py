@@ -14,7 +14,7 @@ import sys
 
 import pandas as pd
 
-from melt.bundle import MeltBundle
+from melt.core.bundle import MeltBundle
 
 
 def ratio(during: float, before: float) -> str:

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from melt.pipeline import training_split
-from melt.registry import build_detector
+from melt.core.registry import build_detector
+from melt.pipeline.fitting import training_split
 from synth.generate import SynthConfig, generate
 
 

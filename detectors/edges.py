@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from melt.schema import EDGE_ARROW
+from melt.core.schema import EDGE_ARROW
 
 
 def edge_entity(caller: pd.Series, callee: pd.Series, operation: pd.Series | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from melt.json_schema import first_error
+from melt.core.json_schema import first_error
 
 EVIDENCE_ID = re.compile(r"\bE\d+\b")
 

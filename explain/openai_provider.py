@@ -19,7 +19,7 @@ from typing import Any
 
 from explain.answer import AnswerError, parse_answer, to_explanation
 from explain.facts import evidence_ids
-from melt.json_schema import load_schema
+from melt.core.json_schema import load_schema
 
 PROMPT_VERSION = "1"
 SYSTEM_PROMPT = """You are an SRE assistant that explains incidents in a microservice system.

@@ -12,7 +12,7 @@ from pathlib import Path
 import networkx as nx
 import pandas as pd
 
-from melt.errors import ConfigError
+from melt.core.errors import ConfigError
 
 
 def dependency_graph(spans: pd.DataFrame | None, topology_file: str | Path | None = None) -> nx.DiGraph:

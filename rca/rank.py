@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from melt.timeutil import parse_duration
+from melt.core.timeutil import parse_duration
 from rca import terms
 from rca.attribution import attribute_to_peers
 

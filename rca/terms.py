@@ -2,7 +2,7 @@
 
 The evidence terms (``resource``, ``logs``, ``reported``, ``traces``, ``symptoms``) are each
 service's strongest calibrated score of one kind in the incident window, in the shared sigma scale of
-:mod:`melt.calibration`. ``reported`` is what callers' logs say about a service by name
+:mod:`melt.core.calibration`. ``reported`` is what callers' logs say about a service by name
 (:mod:`rca.attribution`). Metric evidence is split the way the USE and RED methods split it
 (Gregg, "Thinking Methodically about Performance", 2013): saturation of a service's own resources
 (CPU, memory, threads, GC) points at the service itself, while rate, error and duration metrics are
@@ -17,7 +17,7 @@ import re
 import networkx as nx
 import pandas as pd
 
-from melt.schema import EDGE_ARROW
+from melt.core.schema import EDGE_ARROW
 
 EVIDENCE_KINDS = ("resource", "logs", "reported", "traces", "calls", "symptoms")
 ONSET_KINDS = ("resource", "logs", "reported", "traces", "symptoms")  # kinds whose rows name the service they are about

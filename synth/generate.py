@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melt.bundle import MeltBundle
-from melt.errors import ConfigError
-from melt.progress import log
-from melt.timeutil import parse_duration
+from melt.core.bundle import MeltBundle
+from melt.core.errors import ConfigError
+from melt.core.progress import log
+from melt.core.timeutil import parse_duration
 from synth.calls import add_retries, endpoint_timeouts, in_subtrees, network_time, resolve_calls
 from synth.client_spans import add_client_spans
 from synth.events import benign_events, fault_events

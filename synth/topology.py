@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from melt.errors import ConfigError
+from melt.core.errors import ConfigError
 
 MID_TIER_NAMES = [
     "order", "payment", "user", "cart", "catalog", "inventory", "shipping", "auth", "search", "pricing",

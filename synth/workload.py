@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from melt.errors import ConfigError
+from melt.core.errors import ConfigError
 from synth.topology import Topology
 
 MAX_DEPTH = 12

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from melt.bundle import MeltBundle
+from melt.core.bundle import MeltBundle
 from synth.generate import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]

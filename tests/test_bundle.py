@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from melt.bundle import MeltBundle
-from melt.errors import BundleError
+from melt.core.bundle import MeltBundle
+from melt.core.errors import BundleError
 
 
 def seed_style_spans() -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pytest
 from detectors.metrics.call_metrics import CallMetricsDetector
 from detectors.traces.call_edges import CallEdgeDetector
 from detectors.traces.client_calls import callee_map, client_calls, client_span_mask
-from melt.bundle import MeltBundle
+from melt.core.bundle import MeltBundle
 from rca.terms import call_edge_evidence, evidence_kind
 from synth.generate import SynthConfig, generate
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from melt.config import default_config, load_config
-from melt.errors import ConfigError
-from melt.registry import build_detector, discover
+from melt.core.config import default_config, load_config
+from melt.core.errors import ConfigError
+from melt.core.registry import build_detector, discover
 from tests.conftest import REPO
 
 

@@ -11,11 +11,11 @@ import yaml
 from click.testing import CliRunner
 
 from melt.cli import cli
-from melt.config import default_config
-from melt.errors import ConfigError
-from melt.report import validate_report
-from melt.spool import drain, spool_report
-from melt.webhook import Webhook
+from melt.core.config import default_config
+from melt.core.errors import ConfigError
+from melt.delivery.spool import drain, spool_report
+from melt.delivery.webhook import Webhook
+from melt.reports.report import validate_report
 from tests.local_servers import FakeLLM, WebhookReceiver
 
 MODELS = "zscore,span_latency"
@@ -183,7 +183,7 @@ def test_detect_explain_openai_up_and_down(tiny_dir, tmp_path) -> None:
 
 
 def test_every_report_validates_and_broken_ones_are_named(reports) -> None:
-    from melt.errors import ReportError
+    from melt.core.errors import ReportError
 
     for report in reports:
         validate_report(report)

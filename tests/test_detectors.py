@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melt.bundle import MeltBundle
-from melt.detector import SCORE_COLUMNS
-from melt.errors import NotFittedError, PluginError
-from melt.pipeline import training_split
-from melt.registry import build_detector, discover
+from melt.core.bundle import MeltBundle
+from melt.core.detector import SCORE_COLUMNS
+from melt.core.errors import NotFittedError, PluginError
+from melt.core.registry import build_detector, discover
+from melt.pipeline.fitting import training_split
 
 BUILTINS = sorted(name for name, info in discover()[0].items() if info.distribution == "melt-rca")
 

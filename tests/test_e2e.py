@@ -7,8 +7,8 @@ import json
 from click.testing import CliRunner
 
 from melt.cli import cli
-from melt.config import default_config
-from melt.pipeline import detect
+from melt.core.config import default_config
+from melt.pipeline.batch import detect
 from synth.generate import generate
 from tests.conftest import small_config
 

@@ -6,8 +6,8 @@ import networkx as nx
 import pandas as pd
 import pytest
 
-from melt.config import default_config
-from melt.ensemble import connected_groups, group_incidents, nearby_services
+from melt.core.config import default_config
+from melt.incidents.ensemble import connected_groups, group_incidents, nearby_services
 
 T0 = pd.Timestamp("2026-01-01 00:10", tz="UTC")
 SIGNAL_OF = {"zscore": "metrics"}

@@ -9,7 +9,7 @@ import pytest
 from explain.answer import AnswerError, parse_answer
 from explain.explainer import Explainer
 from explain.facts import build_facts, estimate_tokens
-from melt.config import default_config
+from melt.core.config import default_config
 from tests.local_servers import FakeLLM
 
 SECRET = "sk-test-4f9a1c0ffee"

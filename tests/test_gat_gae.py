@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from detectors.traces.gat_gae import GATGraphAutoencoderDetector, negative_pairs
 from detectors.traces.trace_anomaly_api import TraceAnomalyDetector
-from melt.bundle import MeltBundle
 from melt.cli import cli
-from melt.errors import ConfigError, PluginError
-from melt.pipeline import training_split
+from melt.core.bundle import MeltBundle
+from melt.core.errors import ConfigError, PluginError
+from melt.pipeline.fitting import training_split
 
 FAST = {"epochs": 3, "seed": 0}
 

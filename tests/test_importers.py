@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from melt.bundle import MeltBundle
 from melt.cli import cli
-from melt.config import load_config
-from melt.errors import SourceError
+from melt.core.bundle import MeltBundle
+from melt.core.config import load_config
+from melt.core.errors import SourceError
 from melt.importers import import_source
 from melt.importers.otlp import bucket_quantile
 from tests.conftest import REPO

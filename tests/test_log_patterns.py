@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.logs.log_patterns import LogPatternDetector
-from melt.bundle import MeltBundle
+from melt.core.bundle import MeltBundle
 
 
 def _logs(start: str, traces: int, broken: bool) -> pd.DataFrame:

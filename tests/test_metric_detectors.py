@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melt.bundle import MeltBundle
-from melt.registry import build_detector
-from melt.scoring import eventwise, pointwise
+from melt.core.bundle import MeltBundle
+from melt.core.registry import build_detector
+from melt.evaluation.scoring import eventwise, pointwise
 
 METRIC_DETECTORS = ["zscore", "iforest", "lstm_ae"]
 FAST = {"lstm_ae": {"epochs": 5, "max_train_windows": 2000}}

@@ -9,11 +9,11 @@ import networkx as nx
 import pandas as pd
 from click.testing import CliRunner
 
-from melt.bundle import MeltBundle
 from melt.cli import cli
-from melt.config import default_config, load_config
-from melt.ensemble import Incident, window_incident
-from melt.pipeline import detect, report_incidents
+from melt.core.bundle import MeltBundle
+from melt.core.config import default_config, load_config
+from melt.incidents.ensemble import Incident, window_incident
+from melt.pipeline.batch import detect, report_incidents
 from rca.rank import rank_root_causes
 from synth.generate import generate
 from tests.conftest import small_config

@@ -7,9 +7,9 @@ import pandas as pd
 
 from detectors.logs.log_templates import LogTemplateDetector
 from detectors.logs.peers import describe, named_peers, split_peer, with_peer
-from melt.bundle import MeltBundle
-from melt.config import load_config
-from melt.ensemble import window_incident
+from melt.core.bundle import MeltBundle
+from melt.core.config import load_config
+from melt.incidents.ensemble import window_incident
 from rca.attribution import attribute_to_peers
 from rca.rank import rank_root_causes
 

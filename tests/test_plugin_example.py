@@ -30,3 +30,18 @@ def test_detect_runs_the_example(installed, tiny_dir, tmp_path) -> None:
                       "--out", str(tmp_path), env={"PYTHONPATH": installed})
     assert result.returncode == 0, result.stderr
     assert "fitted error_share" in result.stderr and "scored error_share" in result.stderr
+
+
+def test_the_example_uses_the_public_api_alone() -> None:
+    """A plugin imports from ``melt`` itself, never from melt's internal modules."""
+    source = (REPO / "examples" / "custom_detector" / "melt_example_detector" / "error_share.py").read_text()
+    imports = [line for line in source.splitlines() if line.startswith(("from melt", "import melt"))]
+    assert imports and all(line.startswith("from melt import ") for line in imports)
+
+
+def test_public_names_load_lazily_and_are_the_core_ones() -> None:
+    code = ("import sys, melt; assert 'pandas' not in sys.modules and 'melt.core.detector' not in sys.modules; "
+            "from melt import Detector, MeltBundle, empty_scores, PluginError; "
+            "from melt.core.detector import Detector as D; assert Detector is D; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr

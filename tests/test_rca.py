@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from melt.cli import cli
-from melt.config import load_config
-from melt.ensemble import window_incident
-from melt.incident_evaluation import evaluate, rank_metrics, read_truth
+from melt.core.config import load_config
+from melt.evaluation.incidents import evaluate, rank_metrics, read_truth
+from melt.incidents.ensemble import window_incident
 from rca.baselines import baseline_rankings
 from rca.rank import propagation_path, rank_root_causes
 from rca.terms import evidence_kind, propagation_term

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from melt.errors import PluginError
-from melt.registry import discover, get_plugin, resolve_models
+from melt.core.errors import PluginError
+from melt.core.registry import discover, get_plugin, resolve_models
 from tests.conftest import run_melt
 
 BUILTIN = {"zscore": "metrics", "log_templates": "logs", "span_latency": "traces", "change_events": "events"}

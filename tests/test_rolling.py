@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melt.bundle import MeltBundle
-from melt.config import default_config
-from melt.errors import PluginError
-from melt.pipeline import fit_detectors, score_all, training_split
-from melt.rolling import periods, rolling_scores
+from melt.core.bundle import MeltBundle
+from melt.core.config import default_config
+from melt.core.errors import PluginError
+from melt.pipeline.fitting import fit_detectors, score_all, training_split
+from melt.pipeline.rolling import periods, rolling_scores
 
 T0 = pd.Timestamp("2026-01-01 00:00", tz="UTC")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melt.bundle import MeltBundle
-from melt.errors import ConfigError
+from melt.core.bundle import MeltBundle
+from melt.core.errors import ConfigError
 from synth.calls import add_retries, subtree_sizes
 from synth.faults import FAULT_TYPES
 from synth.generate import SynthConfig, generate

@@ -7,8 +7,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from detectors.traces.teg_graphs import HASH_DIM, build_graphs
-from melt.pipeline import training_split
-from melt.registry import build_detector
+from melt.core.registry import build_detector
+from melt.pipeline.fitting import training_split
 from synth.generate import SynthConfig, generate
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.logs_loghub import plain_drain3, same_grouping
 from detectors.logs.templates import DEFAULT_MASKS, UNMATCHED, TemplateMiner
-from melt.scoring import grouping_accuracy
+from melt.evaluation.scoring import grouping_accuracy
 
 
 def test_default_masks_cover_the_usual_variable_parts() -> None:

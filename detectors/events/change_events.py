@@ -13,8 +13,8 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from melt.bundle import MeltBundle
-from melt.detector import Detector, empty_scores
+from melt.core.bundle import MeltBundle
+from melt.core.detector import Detector, empty_scores
 
 KIND_WEIGHTS = {"deploy": 1.0, "config_change": 0.8, "restart": 0.9, "scale": 0.3}
 

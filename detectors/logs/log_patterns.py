@@ -40,11 +40,11 @@ from detectors.pattern_shares import (
     pattern_cells,
     share_change,
 )
-from detectors.traces.span_tree import entry_rows
-from melt.bundle import MeltBundle
-from melt.calibration import effect_size_floor
-from melt.detector import Detector, empty_scores
-from melt.timeutil import parse_duration
+from detectors.span_tree import entry_rows
+from melt.core.bundle import MeltBundle
+from melt.core.calibration import effect_size_floor
+from melt.core.detector import Detector, empty_scores
+from melt.core.timeutil import parse_duration
 
 NO_SPAN = ""  # operation of units that are not spans (a trace's lines, or one line)
 
@@ -233,7 +233,7 @@ def _spans(traces: pd.DataFrame | None) -> pd.DataFrame | None:
     """Spans as units: trace and span id, service, operation and start, or ``None`` without traces.
 
     The operation is the span's name, qualified by the endpoint the request entered its service
-    through (:func:`detectors.traces.span_tree.entry_rows`) where that is another span: one controller method behind two
+    through (:func:`detectors.span_tree.entry_rows`) where that is another span: one controller method behind two
     endpoints (``PriceController.query`` behind ``/prices/{routeId}`` and ``/prices/byRouteIds``)
     runs two code paths, and a line that only one of them logs would otherwise be expected in
     just part of the calls, so its vanishing could never count as a change in all of them.

@@ -16,9 +16,9 @@ import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
 from detectors.logs.templates import UNMATCHED, TemplateMiner
-from melt.bundle import MeltBundle
-from melt.detector import Detector, empty_scores
-from melt.timeutil import parse_duration
+from melt.core.bundle import MeltBundle
+from melt.core.detector import Detector, empty_scores
+from melt.core.timeutil import parse_duration
 
 QUIET_LEVEL_WEIGHT = 0.5  # INFO/DEBUG bursts track traffic; WARN/ERROR bursts track failures
 

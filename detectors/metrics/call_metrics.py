@@ -24,10 +24,10 @@ import pandas as pd
 from detectors.edges import edge_score_frame
 from detectors.metrics.matrix import smooth
 from detectors.robust import robust_baseline
-from melt.bundle import MeltBundle
-from melt.calibration import effect_size_floor
-from melt.detector import Detector, empty_scores
-from melt.timeutil import parse_duration
+from melt.core.bundle import MeltBundle
+from melt.core.calibration import effect_size_floor
+from melt.core.detector import Detector, empty_scores
+from melt.core.timeutil import parse_duration
 
 EDGE = ["caller", "callee"]
 

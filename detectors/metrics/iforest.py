@@ -27,8 +27,8 @@ from detectors.metrics.matrix import (
     unit_codes,
     wide_metrics,
 )
-from melt.bundle import MeltBundle
-from melt.detector import Detector, empty_scores
+from melt.core.bundle import MeltBundle
+from melt.core.detector import Detector, empty_scores
 
 
 def isolation_score(score_samples: np.ndarray) -> np.ndarray:

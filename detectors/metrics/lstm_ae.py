@@ -28,8 +28,8 @@ from detectors.metrics.matrix import (
     wide_metrics,
 )
 from detectors.torch_model import EarlyStopping, TorchNetworkMixin, torch_device
-from melt.bundle import MeltBundle
-from melt.detector import Detector, empty_scores
+from melt.core.bundle import MeltBundle
+from melt.core.detector import Detector, empty_scores
 
 
 def window_index(units: np.ndarray, window: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.robust import fleet_floored, robust_baseline
-from melt.schema import EDGE_ARROW
+from melt.core.schema import EDGE_ARROW
 
 UNIT_KEYS = ["service", "instance"]
 CLIP = 50.0  # scaled values beyond +-CLIP robust sigmas carry no extra information

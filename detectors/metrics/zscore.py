@@ -21,10 +21,10 @@ import pandas as pd
 
 from detectors.metrics.matrix import series_metric, smooth
 from detectors.robust import fleet_floored, robust_baseline, severity_direction
-from melt.bundle import MeltBundle
-from melt.calibration import effect_size_floor
-from melt.detector import Detector, empty_scores
-from melt.timeutil import parse_duration
+from melt.core.bundle import MeltBundle
+from melt.core.calibration import effect_size_floor
+from melt.core.detector import Detector, empty_scores
+from melt.core.timeutil import parse_duration
 
 
 class RobustZScore(Detector):

@@ -21,11 +21,11 @@ import pandas as pd
 from detectors.edges import edge_score_frame
 from detectors.robust import binomial_z, median_shift_z, robust_baseline
 from detectors.traces.client_calls import callee_map, client_calls
-from melt.bundle import MeltBundle
-from melt.calibration import effect_size_floor
-from melt.detector import Detector, empty_scores
-from melt.errors import PluginError
-from melt.timeutil import parse_duration
+from melt.core.bundle import MeltBundle
+from melt.core.calibration import effect_size_floor
+from melt.core.detector import Detector, empty_scores
+from melt.core.errors import PluginError
+from melt.core.timeutil import parse_duration
 
 EDGE = ["caller", "callee", "operation"]
 

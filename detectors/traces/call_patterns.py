@@ -5,7 +5,7 @@ Nezha (Yu et al., FSE 2023) builds its event graph from log lines *and* spans: a
 the service that ran it, so a code path that changed shows even where nothing was logged, as a call
 the operation stops making (an exception thrown before it) or a new one. This is the span half of
 :mod:`detectors.logs.log_patterns`, scored the same way (:mod:`detectors.pattern_shares`): a unit
-is one call into a service (its entry span, :func:`detectors.traces.span_tree.entry_rows`), its
+is one call into a service (its entry span, :func:`detectors.span_tree.entry_rows`), its
 events are the spans it ran inside that service, named by operation and, for a call out, by the
 service called (``[callee]``), in start order; patterns are single events and consecutive pairs. A
 checkout whose order placement now stops after charging the card loses ``Charge [payment] ->
@@ -30,13 +30,13 @@ from detectors.pattern_shares import (
     pattern_cells,
     share_change,
 )
+from detectors.span_tree import entry_rows, parent_rows
 from detectors.traces.client_calls import span_callees
-from detectors.traces.span_tree import entry_rows, parent_rows
-from melt.bundle import MeltBundle
-from melt.calibration import effect_size_floor
-from melt.detector import Detector, empty_scores
-from melt.errors import PluginError
-from melt.timeutil import parse_duration
+from melt.core.bundle import MeltBundle
+from melt.core.calibration import effect_size_floor
+from melt.core.detector import Detector, empty_scores
+from melt.core.errors import PluginError
+from melt.core.timeutil import parse_duration
 
 
 class CallPatternDetector(Detector):

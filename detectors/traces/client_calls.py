@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detectors.traces.span_tree import parent_rows
+from detectors.span_tree import parent_rows
 
 CALL_COLUMNS = ["caller", "callee", "operation", "start_time", "gap_ms", "server_missing", "client_error", "retry"]
 

@@ -35,9 +35,9 @@ from detectors.traces.gat_graphs import (
     vocabulary,
 )
 from detectors.traces.graph_batch import gather
-from melt.bundle import MeltBundle
-from melt.detector import Detector, empty_scores
-from melt.errors import PluginError
+from melt.core.bundle import MeltBundle
+from melt.core.detector import Detector, empty_scores
+from melt.core.errors import PluginError
 
 AGGREGATIONS = ("max", "mean", "percentile_95")
 

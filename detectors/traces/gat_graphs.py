@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detectors.traces.span_tree import parent_rows
+from detectors.span_tree import parent_rows
 
 KINDS = ("server", "client", "producer", "consumer")
 NUMERIC = ["log_duration", "error", *(f"kind_{k}" for k in KINDS), "kind_other", "has_http", "http_class",

@@ -19,10 +19,10 @@ import pandas as pd
 
 from detectors.robust import binomial_z, median_shift_z, robust_baseline
 from detectors.traces.client_calls import client_span_mask
-from melt.bundle import MeltBundle
-from melt.detector import Detector, empty_scores
-from melt.errors import PluginError
-from melt.timeutil import parse_duration
+from melt.core.bundle import MeltBundle
+from melt.core.detector import Detector, empty_scores
+from melt.core.errors import PluginError
+from melt.core.timeutil import parse_duration
 
 
 def self_time_and_own_error(spans: pd.DataFrame) -> pd.DataFrame:

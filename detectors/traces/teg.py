@@ -30,8 +30,8 @@ from detectors.torch_model import (
 from detectors.traces.client_calls import server_tree
 from detectors.traces.graph_batch import gather
 from detectors.traces.teg_graphs import TraceGraphs, build_graphs
-from melt.bundle import MeltBundle
-from melt.detector import Detector, empty_scores
+from melt.core.bundle import MeltBundle
+from melt.core.detector import Detector, empty_scores
 
 
 class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector):

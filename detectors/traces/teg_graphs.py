@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from detectors.traces.span_tree import parent_rows, span_index
+from detectors.span_tree import parent_rows, span_index
 
 HASH_DIM = 32
 EXTRA = ["is_span", "is_log", "duration_z", "error", "warn", "unseen"]

@@ -14,8 +14,8 @@ from typing import Any, Self
 import pandas as pd
 
 from detectors.traces.gat_gae import GATGraphAutoencoderDetector
-from melt.bundle import MeltBundle
-from melt.errors import ConfigError
+from melt.core.bundle import MeltBundle
+from melt.core.errors import ConfigError
 
 _DEFAULTS = GATGraphAutoencoderDetector.param_defaults()
 

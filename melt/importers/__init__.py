@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from melt.errors import SourceError
+from melt.core.errors import SourceError
 from melt.importers.bad_rows import BadRows
 from melt.importers.writer import BundleWriter, ImportSummary
 

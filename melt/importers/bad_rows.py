@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from melt.errors import SourceError
+from melt.core.errors import SourceError
 
 
 @dataclass

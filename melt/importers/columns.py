@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from melt.errors import SourceError
-from melt.schema import epoch_unit
+from melt.core.errors import SourceError
+from melt.core.schema import epoch_unit
 
 TIME_UNITS = ("auto", "s", "ms", "us", "ns")
 DURATION_UNITS: dict[str, float] = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}

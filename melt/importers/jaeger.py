@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from melt.errors import SourceError
+from melt.core.errors import SourceError
+from melt.core.progress import log
 from melt.importers.bad_rows import BadRows
 from melt.importers.otlp import hex_id
 from melt.importers.sources import json_lines, open_text, source_files
 from melt.importers.writer import BundleWriter
-from melt.progress import log
 
 SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 LOG_LEVEL_KEYS = ("level", "log.level", "severity")

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melt.errors import SourceError
+from melt.core.errors import SourceError
+from melt.core.progress import log
+from melt.core.timeutil import format_duration, parse_duration
 from melt.importers.columns import (
     POD_SUFFIX,
     duration_ms,
@@ -37,8 +39,6 @@ from melt.importers.columns import (
 )
 from melt.importers.sources import csv_batches, read_csv_chunks
 from melt.importers.writer import PLAUSIBLE_TIMES, BundleWriter
-from melt.progress import log
-from melt.timeutil import format_duration, parse_duration
 
 SPAN_COLUMNS = ["TraceID", "SpanID", "ParentID", "PodName", "OperationName", "StartTimeUnixNano", "Duration"]
 LOG_COLUMNS = ["TimeUnixNano", "PodName", "TraceID", "SpanID", "Log"]

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from melt.core.progress import log
 from melt.importers.sources import json_lines, source_files
 from melt.importers.writer import BundleWriter
-from melt.progress import log
 
 SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 SPAN_KINDS = {0: None, 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}

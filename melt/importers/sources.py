@@ -16,7 +16,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from melt.errors import SourceError
+from melt.core.errors import SourceError
 from melt.importers.bad_rows import BadRows
 
 CSV_BLOCK_BYTES = 16 << 20

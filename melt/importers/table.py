@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from melt.bundle import TIME_COLUMNS
-from melt.errors import SourceError
+from melt.core.bundle import TIME_COLUMNS
+from melt.core.errors import SourceError
+from melt.core.progress import log
+from melt.core.schema import SCHEMAS, SIGNALS
 from melt.importers.columns import (
     DURATION_UNITS,
     TIME_UNITS,
@@ -29,8 +31,6 @@ from melt.importers.columns import (
 )
 from melt.importers.sources import read_csv_chunks, read_parquet_chunks, source_files
 from melt.importers.writer import BundleWriter
-from melt.progress import log
-from melt.schema import SCHEMAS, SIGNALS
 
 
 @dataclass

@@ -18,13 +18,13 @@ from typing import Any
 
 import pandas as pd
 
-import melt
-from melt.bundle import TIME_COLUMNS
-from melt.errors import SourceError
+from melt.core.bundle import TIME_COLUMNS
+from melt.core.errors import SourceError
+from melt.core.progress import log
+from melt.core.schema import SIGNALS, row_problems, validate_frame
+from melt.core.version import __version__
 from melt.importers.bad_rows import BadRows
 from melt.importers.columns import to_utc
-from melt.progress import log
-from melt.schema import SIGNALS, row_problems, validate_frame
 
 PLAUSIBLE_TIMES = (pd.Timestamp("1990-01-01", tz="UTC"), pd.Timestamp("2200-01-01", tz="UTC"))
 BUNDLE_FILES = (*(f"{s}.parquet" for s in SIGNALS), "truth.json", "import.json")
@@ -179,7 +179,7 @@ class BundleWriter:
             (self.out / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
         summary = ImportSummary(self.out, rows, self.bad_rows, self._duplicates, time.perf_counter() - self._began,
                                 faults=len(truth["faults"]) if truth else None, notes=list(self._notes))
-        record = {"melt_version": melt.__version__, **(provenance or {}), "rows": rows,
+        record = {"melt_version": __version__, **(provenance or {}), "rows": rows,
                   "bad_rows": self.bad_rows.count, "bad_row_examples": self.bad_rows.examples,
                   "duplicate_spans": self._duplicates, "notes": self._notes}
         (self.out / "import.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

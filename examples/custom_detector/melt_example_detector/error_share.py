@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from melt.bundle import MeltBundle
-from melt.detector import Detector
-from melt.timeutil import parse_duration
+from melt import Detector, MeltBundle, parse_duration  # the public API: stable whatever moves inside melt
 
 
 class ErrorShareDetector(Detector):

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from melt.errors import BundleError, ReportError
-from melt.report import validate_report
+from melt.core.errors import BundleError, ReportError
+from melt.reports.report import validate_report
 
 STALE_CLAIM_S = 600.0
 
@@ -66,7 +66,7 @@ def drain(directory: str | Path, config: dict[str, Any], url: str | None = None,
         url: send everything here instead of to each entry's own URL.
         environ: for ``${env:NAME}`` values (default: the process environment).
     """
-    from melt.webhook import Webhook
+    from melt.delivery.webhook import Webhook
 
     root = Path(directory)
     if not root.is_dir():

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import melt
-from melt.ensemble import Incident
-from melt.errors import ReportError
-from melt.json_schema import first_error
+from melt.core.errors import ReportError
+from melt.core.json_schema import first_error
+from melt.core.version import __version__
+from melt.incidents.ensemble import Incident
 
 SCHEMA_VERSION = "1.1"
 UNKNOWN_SERVICE = "unknown"  # the report's service when an incident names none and nothing ranked
@@ -65,13 +65,13 @@ def correlated_anomalies(incident: Incident, top: str, window: str = "1min") -> 
 
 def build_report(incident: Incident, candidates: list[dict[str, Any]], evidence: list[dict[str, Any]],
                  explanation: dict[str, Any], facts: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble one report. ``candidates`` and ``evidence`` are plain dicts (from rca and melt.evidence)."""
+    """Assemble one report. ``candidates`` and ``evidence`` are plain dicts (from rca and melt.reports.evidence)."""
     top = candidates[0]["service"] if candidates else next(iter(incident.services), UNKNOWN_SERVICE)
     main = next((e for e in evidence if e["service"] == top and e["component"] != "events"), None) or (
         evidence[0] if evidence else {})
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "melt_version": melt.__version__,
+        "melt_version": __version__,
         "incident_id": incident.id,
         "fingerprint": fingerprint(top, incident.services, incident.start),
         "timestamp": incident.start.isoformat(),

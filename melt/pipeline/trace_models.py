@@ -13,11 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from melt.bundle import MeltBundle
-from melt.errors import BundleError, MeltError
-from melt.evaluation import binary_evaluation, plot_evaluation
-from melt.progress import log
-from melt.registry import build_detector, get_plugin
+from melt.core.bundle import MeltBundle
+from melt.core.errors import BundleError, MeltError
+from melt.core.progress import log
+from melt.core.registry import build_detector, get_plugin
+from melt.evaluation.binary import binary_evaluation, plot_evaluation
 
 DEFAULT_MODEL = "gat_gae"
 

@@ -17,10 +17,10 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 
-import melt
-from melt.bundle import MeltBundle
-from melt.calibration import ScoreCalibrator
-from melt.errors import BundleError, NotFittedError, PluginError
+from melt.core.bundle import MeltBundle
+from melt.core.calibration import ScoreCalibrator
+from melt.core.errors import BundleError, NotFittedError, PluginError
+from melt.core.version import __version__
 
 SCORE_COLUMNS: tuple[str, ...] = ("timestamp", "service", "detector", "entity", "score", "evidence")
 FORMAT_VERSION = 1
@@ -143,7 +143,7 @@ class Detector:
             "detector": self.name,
             "signal": self.signal,
             "class": f"{type(self).__module__}:{type(self).__qualname__}",
-            "melt_version": melt.__version__,
+            "melt_version": __version__,
             "libraries": _library_versions(),
             "config_hash": hashlib.sha256(params_json.encode()).hexdigest()[:16],
         }

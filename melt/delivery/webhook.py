@@ -1,7 +1,7 @@
 """POST incident reports to a ticketing webhook: payload templates, retries, idempotency.
 
 A payload template is JSON whose strings may hold ``${name}`` placeholders (built-in: ``generic``,
-``jira``, ``pagerduty`` for PagerDuty Events v2, in ``melt/payloads/``; or a file of your own).
+``jira``, ``pagerduty`` for PagerDuty Events v2, in ``melt/delivery/payloads/``; or a file of your own).
 A string that is exactly ``"${report}"`` becomes the whole report object. ``${env:NAME}`` reads an
 environment variable at send time, in templates, ``headers`` and ``vars`` alike, so secrets are
 never written to the spool. Each request carries the report fingerprint in the idempotency
@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from melt.errors import ConfigError
+from melt.core.errors import ConfigError
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][\w:.-]*)\}")
 BUILT_IN_PAYLOADS = ("generic", "jira", "pagerduty")
@@ -36,7 +36,7 @@ MAX_RETRY_AFTER_S = 30.0
 def load_payload_template(name: str) -> Any:
     """A built-in template by name, or a JSON file by path."""
     if name in BUILT_IN_PAYLOADS:
-        return json.loads(resources.files("melt").joinpath(f"payloads/{name}.json").read_text())
+        return json.loads(resources.files("melt.delivery").joinpath(f"payloads/{name}.json").read_text())
     file = Path(name)
     if not file.is_file():
         raise ConfigError(f"report.webhook.payload: '{name}' is neither {', '.join(BUILT_IN_PAYLOADS)} nor a file")

@@ -1,6 +1,6 @@
 """Where reports go: files (one JSON per incident plus ``index.json``), stdout (JSON lines) and a
 ticketing webhook, several at once. The webhook never loses a report: what it cannot deliver is
-written to the spool (:mod:`melt.spool`) for ``melt deliver``.
+written to the spool (:mod:`melt.delivery.spool`) for ``melt deliver``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from melt.errors import ConfigError
+from melt.core.errors import ConfigError
 
 SINKS = ("files", "stdout", "webhook")
 
@@ -79,14 +79,14 @@ class WebhookSink:
     name = "webhook"
 
     def __init__(self, config: dict[str, Any], spool_dir: str | Path) -> None:
-        from melt.webhook import Webhook
+        from melt.delivery.webhook import Webhook
 
         self.webhook = Webhook(config)
         self.config = config
         self.spool_dir = Path(spool_dir)
 
     def deliver(self, reports: list[dict[str, Any]]) -> Delivery:
-        from melt.spool import spool_report
+        from melt.delivery.spool import spool_report
 
         delivery = Delivery(self.name, spool_dir=self.spool_dir)
         for report in reports:

@@ -1,7 +1,9 @@
-"""The ``melt`` command line: a thin click layer over the library.
+"""The ``melt`` command group and its commands: each parses its arguments, calls one library
+function and prints or writes the result.
 
-Every error a user can cause is a :class:`melt.errors.MeltError`; :func:`main` prints it as one
-line on stderr and exits with code 2. Heavy imports happen inside the commands.
+Every error a user can cause is a :class:`melt.core.errors.MeltError`; the group prints it as one
+line on stderr and exits with code 2 (:mod:`melt.cli.common`). Heavy imports happen inside the
+commands.
 """
 
 from __future__ import annotations
@@ -10,31 +12,14 @@ from typing import Any
 
 import click
 
-import melt
-from melt.errors import ConfigError, DeliveryError, MeltError
-
-EXIT_USER_ERROR = 2
-
-
-def _config(ctx: click.Context) -> dict[str, Any]:
-    from melt.config import load_config
-
-    return load_config(ctx.obj.get("config_path"))
-
-
-class MeltGroup(click.Group):
-    """Turns every :class:`MeltError` into one line on stderr and exit code 2, for all commands."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except MeltError as exc:
-            click.echo(f"melt: error: {exc}", err=True)
-            ctx.exit(EXIT_USER_ERROR)
+from melt.cli.common import MeltGroup, settings_of
+from melt.cli.traces import traces
+from melt.core.errors import ConfigError, DeliveryError, MeltError
+from melt.core.version import __version__
 
 
 @click.group(cls=MeltGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(melt.__version__, prog_name="melt")
+@click.version_option(__version__, prog_name="melt")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Config file (default: ./config.yaml if present, else built-in defaults).")
 @click.pass_context
@@ -67,7 +52,7 @@ def generate(ctx: click.Context, out: str, **options: Any) -> None:
     if options["fault_types"] is not None:
         options["fault_types"] = [t.strip() for t in options["fault_types"].split(",") if t.strip()]
 
-    config = _config(ctx)
+    config = settings_of(ctx)
     synth_config = SynthConfig.from_config(config["synth"], **options)
     bundle = run_generate(synth_config, quiet=False)
     bundle.write(out)
@@ -101,14 +86,14 @@ def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir:
     that fails leaves its reports in the spool for 'melt deliver' (exit 2, after every report is
     written).
     """
-    from melt.pipeline import detect as run_detect
-    from melt.timeutil import parse_duration
+    from melt.core.timeutil import parse_duration
+    from melt.pipeline.batch import detect as run_detect
 
     if train_dir and model_dir:
         raise MeltError("give either --train or --model, not both")
     if retrain_every and model_dir:
         raise MeltError("--retrain-every refits the detectors; it cannot use the fixed models of --model")
-    config = _config(ctx)
+    config = settings_of(ctx)
     if retrain_every:
         try:
             parse_duration(retrain_every)
@@ -150,9 +135,9 @@ def deliver(ctx: click.Context, spool_dir: str, url: str | None) -> None:
     Each report goes to the URL and payload format it was spooled with, unless --url is given;
     headers, variables and retries come from the current config.
     """
-    from melt.spool import drain
+    from melt.delivery.spool import drain
 
-    result = drain(spool_dir, _config(ctx)["report"]["webhook"], url)
+    result = drain(spool_dir, settings_of(ctx)["report"]["webhook"], url)
     click.echo(f"delivered {len(result.sent)} report(s) from {spool_dir}")
     if result.unreadable:
         click.echo(f"melt: warning: {len(result.unreadable)} unreadable spool file(s) renamed to *.bad", err=True)
@@ -180,9 +165,9 @@ def _table(reports: list[dict[str, Any]]) -> str:
 @click.pass_context
 def train(ctx: click.Context, data: str, models_spec: str, out: str) -> None:
     """Fit detectors and save them for 'melt detect --model'."""
-    from melt.pipeline import train as run_train
+    from melt.pipeline.batch import train as run_train
 
-    path = run_train(data, models_spec, out, _config(ctx))
+    path = run_train(data, models_spec, out, settings_of(ctx))
     click.echo(f"saved models to {path}")
 
 
@@ -229,7 +214,7 @@ def import_(ctx: click.Context, fmt: str, src: str, out: str, signal: str | None
              "duration_unit": duration_unit, "service_from": service_from, "service_regex": service_regex,
              "delimiter": delimiter}
     nezha = {"subset": subset, "service_regex": service_regex}
-    summary = import_source(fmt, src, out, _config(ctx), table=table, nezha=nezha, strict=strict, force=force,
+    summary = import_source(fmt, src, out, settings_of(ctx), table=table, nezha=nezha, strict=strict, force=force,
                             quiet=quiet)
     for line in summary.lines():
         click.echo(line)
@@ -245,9 +230,9 @@ def evaluate(reports_dir: str, truth: str, out: str | None, tolerance: str) -> N
     import json
     from pathlib import Path
 
-    from melt.incident_evaluation import evaluate as run_evaluate
-    from melt.incident_evaluation import format_table, read_reports, read_truth
-    from melt.timeutil import parse_duration
+    from melt.core.timeutil import parse_duration
+    from melt.evaluation.incidents import evaluate as run_evaluate
+    from melt.evaluation.incidents import format_table, read_reports, read_truth
 
     try:
         parse_duration(tolerance)
@@ -263,7 +248,7 @@ def evaluate(reports_dir: str, truth: str, out: str | None, tolerance: str) -> N
 @cli.command()
 def plugins() -> None:
     """List detector plugins (entry-point group melt.detectors) and any that failed to load."""
-    from melt.registry import discover
+    from melt.core.registry import discover
 
     loaded, failures = discover()
     rows = [("name", "signal", "distribution", "target")]
@@ -277,19 +262,9 @@ def plugins() -> None:
             click.echo(f"  {f.name} ({f.distribution}, {f.target}): {f.reason}")
 
 
-def _add_subgroups() -> None:
-    from melt.cli_traces import traces
-
-    cli.add_command(traces)
-
-
-_add_subgroups()
+cli.add_command(traces)
 
 
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="melt")
-
-
-if __name__ == "__main__":
-    main()

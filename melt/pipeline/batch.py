@@ -6,8 +6,6 @@ them together, so the CLI stays a thin layer over :func:`train` and :func:`detec
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,96 +14,15 @@ import networkx as nx
 import pandas as pd
 
 from explain.explainer import Explainer, ExplainStats
-from melt.bundle import MeltBundle
-from melt.detector import Detector
-from melt.ensemble import ALERT_SIGNALS, Incident, group_incidents
-from melt.errors import BundleError, PluginError
-from melt.progress import log
-from melt.registry import build_detector, get_plugin, requested_names, resolve_models
-from melt.rolling import rolling_scores
-from melt.sinks import Delivery, make_sinks
-from melt.timeutil import parse_duration
+from melt.core.bundle import MeltBundle
+from melt.core.progress import log
+from melt.core.registry import requested_names, resolve_models
+from melt.core.timeutil import parse_duration
+from melt.delivery.sinks import Delivery, make_sinks
+from melt.incidents.ensemble import ALERT_SIGNALS, Incident, group_incidents
+from melt.pipeline.fitting import fit_detectors, load_models, save_models, score_all, training_split
+from melt.pipeline.rolling import rolling_scores
 from rca.graph import dependency_graph
-
-
-def training_split(bundle: MeltBundle, fraction: float) -> MeltBundle:
-    """The leading ``fraction`` of the bundle's period, used to fit when no training data is given."""
-    start, end = bundle.time_range()
-    return bundle.slice_time(None, start + (end - start) * fraction)
-
-
-def enough_training_data(train: MeltBundle, signal: str, config: dict[str, Any]) -> bool:
-    """Whether ``train`` has enough rows of ``signal`` to fit a detector (``detect.min_train_rows``;
-    change events need only be present: a quiet history is a fine baseline for them)."""
-    frame = getattr(train, signal)
-    return frame is not None and (signal == "events" or len(frame) >= int(config["detect"]["min_train_rows"]))
-
-
-def fit_detectors(train: MeltBundle, names: list[str], config: dict[str, Any], quiet: bool = False,
-                  skipped: list[str] | None = None) -> dict[str, Detector]:
-    """Build each detector from ``config['detectors']`` and fit it with calibration.
-
-    A detector whose signal has no or too little training data (``detect.min_train_rows``) is left
-    out with one warning line, and the others go on: a real collection often lacks a signal (the
-    OnlineBoutique faults have no logs). Each skip is also appended to ``skipped``.
-
-    Raises:
-        PluginError: not one of ``names`` had enough training data.
-    """
-    models, short = {}, []
-    for name in names:
-        detector = build_detector(name, config["detectors"].get(name))
-        frame = getattr(train, detector.signal)
-        if not enough_training_data(train, detector.signal, config):
-            rows = 0 if frame is None else len(frame)
-            short.append(f"detector '{name}' has too little training data: {rows} {detector.signal} rows "
-                         f"(need {config['detect']['min_train_rows']})")
-            continue
-        began = time.perf_counter()
-        models[name] = detector.fit_calibrated(train)
-        log(f"fitted {name} on {len(frame)} {detector.signal} rows in {time.perf_counter() - began:.1f}s", quiet)
-    if not models:
-        raise PluginError(f"{short[0] if len(short) == 1 else 'no detector has enough training data'}; "
-                          "use --train or a longer bundle")
-    for note in short:
-        log(f"skipped {note}", quiet, stage="melt warning")
-    if skipped is not None:
-        skipped.extend(short)
-    return models
-
-
-def save_models(models: dict[str, Detector], out_dir: str | Path) -> Path:
-    root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for name, model in models.items():
-        model.save(root / name)
-    (root / "models.json").write_text(json.dumps({"detectors": sorted(models)}, indent=2) + "\n")
-    return root
-
-
-def load_models(model_dir: str | Path, names: list[str] | None = None) -> dict[str, Detector]:
-    root = Path(model_dir)
-    index = root / "models.json"
-    if not index.is_file():
-        raise BundleError(f"{root}: not a model directory (no models.json; create one with 'melt train')")
-    available = json.loads(index.read_text())["detectors"]
-    wanted = available if names is None else names
-    missing = [n for n in wanted if n not in available]
-    if missing:
-        raise PluginError(f"{root}: has no fitted model for '{missing[0]}' (it has: {', '.join(available)})")
-    return {name: get_plugin(name).cls.load(root / name) for name in wanted}
-
-
-def score_all(models: dict[str, Detector], bundle: MeltBundle, quiet: bool = False) -> pd.DataFrame:
-    frames = []
-    for name, model in models.items():
-        began = time.perf_counter()
-        frame = model.detect(bundle)
-        log(f"scored {name}: {len(frame)} rows in {time.perf_counter() - began:.1f}s", quiet)
-        frames.append(frame)
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["timestamp", "service", "detector", "entity", "score", "evidence", "raw_score"])
 
 
 @dataclass
@@ -139,8 +56,8 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     that an LLM provider can work on several concurrently.
     """
     from explain.facts import build_facts
-    from melt.evidence import select_evidence
-    from melt.report import build_report, validate_report
+    from melt.reports.evidence import select_evidence
+    from melt.reports.report import build_report, validate_report
     from rca.attribution import attribute_to_peers
     from rca.baselines import baseline_rankings
     from rca.rank import evidence_window, rank_root_causes

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from melt.errors import ConfigError
-from melt.timeutil import parse_duration
+from melt.core.errors import ConfigError
+from melt.core.timeutil import parse_duration
 
 
 class Duration(str):

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from melt.bundle import SIGNALS, TIME_COLUMNS, MeltBundle
-from melt.detector import Detector
-from melt.errors import PluginError
-from melt.progress import log
-from melt.timeutil import format_duration
+from melt.core.bundle import SIGNALS, TIME_COLUMNS, MeltBundle
+from melt.core.detector import Detector
+from melt.core.errors import PluginError
+from melt.core.progress import log
+from melt.core.timeutil import format_duration
+from melt.pipeline.fitting import enough_training_data, fit_detectors, score_all
 
 
 def periods(bundle: MeltBundle, every: pd.Timedelta) -> list[pd.Timestamp]:
@@ -46,8 +47,7 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
     Raises:
         PluginError: no period could be scored at all.
     """
-    from melt.pipeline import enough_training_data, fit_detectors, score_all
-    from melt.registry import get_plugin
+    from melt.core.registry import get_plugin
 
     signal_of = {name: get_plugin(name).signal for name in names}
     starts = periods(bundle, every)

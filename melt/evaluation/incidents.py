@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melt.errors import BundleError
-from melt.timeutil import parse_duration
+from melt.core.errors import BundleError
+from melt.core.timeutil import parse_duration
 
 TOP_K = (1, 3, 5)
 

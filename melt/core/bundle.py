@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from melt.errors import BundleError
-from melt.schema import SIGNALS, validate_frame
+from melt.core.errors import BundleError
+from melt.core.schema import SIGNALS, validate_frame
 
 TIME_COLUMNS = {"metrics": "timestamp", "logs": "timestamp", "events": "timestamp", "traces": "start_time"}
 
@@ -29,7 +29,7 @@ class MeltBundle:
         traces: spans.
         events: change events (deploys, config changes, restarts, scaling).
         truth: ground truth (``{"faults": [...]}``) when the data is labelled.
-        validate: check and coerce every frame against :mod:`melt.schema`.
+        validate: check and coerce every frame against :mod:`melt.core.schema`.
     """
 
     metrics: pd.DataFrame | None = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from melt.errors import BundleError
+from melt.core.errors import BundleError
 
 SIGNALS: tuple[str, ...] = ("metrics", "logs", "traces", "events")
 EDGE_ARROW = " -> "

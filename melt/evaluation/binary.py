@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from melt.errors import MeltError
-from melt.scoring import pointwise
+from melt.core.errors import MeltError
+from melt.evaluation.scoring import pointwise
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The JSON Schemas shipped in ``melt/schemas/``, loaded once, with one cached validator each."""
+"""The JSON Schemas shipped in ``melt/core/schemas/`` (reports, LLM answers), loaded once, with one cached validator each."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
-    """``load_schema("report")`` is ``melt/schemas/report.schema.json``."""
-    return json.loads(resources.files("melt").joinpath(f"schemas/{name}.schema.json").read_text())
+    """``load_schema("report")`` is ``melt/core/schemas/report.schema.json``."""
+    return json.loads(resources.files("melt.core").joinpath(f"schemas/{name}.schema.json").read_text())
 
 
 @cache

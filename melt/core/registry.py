@@ -14,9 +14,9 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from melt.detector import Detector
-from melt.errors import ConfigError, PluginError
-from melt.schema import SIGNALS
+from melt.core.detector import Detector
+from melt.core.errors import ConfigError, PluginError
+from melt.core.schema import SIGNALS
 
 GROUP = "melt.detectors"
 

@@ -1,0 +1,5 @@
+"""``python -m melt.cli``."""
+
+from melt.cli import main
+
+main()

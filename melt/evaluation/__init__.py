@@ -1,0 +1,1 @@
+"""Scoring detectors and incident reports against ground truth."""

@@ -1,0 +1,1 @@
+"""Alerts from calibrated scores, grouped into incidents (the ensemble)."""

@@ -1,0 +1,1 @@
+"""One JSON report per incident: assembly, evidence selection and validation."""

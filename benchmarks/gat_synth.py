@@ -38,8 +38,9 @@ from detectors.traces.gat_gae import AGGREGATIONS
 from detectors.traces.gat_graphs import learn_baselines
 from melt.core.bundle import MeltBundle
 from melt.core.registry import build_detector
+from melt.core.settings import SynthSettings
 from melt.pipeline.fitting import training_split
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 
 MUTATED = 300
 
@@ -126,7 +127,7 @@ def main() -> None:
     results: dict[str, list[list[float]]] = {k: [] for k in kinds}
     fits = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        bundle = generate(SynthConfig(seed=seed, faults=4, fault_types=["latency", "error_burst"]))
+        bundle = generate(SynthSettings.of(seed=seed, faults=4, fault_types=["latency", "error_burst"]))
         train = training_split(bundle, 0.35)
         began = time.perf_counter()
         detector = build_detector("gat_gae", {"seed": seed}).fit_calibrated(train)

@@ -32,8 +32,9 @@ import yaml
 
 from detectors.logs.drain_tree import prefix_tree_drain
 from detectors.logs.templates import DEFAULT_MASKS, TemplateMiner
+from melt.core.settings import SynthSettings
 from melt.evaluation.scoring import grouping_accuracy
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 
 PUBLISHED_DRAIN = {"HDFS": 0.9975, "Spark": 0.92, "Zookeeper": 0.9665, "OpenStack": 0.7325, "OpenSSH": 0.7875,
                    "HealthApp": 0.78, "Proxifier": 0.5265, "Android": 0.911}
@@ -138,7 +139,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     every = pd.concat([f["Content"] for f in frames.values()], ignore_index=True)
     print(throughput("loghub, all 8 systems", every, DEFAULT_MASKS, 0.4, 4, False))
-    logs = generate(SynthConfig(seed=1, duration=f"{args.synthetic_hours}h", faults=0)).logs["message"]
+    logs = generate(SynthSettings.of(seed=1, duration=f"{args.synthetic_hours}h", faults=0)).logs["message"]
     print(throughput(f"synthetic, {args.synthetic_hours:g} h default generator", logs, DEFAULT_MASKS, 0.4, 4, False))
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.logs_loghub import throughput  # noqa: E402
 from detectors.logs.templates import DEFAULT_MASKS  # noqa: E402
 from melt.core.bundle import MeltBundle  # noqa: E402
-from melt.core.config import load_config  # noqa: E402
+from melt.core.config import load_settings  # noqa: E402
 from melt.core.registry import build_detector  # noqa: E402
 from melt.importers import import_source  # noqa: E402
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--detectors", default="log_templates,teg")
     args = parser.parse_args()
     names = args.detectors.split(",")
-    config = load_config(env={})
+    config = load_settings(env={})
     with tempfile.TemporaryDirectory() as scratch:
         import_source("nezha", args.data, Path(scratch) / "rca", config, quiet=True)
         import_source("nezha", args.data, Path(scratch) / "normal", config, nezha={"subset": "normal"}, quiet=True)
@@ -99,7 +99,7 @@ def main() -> None:
         test = select(rca, log_half == half, trace_half == half)
         for name in names:
             began = time.perf_counter()
-            detector = build_detector(name, config["detectors"].get(name)).fit_calibrated(train)
+            detector = build_detector(name, config.detector_params(name)).fit_calibrated(train)
             fit_s = time.perf_counter() - began
             began = time.perf_counter()
             scores = detector.detect(test)

@@ -33,9 +33,10 @@ import pandas as pd
 
 from melt.core.bundle import MeltBundle
 from melt.core.registry import build_detector
+from melt.core.settings import SynthSettings
 from melt.evaluation.scoring import eventwise, pointwise
 from melt.pipeline.fitting import training_split
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 
 DETECTORS = ["zscore", "iforest", "lstm_ae"]
 METRIC_FAULTS = ["latency", "cpu_saturation", "memory_leak", "pool_exhaustion"]
@@ -45,7 +46,7 @@ def quality(seeds: list[int], thresholds: list[float]) -> None:
     rows: dict[tuple[str, float], dict] = {}
     service_days = 0.0
     for seed in seeds:
-        bundle = generate(SynthConfig(seed=seed, faults=3, fault_types=METRIC_FAULTS[seed % 4:] + METRIC_FAULTS[:seed % 4]))
+        bundle = generate(SynthSettings.of(seed=seed, faults=3, fault_types=METRIC_FAULTS[seed % 4:] + METRIC_FAULTS[:seed % 4]))
         train = training_split(bundle, 0.35)
         test_start = train.metrics["timestamp"].max()
         test = MeltBundle(metrics=bundle.metrics[bundle.metrics["timestamp"] > test_start])

@@ -24,10 +24,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from melt.core.config import default_config  # noqa: E402
+from melt.core.config import load_settings  # noqa: E402
+from melt.core.settings import SynthSettings  # noqa: E402
 from melt.evaluation.incidents import evaluate, format_table  # noqa: E402
 from melt.pipeline.batch import detect  # noqa: E402
-from synth.generate import SynthConfig, generate  # noqa: E402
+from synth.generate import generate  # noqa: E402
 
 
 def main() -> None:
@@ -44,19 +45,19 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         start = (pd.Timestamp("2026-01-05T00:00:00Z") + pd.Timedelta(days=seed)).isoformat()
         began = time.perf_counter()
-        bundle = generate(SynthConfig(seed=seed, faults=args.faults, duration=args.duration, preset=args.preset,
+        bundle = generate(SynthSettings.of(seed=seed, faults=args.faults, duration=args.duration, preset=args.preset,
                                       start=start))
         bundle.write(root / f"data-{seed}")
         generated = time.perf_counter() - began
         began = time.perf_counter()
-        result = detect(root / f"data-{seed}", args.models, root / f"reports-{seed}", default_config(), quiet=True)
+        result = detect(root / f"data-{seed}", args.models, root / f"reports-{seed}", load_settings(ROOT / "config.yaml", env={}), quiet=True)
         reports += result.reports
         faults += [f | {"id": f"{seed}-{f['id']}"} for f in bundle.truth["faults"]]
         print(f"seed {seed}: spans={len(bundle.traces)} logs={len(bundle.logs)} generate {generated:.1f}s "
               f"detect {time.perf_counter() - began:.1f}s incidents={len(result.reports)}", flush=True)
     truth = pd.DataFrame(faults)
     truth["start"], truth["end"] = pd.to_datetime(truth["start"], utc=True), pd.to_datetime(truth["end"], utc=True)
-    result = evaluate(reports, truth, "1m")
+    result = evaluate(reports, truth, pd.Timedelta("1min"))
     print("\n" + format_table(result))
     missed = [c for c in result["cases"] if c["rank.melt"] != 1]
     print("\nnot ranked first: " + ", ".join(f"{c['id']} {c['type']} ({c['rank.melt'] or '-'})" for c in missed))

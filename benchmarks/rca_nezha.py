@@ -44,8 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from melt.core.bundle import MeltBundle  # noqa: E402
-from melt.core.config import load_config  # noqa: E402
+from melt.core.config import load_settings  # noqa: E402
 from melt.core.schema import SIGNALS  # noqa: E402
+from melt.core.settings import Settings  # noqa: E402
 from melt.delivery.sinks import make_sinks  # noqa: E402
 from melt.evaluation.incidents import evaluate, format_table, read_truth  # noqa: E402
 from melt.incidents.ensemble import window_incident  # noqa: E402
@@ -61,10 +62,10 @@ def system_name(source: Path) -> str:
     return source.resolve().name.removeprefix("nezha-")
 
 
-def imported(source: Path, subset: str, config: dict, again: bool) -> Path:
+def imported(source: Path, subset: str, settings: Settings, again: bool) -> Path:
     """The Nezha data as a melt bundle, imported once per (source, subset, importer settings)."""
-    settings = {**config["import"]["nezha"], "subset": subset}
-    key = json.dumps({"source": str(source.resolve()), **settings}, sort_keys=True)
+    chosen = {**settings.raw["import"]["nezha"], "subset": subset}
+    key = json.dumps({"source": str(source.resolve()), **chosen}, sort_keys=True)
     out = CACHE / f"{system_name(source)}-{subset}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     record = out / "import.json"
     if again or not record.is_file() or json.loads(record.read_text()).get("source") != str(source.resolve()):
@@ -85,7 +86,7 @@ def logs_and_traces(normal_dir: Path) -> Path:
     return out
 
 
-def window_given(bundle: MeltBundle, normal: MeltBundle, config: dict, models: list[str], out: Path,
+def window_given(bundle: MeltBundle, normal: MeltBundle, settings: Settings, models: list[str], out: Path,
                  lead_in: pd.Timedelta, history: pd.Timedelta, history_signals: list[str],
                  faults: list[dict]) -> list[dict]:
     """Mode (a): one report per fault window, detectors fitted on that case's normal baseline."""
@@ -98,12 +99,12 @@ def window_given(bundle: MeltBundle, normal: MeltBundle, config: dict, models: l
         window = bundle.slice_time(start - lead_in, end)
         usable = [name for name in models if _has(window, name)]
         skipped: list[str] = []
-        fitted = fit_detectors(baseline, usable, config, quiet=True, skipped=skipped)
+        fitted = fit_detectors(baseline, usable, settings, quiet=True, skipped=skipped)
         signal_of = {name: model.signal for name, model in fitted.items()}
         scores = score_all(fitted, window, quiet=True)
-        incident = window_incident(scores, signal_of, start, end, float(config["ensemble"]["threshold"]))
+        incident = window_incident(scores, signal_of, start, end, settings.ensemble.threshold)
         began = time.perf_counter()
-        report = report_incidents([incident], scores, window, signal_of, config)[0]
+        report = report_incidents([incident], scores, window, signal_of, settings)[0]
         timings.append(time.perf_counter() - began)
         report["incident_id"] = f"CASE-{fault['id']}"
         reports.append(report)
@@ -124,12 +125,12 @@ def _has(bundle: MeltBundle, name: str) -> bool:
     return frame is not None and len(frame) > 0
 
 
-def run_system(source: Path, args: argparse.Namespace, config: dict, models: list[str],
+def run_system(source: Path, args: argparse.Namespace, settings: Settings, models: list[str],
                history_signals: list[str]) -> dict:
     """Both modes on one Nezha system; returns the evaluation per mode."""
     name = system_name(source)
-    rca_dir = imported(source, "rca", config, args.reimport)
-    normal_dir = imported(source, "normal", config, args.reimport)
+    rca_dir = imported(source, "rca", settings, args.reimport)
+    normal_dir = imported(source, "normal", settings, args.reimport)
     truth = read_truth(rca_dir / "truth.json")
     if args.cases:
         truth = truth[truth["id"].str.contains(args.cases)].reset_index(drop=True)
@@ -141,14 +142,14 @@ def run_system(source: Path, args: argparse.Namespace, config: dict, models: lis
         if mode == "a":
             bundle, normal = MeltBundle.read(rca_dir), MeltBundle.read(logs_and_traces(normal_dir))
             faults = [f for f in bundle.truth["faults"] if f["id"] in set(truth["id"])]
-            reports = window_given(bundle, normal, config, models, out, pd.Timedelta(args.lead_in),
+            reports = window_given(bundle, normal, settings, models, out, pd.Timedelta(args.lead_in),
                                    pd.Timedelta(args.history), history_signals, faults)
         else:
             every = None if args.retrain_every == "off" else args.retrain_every
-            rolling = {**config, "detect": {**config["detect"], "retrain_every": every}}
+            rolling = settings.with_overrides({"detect.retrain_every": every}, "--retrain-every")
             reference = logs_and_traces(normal_dir) if every else normal_dir
             reports = detect(rca_dir, ",".join(models), out, rolling, train_dir=reference, quiet=True).reports
-        result = evaluate(reports, truth, "1m")
+        result = evaluate(reports, truth, pd.Timedelta("1min"))
         result["wall_s"] = round(time.perf_counter() - began, 1)
         results[mode] = result
         title = "(a) window given" if mode == "a" else "(b) end to end"
@@ -179,9 +180,9 @@ def main() -> None:
         if not source.is_dir():
             sys.exit(f"{source}: not found (the Nezha data lives in ../shared/data/nezha-trainticket; "
                      "OnlineBoutique unpacks from ../shared/data/nezha-onlineboutique, see its README)")
-    config = load_config(ROOT / "config.yaml")
+    settings = load_settings(ROOT / "config.yaml")
     models = [m.strip() for m in args.models.split(",")]
-    results = {system_name(source): run_system(source, args, config, models, history_signals) for source in args.data}
+    results = {system_name(source): run_system(source, args, settings, models, history_signals) for source in args.data}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS {peak:.0f} MB")
     args.out.mkdir(parents=True, exist_ok=True)

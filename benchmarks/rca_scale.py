@@ -23,14 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.timing import median_time  # noqa: E402
-from melt.core.config import default_config  # noqa: E402
+from melt.core.config import default_settings  # noqa: E402
+from melt.core.settings import SynthSettings  # noqa: E402
 from melt.incidents.ensemble import ALERT_SIGNALS, group_incidents  # noqa: E402
 from melt.pipeline.batch import report_incidents  # noqa: E402
 from melt.pipeline.fitting import fit_detectors, score_all, training_split  # noqa: E402
 from rca.baselines import loudest, pagerank_ranking  # noqa: E402
 from rca.graph import dependency_graph  # noqa: E402
 from rca.rank import rank_root_causes  # noqa: E402
-from synth.generate import SynthConfig, generate  # noqa: E402
+from synth.generate import generate  # noqa: E402
 
 
 def main() -> None:
@@ -42,25 +43,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
-    config = default_config()
+    config = default_settings()
     began = time.perf_counter()
-    bundle = generate(SynthConfig(seed=args.seed, services=args.services, duration=args.duration, faults=args.faults))
+    bundle = generate(SynthSettings.of(seed=args.seed, services=args.services, duration=args.duration, faults=args.faults))
     with tempfile.TemporaryDirectory() as tmp:  # written and read back, as `melt detect` would see it
         bundle.write(Path(tmp) / "data")
     print(f"generated {len(bundle.traces)} spans, {len(bundle.logs)} logs in {time.perf_counter() - began:.1f}s")
-    models = fit_detectors(training_split(bundle, config["detect"]["train_fraction"]), args.models.split(","),
+    models = fit_detectors(training_split(bundle, config.detect.train_fraction), args.models.split(","),
                            config, quiet=True)
     signal_of = {name: model.signal for name, model in models.items()}
     scores = score_all(models, bundle, quiet=True)
     graph = dependency_graph(bundle.traces)
-    incidents = group_incidents(scores, signal_of, config["ensemble"], graph)
+    incidents = group_incidents(scores, signal_of, config.ensemble, graph)
     for incident in incidents:
         print(f"  {incident.id}: {incident.start} .. {incident.end}, {len(incident.services)} services")
     print(f"graph: {graph.number_of_nodes()} services, {graph.number_of_edges()} edges; "
           f"{len(scores)} score rows; {len(incidents)} incidents")
     if not incidents:
         sys.exit("no incidents to rank")
-    threshold = float(config["ensemble"]["threshold"])
+    threshold = config.ensemble.threshold
     timings: dict[str, list[float]] = {"ranking": [], "report": [], "pagerank": []}
     rows = []
     for incident in incidents:
@@ -70,7 +71,7 @@ def main() -> None:
             return pagerank_ranking(graph, loudest(window, None))
 
         timings["ranking"].append(median_time(
-            lambda i=incident: rank_root_causes(i, scores, graph, signal_of, config["rca"], threshold), args.repeats))
+            lambda i=incident: rank_root_causes(i, scores, graph, signal_of, config.rca, threshold), args.repeats))
         timings["report"].append(median_time(
             lambda i=incident: report_incidents([i], scores, bundle, signal_of, config, graph), args.repeats))
         timings["pagerank"].append(median_time(baseline, args.repeats))

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.timing import median_time  # noqa: E402
 from explain.facts import build_facts  # noqa: E402
 from explain.template import TemplateExplainer  # noqa: E402
-from melt.core.config import default_config  # noqa: E402
+from melt.core.config import default_settings  # noqa: E402
+from melt.core.settings import SynthSettings  # noqa: E402
 from melt.delivery.sinks import WebhookSink  # noqa: E402
 from melt.delivery.spool import drain  # noqa: E402
 from melt.incidents.ensemble import group_incidents  # noqa: E402
@@ -38,21 +39,21 @@ from melt.pipeline.batch import report_incidents  # noqa: E402
 from melt.pipeline.fitting import fit_detectors, score_all, training_split  # noqa: E402
 from melt.reports.report import validate_report  # noqa: E402
 from rca.graph import dependency_graph  # noqa: E402
-from synth.generate import SynthConfig, generate  # noqa: E402
+from synth.generate import generate  # noqa: E402
 from tests.local_servers import WebhookReceiver  # noqa: E402
 
 
 def explainer_overhead() -> dict:
     """Fit, score and group once; then time each incident's report stage, its facts + template
     explanation, and its schema check."""
-    bundle = generate(SynthConfig(seed=5, faults=7, duration="4h"))
-    config = default_config()
-    models = fit_detectors(training_split(bundle, config["detect"]["train_fraction"]),
+    bundle = generate(SynthSettings.of(seed=5, faults=7, duration="4h"))
+    config = default_settings()
+    models = fit_detectors(training_split(bundle, config.detect.train_fraction),
                            ["zscore", "log_patterns", "span_latency"], config, quiet=True)
     signal_of = {n: m.signal for n, m in models.items()}
     scores = score_all(models, bundle, quiet=True)
     graph = dependency_graph(bundle.traces, None)
-    incidents = group_incidents(scores, signal_of, config["ensemble"], graph)
+    incidents = group_incidents(scores, signal_of, config.ensemble, graph)
     template = TemplateExplainer()
     stage_s, explain_s, validate_s, reports = [], [], [], []
     for incident in incidents:
@@ -99,14 +100,16 @@ def main() -> None:
               f"per incident ({100 * (cost['explain_ms'] + cost['validate_ms']) / cost['stage_ms']:.1f}% of it)")
         reports = copies(cost["report"], args.reports)
         size = len(json.dumps(reports[0]))
-        config = default_config()["report"]["webhook"] | {"payload": args.payload, "backoff": 0.0, "max_retries": 0,
-                                                           "vars": {"jira_project": "OPS", "pagerduty_routing_key": "x"}}
+        hook = {"payload": args.payload, "backoff": 0.0, "max_retries": 0,
+                "vars": {"jira_project": "OPS", "pagerduty_routing_key": "x"}}
         with WebhookReceiver() as receiver:
+            hook["url"] = receiver.url
+            webhook = default_settings().with_overrides({f"report.webhook.{k}": v for k, v in hook.items()}).report.webhook
             began = time.perf_counter()
             plain_posts(receiver.url, reports)
             plain_s = time.perf_counter() - began
             receiver.tickets.clear()  # the plain loop sends no idempotency key
-            sink = WebhookSink(config | {"url": receiver.url}, root / "spool")
+            sink = WebhookSink(webhook, root / "spool")
             began = time.perf_counter()
             delivery = sink.deliver(reports)
             sink_s = time.perf_counter() - began
@@ -118,7 +121,7 @@ def main() -> None:
             receiver.down = False
             receiver.tickets.clear()
             began = time.perf_counter()
-            drained = drain(root / "spool", config | {"url": receiver.url})
+            drained = drain(root / "spool", webhook)
             drain_s = time.perf_counter() - began
             assert len(drained.sent) == len(reports) and len(receiver.tickets) == len(reports)
         n = len(reports)

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from melt.core.settings import SynthSettings
 from synth.calls import uncapped_durations
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 from synth.topology import random_topology
 from synth.workload import arrival_times, build_templates, expand_requests
 
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--baseline-requests", type=int, default=5000)
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="melt-synth-"))
-    config = SynthConfig(seed=args.seed, services=args.services, duration=args.duration,
+    config = SynthSettings.of(seed=args.seed, services=args.services, duration=args.duration,
                          requests_per_minute=args.requests_per_minute, faults=args.faults, fault_duration="20m")
     began = time.perf_counter()
     bundle = generate(config)

@@ -23,8 +23,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from melt.core.registry import build_detector
+from melt.core.settings import SynthSettings
 from melt.pipeline.fitting import training_split
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     aucs, flagged_total, ok_total = [], 0, 0
     for seed in [int(s) for s in args.seeds.split(",")]:
-        bundle = generate(SynthConfig(seed=seed, faults=4, fault_types=["error_burst", "bad_deploy"]))
+        bundle = generate(SynthSettings.of(seed=seed, faults=4, fault_types=["error_burst", "bad_deploy"]))
         train = training_split(bundle, 0.35)
         began = time.perf_counter()
         detector = build_detector("teg").fit_calibrated(train)

@@ -19,6 +19,7 @@ from typing import Any
 
 from explain.facts import facts_hash
 from explain.template import TemplateExplainer
+from melt.core.settings import ExplainSettings
 
 
 def default_cache_dir() -> Path:
@@ -57,20 +58,26 @@ class ExplainStats:
 
 
 class Explainer:
-    """``explain_all(facts_list)``: one explanation dict per facts, in order (config: ``explain``)."""
+    """``explain_all(facts_list)``: one explanation dict per facts, in order.
 
-    def __init__(self, config: dict[str, Any], keep_prompts: bool | None = None,
+    Args:
+        settings: the ``explain`` settings; ``provider`` picks the template or the LLM.
+        keep_prompts: overrides ``settings.keep_prompts``.
+        environ: where the API key is read (default: the process environment).
+    """
+
+    def __init__(self, settings: ExplainSettings, keep_prompts: bool | None = None,
                  environ: dict[str, str] | None = None) -> None:
-        self.config = config
-        self.keep_prompts = config["keep_prompts"] if keep_prompts is None else keep_prompts
+        self.settings = settings
+        self.keep_prompts = settings.keep_prompts if keep_prompts is None else keep_prompts
         self.template = TemplateExplainer()
         self.llm = None
-        if config["provider"] == "openai":
+        if settings.provider == "openai":
             from explain.openai_provider import OpenAIExplainer
 
-            self.llm = OpenAIExplainer(config, environ)
-        self.cache = (ExplanationCache(config["cache_dir"] or default_cache_dir())
-                      if config["cache"] and self.llm is not None else None)
+            self.llm = OpenAIExplainer(settings.openai, environ)
+        self.cache = (ExplanationCache(settings.cache_dir or default_cache_dir())
+                      if settings.cache and self.llm is not None else None)
         self.stats = ExplainStats()
         self._lock = threading.Lock()
 
@@ -103,5 +110,5 @@ class Explainer:
     def explain_all(self, facts_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.llm is None or len(facts_list) <= 1:
             return [self._one(f) for f in facts_list]
-        with ThreadPoolExecutor(max_workers=max(1, int(self.config["concurrency"]))) as pool:
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             return list(pool.map(self._one, facts_list))

@@ -20,6 +20,7 @@ from typing import Any
 from explain.answer import AnswerError, parse_answer, to_explanation
 from explain.facts import evidence_ids
 from melt.core.json_schema import load_schema
+from melt.core.settings import OpenAISettings
 
 PROMPT_VERSION = "1"
 SYSTEM_PROMPT = """You are an SRE assistant that explains incidents in a microservice system.
@@ -55,17 +56,16 @@ def _reason(exc: Exception) -> str:
 class OpenAIExplainer:
     """``explain(facts)`` -> explanation dict, or :class:`ExplanationFailed`."""
 
-    def __init__(self, config: dict[str, Any], environ: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: OpenAISettings, environ: dict[str, str] | None = None) -> None:
         import openai
 
-        settings = config["openai"]
         env = os.environ if environ is None else environ
-        self.model = settings["model"]
+        self.model = settings.model
         self.source = f"llm:{self.model}"
-        self.temperature = float(settings["temperature"])
+        self.temperature = settings.temperature
         # local OpenAI-compatible servers need no key, but the client insists on one
-        self._client = openai.OpenAI(base_url=settings["base_url"], api_key=env.get(settings["api_key_env"]) or "none",
-                                     timeout=float(settings["timeout"]), max_retries=int(settings["max_retries"]))
+        self._client = openai.OpenAI(base_url=settings.base_url, api_key=env.get(settings.api_key_env) or "none",
+                                     timeout=settings.timeout, max_retries=settings.max_retries)
         self._json_schema_ok = True
         self._lock = threading.Lock()
 

@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from melt.core.timeutil import parse_duration
+from melt.core.settings import RcaSettings
 from rca import terms
 from rca.attribution import attribute_to_peers
 
@@ -38,38 +38,37 @@ class Candidate:
     evidence_ids: list[str] = field(default_factory=list)
 
 
-def own_evidence(scores: pd.DataFrame, kinds: pd.Series, config: dict[str, Any]) -> pd.DataFrame:
+def own_evidence(scores: pd.DataFrame, kinds: pd.Series, settings: RcaSettings) -> pd.DataFrame:
     """Per service and evidence kind: the strongest calibrated score above that kind's noise floor."""
-    floors, weights, cap = config["noise_floor"], config["evidence_weights"], float(config["evidence_cap"])
+    floors, weights, cap = settings.noise_floor, settings.evidence_weights, settings.evidence_cap
     columns = {}
     for kind in terms.EVIDENCE_KINDS:
         if kind == "calls":  # an edge's two ends: attributed to the end the anomalous edges share
-            strength = terms.call_edge_evidence(scores, kinds, float(floors[kind]), cap)
+            strength = terms.call_edge_evidence(scores, kinds, floors[kind], cap)
         else:
             strength = terms.excess(terms.strongest(scores, kinds, kind, rising_only=(kind == "resource")),
-                                    float(floors[kind]), cap)
-        columns[kind] = strength * float(weights[kind])
+                                    floors[kind], cap)
+        columns[kind] = strength * weights[kind]
     return pd.DataFrame(columns).fillna(0.0)
 
 
-def term_table(scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str], config: dict[str, Any],
+def term_table(scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str], settings: RcaSettings,
                start: pd.Timestamp, threshold: float, candidates: set[str] | None = None) -> pd.DataFrame:
     """Every term for every candidate service, plus the per-kind evidence behind ``anomaly``."""
     scores = attribute_to_peers(scores, signal_of)
-    kinds = terms.evidence_kind(scores, signal_of, config["resource_metrics"], config["host_metrics"])
-    in_window = (scores["timestamp"] >= start.floor(parse_duration(config["bucket"]))).to_numpy()
+    kinds = terms.evidence_kind(scores, signal_of, settings.resource_metrics, settings.host_metrics)
+    in_window = (scores["timestamp"] >= start.floor(settings.bucket)).to_numpy()
     current, current_kinds = scores[in_window], kinds[in_window]
-    evidence = own_evidence(current, current_kinds, config)
+    evidence = own_evidence(current, current_kinds, settings)
     if candidates:
         evidence = evidence[evidence.index.isin(candidates)]
-    blames = terms.complaint_strength(current, current_kinds, float(config["noise_floor"]["reported"]),
-                                      float(config["evidence_cap"]))
-    own = evidence.sum(axis=1) * (1.0 - float(config["complaint_discount"]) * blames.reindex(evidence.index).fillna(0.0))
+    blames = terms.complaint_strength(current, current_kinds, settings.noise_floor["reported"], settings.evidence_cap)
+    own = evidence.sum(axis=1) * (1.0 - settings.complaint_discount * blames.reindex(evidence.index).fillna(0.0))
     table = pd.DataFrame({
         "anomaly": terms.normalised(own),
-        "propagation": terms.propagation_term(graph, own, float(config["pagerank_alpha"])),
+        "propagation": terms.propagation_term(graph, own, settings.pagerank_alpha),
         "precedence": terms.precedence_term(scores, kinds, threshold),
-        "change": terms.change_term(scores, kinds, start, parse_duration(config["lookback"])),
+        "change": terms.change_term(scores, kinds, start, settings.lookback),
     }).reindex(own.index).fillna(0.0)
     return pd.concat([table, evidence.add_prefix("evidence.")], axis=1)
 
@@ -88,34 +87,33 @@ def propagation_path(graph: nx.DiGraph, symptoms: list[str], cause: str) -> list
     return best
 
 
-def evidence_window(incident: Any, config: dict[str, Any]) -> tuple[pd.Timestamp, pd.Timestamp]:
+def evidence_window(incident: Any, settings: RcaSettings) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The rows that speak to an incident's cause: from ``lookback`` before its onset (change events
     and early signs sit there) to its end."""
-    return incident.start - parse_duration(config["lookback"]), incident.end
+    return incident.start - settings.lookback, incident.end
 
 
 def rank_root_causes(incident: Any, all_scores: pd.DataFrame, graph: nx.DiGraph, signal_of: dict[str, str],
-                     config: dict[str, Any], threshold: float, candidates: set[str] | None = None) -> list[Candidate]:
-    """Ranked candidates for ``incident`` (config: the ``rca`` section).
+                     settings: RcaSettings, threshold: float, candidates: set[str] | None = None) -> list[Candidate]:
+    """Ranked candidates for ``incident``.
 
     Args:
         incident: anything with ``start``, ``end`` and ``services`` (a :class:`melt.ensemble.Incident`).
         all_scores: calibrated score rows of every detector (events included).
         graph: the service dependency graph.
         signal_of: detector name -> signal.
-        config: the ``rca`` config section.
+        settings: the ``rca`` settings.
         threshold: the ensemble's alert threshold, for onset times.
         candidates: services allowed to rank (those on the request path); ``None`` = every service
             with a score row in the evidence window. The list is filled up to ``top_k`` from them
             (:func:`ranked_services`).
     """
-    start, end = evidence_window(incident, config)
+    start, end = evidence_window(incident, settings)
     window = all_scores[(all_scores["timestamp"] >= start) & (all_scores["timestamp"] < end)]
-    table = term_table(window, graph, signal_of, config, incident.start, threshold, candidates)
-    weights = config["weights"]
-    total = table[list(TERMS)].mul(pd.Series({name: float(weights[name]) for name in TERMS})).sum(axis=1)
+    table = term_table(window, graph, signal_of, settings, incident.start, threshold, candidates)
+    total = table[list(TERMS)].mul(pd.Series({name: settings.weights[name] for name in TERMS})).sum(axis=1)
     symptoms = [s for s in incident.services if s in table.index]  # every service with evidence, ranked or not
-    ranked = ranked_services(total, window, candidates, int(config["top_k"]))
+    ranked = ranked_services(total, window, candidates, settings.top_k)
     table = table.reindex(ranked.index).fillna(0.0)
     return [
         Candidate(service=str(s), score=round(float(v), 4),

@@ -23,8 +23,8 @@ EVIDENCE_KINDS = ("resource", "logs", "reported", "traces", "calls", "symptoms")
 ONSET_KINDS = ("resource", "logs", "reported", "traces", "symptoms")  # kinds whose rows name the service they are about
 
 
-def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metrics: str,
-                  host_metrics: str | None = None) -> pd.Series:
+def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metrics: re.Pattern[str],
+                  host_metrics: re.Pattern[str] | None = None) -> pd.Series:
     """The kind of each score row: resource | symptoms (other metrics) | logs | reported | traces | calls | events.
 
     ``calls`` rows score a call edge (they carry a ``caller``; :mod:`detectors.edges`), whichever
@@ -34,15 +34,16 @@ def evidence_kind(scores: pd.DataFrame, signal_of: dict[str, str], resource_metr
     they name. Metrics matching ``host_metrics`` describe the host a service runs on (node CPU, node
     memory), which every service on that host reports alike, so they are symptoms, not the service's own
     resource: a CPU hog raises its neighbours' node CPU as much as its own. The regexes run once per
-    distinct entity name, not once per row.
+    distinct entity name, not once per row. The patterns come compiled from the settings
+    (``rca.resource_metrics``, ``rca.host_metrics``, case-insensitive).
     """
     signal = scores["detector"].map(signal_of).fillna("unknown")
     entity = scores["entity"].astype(str)
     names = pd.Series(entity.unique())
     metric = names.str.split(EDGE_ARROW, n=1, regex=False).str[0]  # a call metric's peer is not part of its name
-    matches = metric.str.contains(resource_metrics, flags=re.IGNORECASE, regex=True)
-    if host_metrics:
-        matches &= ~metric.str.contains(host_metrics, flags=re.IGNORECASE, regex=True)
+    matches = metric.str.contains(resource_metrics, regex=True)
+    if host_metrics is not None:
+        matches &= ~metric.str.contains(host_metrics, regex=True)
     is_resource = pd.Series(matches.to_numpy(), index=names.to_numpy())
     resource = signal.eq("metrics") & entity.map(is_resource).astype(bool)
     kind = signal.where(~signal.eq("metrics"), "symptoms").where(~resource, "resource")

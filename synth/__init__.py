@@ -1,5 +1,5 @@
 """Synthetic MELT data: topology, workload, fault injection and propagation, ground truth."""
 
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 
-__all__ = ["SynthConfig", "generate"]
+__all__ = ["generate"]

@@ -8,7 +8,6 @@ comes from one ``numpy.random.Generator`` seeded from ``seed``, so a seed gives 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ import pandas as pd
 from melt.core.bundle import MeltBundle
 from melt.core.errors import ConfigError
 from melt.core.progress import log
-from melt.core.timeutil import parse_duration
+from melt.core.settings import SynthSettings
 from synth.calls import add_retries, endpoint_timeouts, in_subtrees, network_time, resolve_calls
 from synth.client_spans import add_client_spans
 from synth.events import benign_events, fault_events
@@ -52,60 +51,30 @@ PRESETS: dict[str, dict[str, float]] = {
 BACKGROUND_ERROR_RATE = 0.002
 
 
-@dataclass
-class SynthConfig:
-    """Generator settings; the fields mirror the ``synth:`` section of config.yaml."""
-
-    seed: int = 7
-    services: int = 12
-    endpoints_per_service: int = 3
-    duration: str = "2h"
-    interval: str = "1m"
-    start: str = "2026-01-05T00:00:00Z"
-    requests_per_minute: float = 60.0
-    faults: int = 3
-    fault_types: list[str] = field(default_factory=lambda: list(FAULT_TYPES))
-    fault_duration: str = "10m"
-    warmup_fraction: float = 0.4
-    preset: str = "realistic"
-    background_logs_per_minute: float = 20.0
-    overlap: bool = False
-    topology_file: str | None = None
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any], **overrides: Any) -> SynthConfig:
-        values = {**section, **{k: v for k, v in overrides.items() if v is not None}}
-        return cls(**values)
-
-    def check(self) -> None:
-        if self.preset not in PRESETS:
-            raise ConfigError(f"synth: unknown preset '{self.preset}' (use {', '.join(PRESETS)})")
-        unknown = [t for t in self.fault_types if t not in FAULT_TYPES]
-        if unknown:
-            raise ConfigError(f"synth: unknown fault type '{unknown[0]}' (use {', '.join(FAULT_TYPES)})")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError("synth: warmup_fraction must be in [0, 1)")
-        if self.services < 4 and self.topology_file is None:
-            raise ConfigError(f"synth: --services must be at least 4, got {self.services}")
-        if self.faults < 0 or self.requests_per_minute <= 0:
-            raise ConfigError("synth: faults must be >= 0 and requests_per_minute > 0")
-        try:
-            total, length = parse_duration(self.duration), parse_duration(self.fault_duration)
-            if self.faults:
-                fault_slot(int(total.value * (1 - self.warmup_fraction)), self.faults, length.value, self.overlap)
-        except ValueError as exc:
-            raise ConfigError(f"synth: {exc}") from None
-
-
-def generate(config: SynthConfig, quiet: bool = True) -> MeltBundle:
-    """Simulate the system and return a validated bundle with ``truth``."""
-    config.check()
+def check(config: SynthSettings) -> None:
+    """What the generator needs of its settings beyond their types and ranges (those are
+    checked at load, :mod:`melt.core.settings`): a known preset and fault types, enough services,
+    and room for the faults after the warm-up."""
+    if config.preset not in PRESETS:
+        raise ConfigError(f"synth: unknown preset '{config.preset}' (use {', '.join(PRESETS)})")
+    unknown = [t for t in config.fault_types if t not in FAULT_TYPES]
+    if unknown:
+        raise ConfigError(f"synth: unknown fault type '{unknown[0]}' (use {', '.join(FAULT_TYPES)})")
+    if config.services < 4 and config.topology_file is None:
+        raise ConfigError(f"synth: --services must be at least 4, got {config.services}")
     try:
-        total, interval = parse_duration(config.duration), parse_duration(config.interval)
-        fault_length = parse_duration(config.fault_duration)
-        start = pd.Timestamp(config.start).tz_convert("UTC") if pd.Timestamp(config.start).tzinfo else pd.Timestamp(config.start, tz="UTC")
+        if config.faults:
+            fault_slot(int(config.duration.value * (1 - config.warmup_fraction)), config.faults,
+                       config.fault_duration.value, config.overlap)
     except ValueError as exc:
         raise ConfigError(f"synth: {exc}") from None
+
+
+def generate(config: SynthSettings, quiet: bool = True) -> MeltBundle:
+    """Simulate the system and return a validated bundle with ``truth`` (``config``: the ``synth``
+    settings, e.g. ``SynthSettings.of(seed=3, duration="4h")``)."""
+    check(config)
+    total, interval, fault_length, start = config.duration, config.interval, config.fault_duration, config.start
     preset = PRESETS[config.preset]
     rng = np.random.default_rng(config.seed)
     topology = (load_topology(config.topology_file) if config.topology_file

@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 
 from melt.core.bundle import MeltBundle
-from synth.generate import SynthConfig, generate
+from melt.core.settings import SynthSettings
+from synth.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 MELT = [sys.executable, "-m", "melt.cli"]
 
 
-def small_config(**overrides) -> SynthConfig:
+def small_config(**overrides) -> SynthSettings:
     values = dict(seed=11, services=7, duration="50m", requests_per_minute=40.0, faults=1,
                   fault_types=["latency"], fault_duration="8m", warmup_fraction=0.5)
     values.update(overrides)
-    return SynthConfig(**values)
+    return SynthSettings.of(**values)
 
 
 @pytest.fixture(scope="session")

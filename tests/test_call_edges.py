@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +12,9 @@ from detectors.metrics.call_metrics import CallMetricsDetector
 from detectors.traces.call_edges import CallEdgeDetector
 from detectors.traces.client_calls import callee_map, client_calls, client_span_mask
 from melt.core.bundle import MeltBundle
+from melt.core.settings import SynthSettings
 from rca.terms import call_edge_evidence, evidence_kind
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 
@@ -59,7 +62,7 @@ def test_without_span_kinds_an_entry_span_is_never_a_client_span() -> None:
 
 @pytest.fixture(scope="module")
 def network_faults() -> MeltBundle:
-    return generate(SynthConfig(seed=5, faults=2, duration="3h", fault_types=["network_delay", "packet_loss"]))
+    return generate(SynthSettings.of(seed=5, faults=2, duration="3h", fault_types=["network_delay", "packet_loss"]))
 
 
 def _window(bundle: MeltBundle, fault: dict) -> MeltBundle:
@@ -97,7 +100,7 @@ def test_call_edge_detectors_flag_the_edges_into_the_target(network_faults) -> N
             scores = fitted.detect(_window(network_faults, fault))
             evidence = scores.loc[scores["score"].idxmax(), "evidence"]
             assert evidence["callee"] == fault["root_cause_service"] and evidence["caller"] in set(scores["caller"])
-            blamed = call_edge_evidence(scores, evidence_kind(scores, {detector.name: "traces"}, "cpu"), 3.0, 20.0)
+            blamed = call_edge_evidence(scores, evidence_kind(scores, {detector.name: "traces"}, re.compile("cpu")), 3.0, 20.0)
             assert blamed.idxmax() == fault["root_cause_service"] and blamed.max() >= 10, detector.name
 
 
@@ -121,7 +124,7 @@ def test_call_metrics_pairs_both_sides_of_an_edge_and_ignores_other_series() -> 
 def _edges(*triples: tuple[str, str, float]) -> tuple[pd.DataFrame, pd.Series]:
     scores = pd.DataFrame({"timestamp": T0, "service": [c for _, c, _ in triples], "caller": [a for a, _, _ in triples],
                            "detector": "call_edges", "entity": "e", "score": [s for *_, s in triples], "evidence": None})
-    return scores, evidence_kind(scores, {"call_edges": "traces"}, "cpu")
+    return scores, evidence_kind(scores, {"call_edges": "traces"}, re.compile("cpu"))
 
 
 def test_edge_anomalies_go_to_the_end_they_share() -> None:

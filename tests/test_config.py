@@ -76,3 +76,59 @@ def test_detector_parameters_are_checked_against_the_plugin() -> None:
 def test_missing_config_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml", env={})
+
+
+def test_settings_are_parsed_once_into_typed_sections() -> None:
+    import re
+
+    import pandas as pd
+
+    from melt.core.config import load_settings
+
+    settings = load_settings(REPO / "config.yaml", env={})
+    assert settings.rca.lookback == pd.Timedelta("5min") and settings.ensemble.merge_gap == pd.Timedelta("3min")
+    assert isinstance(settings.rca.resource_metrics, re.Pattern) and settings.rca.resource_metrics.search("CpuUsageRate(%)")
+    assert settings.detect.retrain_every is None and settings.imports.nezha.service_regex.groupindex == {"service": 1}
+    changed = settings.with_overrides({"detect.retrain_every": "10m", "explain.provider": None})
+    assert changed.detect.retrain_every == pd.Timedelta("10min") and changed.explain.provider == "template"
+    assert settings.detect.retrain_every is None  # the original is unchanged (frozen)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("ensemble:\n  threshold: .nan\n", {}, "key 'ensemble.threshold' must be a finite number"),
+        ("ensemble:\n  threshold: .inf\n", {}, "key 'ensemble.threshold' must be a finite number"),
+        ("{}\n", {"MELT_THRESHOLD": "-1"}, "key 'ensemble.threshold' must be > 0"),
+        ("{}\n", {"MELT_THRESHOLD": "nan"}, "key 'ensemble.threshold' must be a finite number"),
+        ("detect:\n  train_fraction: 1.5\n", {}, "key 'detect.train_fraction' must be <= 1"),
+        ("detect:\n  train_fraction: 0\n", {}, "key 'detect.train_fraction' must be > 0"),
+        ("rca:\n  top_k: -1\n", {}, "key 'rca.top_k' must be >= 1"),
+        ("rca:\n  pagerank_alpha: 1.7\n", {}, "key 'rca.pagerank_alpha' must be < 1"),
+        ("rca:\n  resource_metrics: 'cpu(|'\n", {}, "key 'rca.resource_metrics' is not a valid regex"),
+        ("ensemble:\n  weights: {zscore: -2}\n", {}, "key 'ensemble.weights.zscore' must be >= 0"),
+        ("ensemble:\n  weights: {zscore: heavy}\n", {}, "key 'ensemble.weights.zscore' must be a number"),
+        ("explain:\n  openai:\n    timeout: -1\n", {}, "key 'explain.openai.timeout' must be > 0"),
+        ("import:\n  nezha:\n    service_regex: '^.+$'\n", {}, "key 'import.nezha.service_regex' needs a group"),
+        ("report:\n  sinks: [files, fax]\n", {}, "key 'report.sinks' has an unknown sink 'fax'"),
+    ],
+)
+def test_values_are_checked_for_range_at_load(tmp_path, text, env, message) -> None:
+    from melt.core.config import load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env=env)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_override_is_checked_like_a_file_value() -> None:
+    from melt.core.config import default_settings
+    from melt.core.settings import SynthSettings
+
+    with pytest.raises(ConfigError, match=r"--retrain-every: key 'detect.retrain_every': 'soon' is not a duration"):
+        default_settings().with_overrides({"detect.retrain_every": "soon"}, "--retrain-every")
+    with pytest.raises(ConfigError, match="unknown key 'detect.retrain'"):
+        default_settings().with_overrides({"detect.retrain": "10m"})
+    with pytest.raises(ConfigError, match="synth: unknown setting 'sevrices'"):
+        SynthSettings.of(sevrices=4)
+    assert SynthSettings.of(duration="90m").duration.total_seconds() == 5400

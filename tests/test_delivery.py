@@ -11,8 +11,9 @@ import yaml
 from click.testing import CliRunner
 
 from melt.cli import cli
-from melt.core.config import default_config
+from melt.core.config import default_settings
 from melt.core.errors import ConfigError
+from melt.core.settings import WebhookSettings
 from melt.delivery.spool import drain, spool_report
 from melt.delivery.webhook import Webhook
 from melt.reports.report import validate_report
@@ -33,10 +34,9 @@ def reports(tiny_dir, tmp_path_factory) -> list[dict]:
     return [json.loads(p.read_text()) for p in files]
 
 
-def _hook_config(url: str, **changes) -> dict:
-    config = default_config()["report"]["webhook"]
-    config.update(url=url, backoff=0.0, **changes)
-    return config
+def _hook_config(url: str | None, **changes) -> WebhookSettings:
+    values = {"url": url, "backoff": 0.0, **changes}
+    return default_settings().with_overrides({f"report.webhook.{k}": v for k, v in values.items()}).report.webhook
 
 
 def test_retries_until_the_receiver_recovers_with_one_idempotency_key(reports) -> None:

@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from melt.cli import cli
-from melt.core.config import default_config
+from melt.core.config import default_settings
 from melt.pipeline.batch import detect
 from synth.generate import generate
 from tests.conftest import small_config
@@ -19,7 +19,7 @@ REPORT_FIELDS = {"timestamp", "service", "component", "feature", "anomaly_detail
 def test_pipeline_finds_the_injected_fault_and_ranks_its_service_first(tmp_path) -> None:
     bundle = generate(small_config(seed=5, faults=2, duration="80m", fault_types=["latency", "error_burst"]))
     bundle.write(tmp_path / "data")
-    result = detect(tmp_path / "data", "all", tmp_path / "reports", default_config(), quiet=True)
+    result = detect(tmp_path / "data", "all", tmp_path / "reports", default_settings(), quiet=True)
     assert result.reports, "no incident found"
     truth = bundle.truth["faults"]
     hits = 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import networkx as nx
 import pandas as pd
 import pytest
 
-from melt.core.config import default_config
+from melt.core.config import default_settings
+from melt.core.settings import EnsembleSettings
 from melt.incidents.ensemble import connected_groups, group_incidents, nearby_services
 
 T0 = pd.Timestamp("2026-01-01 00:10", tz="UTC")
@@ -27,8 +30,8 @@ def graph() -> nx.DiGraph:
 
 
 @pytest.fixture
-def ensemble() -> dict:
-    return default_config()["ensemble"]
+def ensemble() -> EnsembleSettings:
+    return default_settings().ensemble
 
 
 def test_concurrent_failures_in_unconnected_services_stay_apart(graph, ensemble) -> None:
@@ -43,7 +46,7 @@ def test_concurrent_failures_in_unconnected_services_stay_apart(graph, ensemble)
 def test_time_only_grouping_without_a_graph_or_with_zero_hops(graph, ensemble) -> None:
     scores = _alerts((0, "payments", 9.0), (1, "web", 6.0), (0, "reports", 8.0), (1, "reports", 7.0))
     assert len(group_incidents(scores, SIGNAL_OF, ensemble)) == 1
-    assert len(group_incidents(scores, SIGNAL_OF, ensemble | {"connect_hops": 0}, graph)) == 1
+    assert len(group_incidents(scores, SIGNAL_OF, replace(ensemble, connect_hops=0), graph)) == 1
 
 
 def test_flapping_alerts_on_one_service_extend_one_incident(graph, ensemble) -> None:
@@ -72,7 +75,7 @@ def test_a_lone_weak_alert_does_not_chain_two_failures(graph, ensemble) -> None:
                                                                   (["orders"], pd.Timedelta(minutes=4))]
     strong = [(6, "web", 15.0)]  # a strong lone alert is no blip: it joins both into one incident
     assert len(group_incidents(_alerts(*first, *strong, *second), SIGNAL_OF, ensemble, graph)) == 1
-    assert len(group_incidents(_alerts(*first, *blip, *second), SIGNAL_OF, ensemble | {"blip_factor": 0}, graph)) == 1
+    assert len(group_incidents(_alerts(*first, *blip, *second), SIGNAL_OF, replace(ensemble, blip_factor=0), graph)) == 1
 
 
 def test_a_failure_that_faded_and_fell_quiet_is_over(graph, ensemble) -> None:
@@ -84,7 +87,7 @@ def test_a_failure_that_faded_and_fell_quiet_is_over(graph, ensemble) -> None:
                                                                (["orders"], pd.Timedelta(minutes=4))]
     loud_to_the_end = [(0, "payments", 30.0), (1, "payments", 30.0), (2, "payments", 25.0)]
     assert len(group_incidents(_alerts(*loud_to_the_end, *second), SIGNAL_OF, ensemble, graph)) == 1
-    assert len(group_incidents(_alerts(*first, *second), SIGNAL_OF, ensemble | {"settled_fraction": 0}, graph)) == 1
+    assert len(group_incidents(_alerts(*first, *second), SIGNAL_OF, replace(ensemble, settled_fraction=0), graph)) == 1
     flare = [(m, "orders", 30.0) for m in range(3, 7)]  # no quiet window: the next failure more than doubles the tail
     assert [i.services for i in group_incidents(_alerts(*first, *flare), SIGNAL_OF, ensemble, graph)] == [
         ["payments"], ["orders"]]

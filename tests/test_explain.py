@@ -9,7 +9,8 @@ import pytest
 from explain.answer import AnswerError, parse_answer
 from explain.explainer import Explainer
 from explain.facts import build_facts, estimate_tokens
-from melt.core.config import default_config
+from melt.core.config import default_settings
+from melt.core.settings import ExplainSettings
 from tests.local_servers import FakeLLM
 
 SECRET = "sk-test-4f9a1c0ffee"
@@ -38,12 +39,16 @@ UNGROUNDED = json.dumps({"summary": "The database failed (E999).",
                          "recommendations": []})
 
 
-def _explainer(server: FakeLLM, tmp_path, **openai: object) -> Explainer:
-    config = default_config()["explain"]
-    config.update(provider="openai", cache_dir=str(tmp_path / "cache"))
-    config["openai"].update({"base_url": server.url + "/v1", "model": "test-model", "timeout": 2.0, "max_retries": 0,
-                             **openai})
-    return Explainer(config, environ={"OPENAI_API_KEY": SECRET})
+def _settings(**values: object) -> ExplainSettings:
+    """The ``explain`` settings with dotted changes under ``explain.`` (``openai.timeout`` ...)."""
+    return default_settings().with_overrides({f"explain.{k}": v for k, v in values.items()}).explain
+
+
+def _explainer(server: FakeLLM, tmp_path, concurrency: int = 4, **openai: object) -> Explainer:
+    options = {"base_url": server.url + "/v1", "model": "test-model", "timeout": 2.0, "max_retries": 0, **openai}
+    settings = _settings(provider="openai", cache_dir=str(tmp_path / "cache"), concurrency=concurrency,
+                         **{f"openai.{k}": v for k, v in options.items()})
+    return Explainer(settings, environ={"OPENAI_API_KEY": SECRET})
 
 
 def test_valid_answer_is_used_and_cites_only_real_evidence(tmp_path) -> None:
@@ -93,10 +98,9 @@ def test_server_errors_and_timeouts_fall_back_after_the_retries(tmp_path, step, 
 def test_unreachable_server_falls_back(tmp_path) -> None:
     with FakeLLM([("content", GOOD)]) as server:
         url = server.url
-    config = default_config()["explain"]
-    config.update(provider="openai", cache=False)
-    config["openai"].update(base_url=url + "/v1", timeout=1.0, max_retries=0)
-    [explanation] = Explainer(config, environ={}).explain_all([_facts()])
+    settings = _settings(provider="openai", cache=False, **{"openai.base_url": url + "/v1", "openai.timeout": 1.0,
+                                                            "openai.max_retries": 0})
+    [explanation] = Explainer(settings, environ={}).explain_all([_facts()])
     assert explanation["source"] == "template" and "cannot connect" in explanation["fallback"]
 
 
@@ -134,8 +138,7 @@ def test_concurrency_is_bounded(tmp_path) -> None:
             super()._answer(handler, record)
 
     with Counting([("content", GOOD)]) as server:
-        explainer = _explainer(server, tmp_path, max_retries=0)
-        explainer.config["concurrency"] = 2
+        explainer = _explainer(server, tmp_path, concurrency=2, max_retries=0)
         results = explainer.explain_all([_facts(n) for n in range(3, 9)])
     assert all(r["source"] == "llm:test-model" for r in results)
     assert 1 <= peak[0] <= 2
@@ -143,7 +146,7 @@ def test_concurrency_is_bounded(tmp_path) -> None:
 
 def test_keep_prompts_stores_the_messages_without_the_key(tmp_path) -> None:
     with FakeLLM([("content", GOOD)]) as server:
-        config = _explainer(server, tmp_path).config
+        config = _explainer(server, tmp_path).settings
         [explanation] = Explainer(config, keep_prompts=True, environ={"OPENAI_API_KEY": SECRET}).explain_all([_facts()])
     roles = [m["role"] for m in explanation["prompts"]]
     assert roles == ["system", "user"] and "E1" in explanation["prompts"][1]["content"]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from melt.cli import cli
 from melt.core.bundle import MeltBundle
-from melt.core.config import load_config
+from melt.core.config import load_settings
 from melt.core.errors import SourceError
 from melt.importers import import_source
 from melt.importers.otlp import bucket_quantile
@@ -27,7 +27,7 @@ NS = 1_700_000_000_000_000_000
 
 
 def imported(fmt: str, src: Path, out: Path, **kwargs) -> MeltBundle:
-    import_source(fmt, src, out, load_config(env={}), quiet=True, **kwargs)
+    import_source(fmt, src, out, load_settings(env={}), quiet=True, **kwargs)
     return MeltBundle.read(out)
 
 
@@ -104,13 +104,13 @@ def test_corrupt_otlp_line_is_reported_with_its_number_and_the_rest_imported(tmp
     lines = (DATA / "otlp" / "traces.jsonl").read_text().splitlines()
     broken = tmp_path / "broken.jsonl"
     broken.write_text("\n".join([lines[0], '{"resourceSpans": [{"resource": ', lines[1]]) + "\n")
-    summary = import_source("otlp", broken, tmp_path / "b", load_config(env={}), quiet=True)
+    summary = import_source("otlp", broken, tmp_path / "b", load_settings(env={}), quiet=True)
     assert summary.rows["traces"] == 4
     assert summary.bad_rows.count == 1
     assert summary.bad_rows.examples[0].startswith(f"{broken}:2: not valid JSON")
     assert any("1 bad row(s) skipped" in line for line in summary.lines())
     with pytest.raises(SourceError, match=r"broken.jsonl:2: not valid JSON"):
-        import_source("otlp", broken, tmp_path / "strict", load_config(env={}), quiet=True, strict=True)
+        import_source("otlp", broken, tmp_path / "strict", load_settings(env={}), quiet=True, strict=True)
 
 
 def test_otlp_span_without_ids_is_a_bad_row(tmp_path) -> None:
@@ -122,7 +122,7 @@ def test_otlp_span_without_ids_is_a_bad_row(tmp_path) -> None:
         {"traceId": "aa", "spanId": "02", "name": "y", "startTimeUnixNano": "1700000000000000000",
          "endTimeUnixNano": "1700000000000000001"}]}]}]}
     source.write_text(json.dumps(request) + "\n")
-    summary = import_source("otlp", source, tmp_path / "b", load_config(env={}), quiet=True)
+    summary = import_source("otlp", source, tmp_path / "b", load_settings(env={}), quiet=True)
     assert summary.rows == {"traces": 1}
     assert summary.bad_rows.examples == [f"{source}:1: column 'trace_id' is null"]
 
@@ -155,7 +155,7 @@ def test_jaeger_lines_file_reports_a_corrupt_line(tmp_path) -> None:
     document = json.loads((DATA / "jaeger" / "trace.json").read_text())
     source = tmp_path / "traces.jsonl"
     source.write_text(json.dumps(document) + "\n{oops\n" + json.dumps(document["data"][0] | {"traceID": "x"}) + "\n")
-    summary = import_source("jaeger", source, tmp_path / "b", load_config(env={}), quiet=True)
+    summary = import_source("jaeger", source, tmp_path / "b", load_settings(env={}), quiet=True)
     assert summary.rows["traces"] == 3 and summary.duplicate_spans == 3  # the same trace twice
     assert summary.bad_rows.examples == [f"{source}:2: not valid JSON (Expecting property name enclosed in "
                                          "double quotes at column 2)"]
@@ -171,7 +171,7 @@ def test_wide_csv_metrics_with_epoch_ms_and_service_regex(tmp_path) -> None:
                       "not-a-time,cart-5f6d7c8b9-x1y2z,0.9,120\n")
     table = {"signal": "metrics", "map": {"ts": "timestamp", "pod": "instance"}, "wide": True,
              "time_unit": "ms", "service_from": "instance", "service_regex": r"^(?P<service>.+)-[^-]+-[^-]+$"}
-    summary = import_source("csv", source, tmp_path / "b", load_config(env={}), table=table, quiet=True)
+    summary = import_source("csv", source, tmp_path / "b", load_settings(env={}), table=table, quiet=True)
     metrics = MeltBundle.read(tmp_path / "b").metrics
     assert len(metrics) == 4 and set(metrics["service"]) == {"cart"}
     assert set(metrics["metric"]) == {"cpu", "mem"}
@@ -210,7 +210,7 @@ def test_parquet_logs_without_level_column(tmp_path) -> None:
 def test_table_mapping_errors_are_one_line(tmp_path) -> None:
     source = tmp_path / "m.csv"
     source.write_text("time,svc,metric,value\n1700000000,a,cpu,1\n")
-    config = load_config(env={})
+    config = load_settings(env={})
     with pytest.raises(SourceError, match="mapped column 'pod' is not in the table"):
         import_source("csv", source, tmp_path / "b1", config, table={"map": {"pod": "instance"}}, quiet=True)
     with pytest.raises(SourceError, match=r"no 'timestamp' column for metrics \(map it with --map SOURCE=timestamp\)"):
@@ -250,7 +250,7 @@ def write_nezha_layout(root: Path) -> Path:
 
 def test_nezha_layout(tmp_path) -> None:
     source = write_nezha_layout(tmp_path / "nezha")
-    summary = import_source("nezha", source, tmp_path / "b", load_config(env={}), quiet=True)
+    summary = import_source("nezha", source, tmp_path / "b", load_settings(env={}), quiet=True)
     bundle = MeltBundle.read(tmp_path / "b")
     assert summary.duplicate_spans == 1 and len(bundle.traces) == 2
     assert set(bundle.traces["service_name"]) == {"ts-order-service", "ts-contacts-service"}
@@ -283,7 +283,7 @@ def test_nezha_directories_with_extra_files_a_broken_clock_and_edge_tables(tmp_p
     (metric.parent / "trace" / "README.csv").write_text("what,where\nspans,per minute\n")
     (metric / "source_50.csv").write_text(edges.format("0.012"))
     (metric / "destination_50.csv").write_text(edges.format("0.003"))
-    summary = import_source("nezha", source, tmp_path / "b", load_config(env={}), quiet=True)
+    summary = import_source("nezha", source, tmp_path / "b", load_settings(env={}), quiet=True)
     notes = "\n".join(summary.notes)
     assert "skipped" in notes and "dependency.csv: not a metric table (columns Source, Target, Weight)" in notes
     assert "notes.txt.csv: not a metric table" in notes
@@ -309,7 +309,7 @@ def test_split_edge_uses_known_service_names() -> None:
 
 @pytest.mark.skipif(not NEZHA.is_dir(), reason="real Nezha data (../shared/data) not present")
 def test_real_nezha_import(tmp_path) -> None:
-    summary = import_source("nezha", NEZHA, tmp_path / "tt", load_config(env={}), quiet=True)
+    summary = import_source("nezha", NEZHA, tmp_path / "tt", load_settings(env={}), quiet=True)
     assert summary.faults == 28
     assert 320_000 <= summary.rows["traces"] <= 335_000
     assert 170_000 <= summary.rows["logs"] <= 175_000
@@ -334,7 +334,7 @@ def test_cli_import_and_its_errors(tmp_path) -> None:
 
 @pytest.mark.skipif(not BOUTIQUE.is_dir(), reason="OnlineBoutique data not unpacked into data/real")
 def test_real_onlineboutique_import(tmp_path) -> None:
-    summary = import_source("nezha", BOUTIQUE, tmp_path / "ob", load_config(env={}), quiet=True)
+    summary = import_source("nezha", BOUTIQUE, tmp_path / "ob", load_settings(env={}), quiet=True)
     assert summary.faults == 56
     assert sum("dependency.csv: not a metric table" in note for note in summary.notes) == 2
     excluded = [note for note in summary.notes if note.startswith("excluded")]
@@ -353,7 +353,7 @@ def test_a_broken_clock_among_two_tables_excludes_only_itself(tmp_path) -> None:
     (date / "metric" / "a_metric.csv").write_text(row.format(1674981670, "ts-a-service"))
     (date / "metric" / "b_metric.csv").write_text(row.format(1874981670, "ts-b-service"))
     (date / "metric" / "c_metric.csv").write_text("Time,TimeStamp,PodName,CpuUsageRate(%)\n")  # no rows at all
-    summary = import_source("nezha", tmp_path / "nezha", tmp_path / "b", load_config(env={}), quiet=True)
+    summary = import_source("nezha", tmp_path / "nezha", tmp_path / "b", load_settings(env={}), quiet=True)
     excluded = [note for note in summary.notes if note.startswith("excluded")]
     assert len(excluded) == 2 and "b_metric.csv: its clock (2029-" in excluded[0] and "c_metric.csv: no readable time" in excluded[1]
     assert set(MeltBundle.read(tmp_path / "b").metrics["service"]) == {"ts-a-service"}

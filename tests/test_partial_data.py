@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from melt.cli import cli
 from melt.core.bundle import MeltBundle
-from melt.core.config import default_config, load_config
+from melt.core.config import default_settings, load_settings
 from melt.incidents.ensemble import Incident, window_incident
 from melt.pipeline.batch import detect, report_incidents
 from rca.rank import rank_root_causes
@@ -23,7 +23,7 @@ def test_a_detector_without_training_data_is_skipped_and_the_others_go_on(tmp_pa
     """OnlineBoutique's fault minutes have no logs: log detectors cannot fit, metrics and traces still run."""
     train = MeltBundle(metrics=tiny_bundle.metrics, traces=tiny_bundle.traces, validate=False).write(tmp_path / "train")
     tiny_bundle.write(tmp_path / "data")
-    result = detect(tmp_path / "data", "zscore,log_patterns,call_edges", tmp_path / "reports", default_config(),
+    result = detect(tmp_path / "data", "zscore,log_patterns,call_edges", tmp_path / "reports", default_settings(),
                     train_dir=train, quiet=False)
     assert result.detectors == ["zscore", "call_edges"]
     assert any("log_patterns" in note and "0 logs rows" in note for note in result.skipped)
@@ -45,7 +45,7 @@ def test_an_incident_that_names_no_service_still_gets_a_report(tiny_bundle) -> N
     scores = pd.DataFrame(columns=["timestamp", "service", "detector", "entity", "score", "evidence", "raw_score"])
     scores["timestamp"] = pd.to_datetime(scores["timestamp"], utc=True)
     report = report_incidents([empty], scores, MeltBundle(metrics=tiny_bundle.metrics, validate=False),
-                              {"zscore": "metrics"}, load_config(None))[0]
+                              {"zscore": "metrics"}, load_settings(None))[0]
     assert report["service"] == "unknown" and report["root_cause_analysis"]["ranked_causes"] == []
     assert "no root cause could be ranked" in report["explanation"]
 
@@ -60,6 +60,6 @@ def test_every_involved_service_is_ranked_up_to_top_k() -> None:
                            "score": [12.0] + [1.0] * (len(services) - 1), "evidence": [{"anomaly_type": "spike"}] * len(services)})
     signal_of = {"zscore": "metrics"}
     incident = window_incident(scores, signal_of, t0, t0 + pd.Timedelta("3min"), 4.0)
-    ranked = rank_root_causes(incident, scores, nx.DiGraph(), signal_of, load_config(None)["rca"], 4.0, set(services))
+    ranked = rank_root_causes(incident, scores, nx.DiGraph(), signal_of, load_settings(None).rca, 4.0, set(services))
     assert len(ranked) == 5 and ranked[0].service == services[0]
     assert [c.score for c in ranked[1:]] == [0.0] * 4

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import networkx as nx
 import pandas as pd
 
 from detectors.logs.log_templates import LogTemplateDetector
 from detectors.logs.peers import describe, named_peers, split_peer, with_peer
 from melt.core.bundle import MeltBundle
-from melt.core.config import load_config
+from melt.core.config import load_settings
 from melt.incidents.ensemble import window_incident
 from rca.attribution import attribute_to_peers
 from rca.rank import rank_root_causes
@@ -74,7 +76,7 @@ def test_callers_complaints_rank_the_service_they_name() -> None:
     assert moved["evidence"].iloc[0]["reported_by"] == "gateway" and "reported_by" not in scores["evidence"].iloc[0]
     assert attribute_to_peers(moved, SIGNAL_OF) is moved  # attributed rows are not moved twice
     incident = window_incident(scores, SIGNAL_OF, T0, T0 + pd.Timedelta(minutes=5), 4.0)
-    ranked = rank_root_causes(incident, scores, graph, SIGNAL_OF, load_config(None)["rca"], 4.0)
+    ranked = rank_root_causes(incident, scores, graph, SIGNAL_OF, load_settings(None).rca, 4.0)
     assert ranked[0].service == "payments"
     assert ranked[0].terms["evidence.reported"] == 17.0  # the loudest complaint, less the 3-sigma noise floor
     orders = next(c for c in ranked if c.service == "orders")
@@ -90,9 +92,9 @@ def test_a_service_that_blames_another_is_waiting_on_it() -> None:
         _row("catalog", "zscore", "cpu_usage", 25.0, anomaly_type="spike"),
     ])
     incident = window_incident(scores, SIGNAL_OF, T0, T0 + pd.Timedelta(minutes=5), 4.0)
-    config = load_config(None)["rca"]
+    config = load_settings(None).rca
     ranked = rank_root_causes(incident, scores, graph, SIGNAL_OF, config, 4.0)
     assert [c.service for c in ranked][:2] == ["db", "catalog"]
     assert ranked[1].terms["evidence.resource"] == 20.0  # the evidence itself is kept; its weight in `anomaly` falls
-    trusting = rank_root_causes(incident, scores, graph, SIGNAL_OF, config | {"complaint_discount": 0.0}, 4.0)
+    trusting = rank_root_causes(incident, scores, graph, SIGNAL_OF, replace(config, complaint_discount=0.0), 4.0)
     assert trusting[0].service == "catalog"

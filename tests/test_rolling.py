@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from melt.core.bundle import MeltBundle
-from melt.core.config import default_config
+from melt.core.config import default_settings
 from melt.core.errors import PluginError
 from melt.pipeline.fitting import fit_detectors, score_all, training_split
 from melt.pipeline.rolling import periods, rolling_scores
@@ -31,8 +31,8 @@ def test_a_slow_drift_is_the_new_normal_and_a_spike_still_stands_out() -> None:
     """Fitted once on the first hours, the climb reads as an anomaly for hours; refitted every 30
     minutes on the two hours before, it does not, and the spike still does (Merlion's
     retrain_freq / train_window)."""
-    bundle, config = _drifting(), default_config()
-    threshold = config["ensemble"]["threshold"]
+    bundle, config = _drifting(), default_settings()
+    threshold = config.ensemble.threshold
 
     def loudest_per_minute(scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         loudest = scores.groupby("timestamp")["score"].max()
@@ -53,7 +53,7 @@ def test_a_slow_drift_is_the_new_normal_and_a_spike_still_stands_out() -> None:
 
 
 def test_a_reference_bundle_lets_the_first_periods_be_scored() -> None:
-    bundle, config = _drifting(hours=2, spike_at=10), default_config()
+    bundle, config = _drifting(hours=2, spike_at=10), default_settings()
     reference = MeltBundle(metrics=bundle.metrics.assign(timestamp=bundle.metrics["timestamp"] - pd.Timedelta("1D")))
     rolled, _ = rolling_scores(bundle, ["zscore"], config, pd.Timedelta("30min"), pd.Timedelta("1h"), reference, quiet=True)
     assert rolled["timestamp"].min() == T0
@@ -62,7 +62,7 @@ def test_a_reference_bundle_lets_the_first_periods_be_scored() -> None:
 def test_no_period_with_enough_history_is_one_clear_error() -> None:
     bundle = _drifting(hours=1)
     with pytest.raises(PluginError, match="no period of 2h could be scored: the 3h before each"):
-        rolling_scores(bundle, ["zscore"], default_config(), pd.Timedelta("2h"), pd.Timedelta("3h"), quiet=True)
+        rolling_scores(bundle, ["zscore"], default_settings(), pd.Timedelta("2h"), pd.Timedelta("3h"), quiet=True)
 
 
 def test_periods_hold_data_only() -> None:
@@ -75,7 +75,7 @@ def test_periods_hold_data_only() -> None:
 def test_a_period_starts_with_its_smoothing_warm() -> None:
     """A one-minute blip on a period's first minute is smoothed away like a blip anywhere else: the
     period is scored with the one before it as context, so the trailing median has its points."""
-    bundle, config = _drifting(hours=3, spike_at=0), default_config()
+    bundle, config = _drifting(hours=3, spike_at=0), default_settings()
     value = bundle.metrics["value"].to_numpy().copy()
     minute = ((bundle.metrics["timestamp"] - T0).dt.total_seconds() // 60).to_numpy()
     pod = bundle.metrics["instance"].to_numpy()
@@ -86,7 +86,7 @@ def test_a_period_starts_with_its_smoothing_warm() -> None:
     at = rolled.assign(minute=(rolled["timestamp"] - T0).dt.total_seconds() // 60)
     first = at[(at["entity"] == "cpu_usage") & (at["minute"] == 150)]
     blip = first[first["evidence"].map(lambda e: e["instance"]) == "db-1"]["score"].max()
-    assert blip < config["ensemble"]["threshold"]
+    assert blip < config.ensemble.threshold
 
 
 def _slow_calls(minutes: int) -> MeltBundle:
@@ -113,9 +113,9 @@ def test_a_trace_that_outlasts_its_period_is_scored_once_and_whole() -> None:
     """Requests that start before a period ends and log after it: the period keeps them whole, with
     their lines, and scores only its own minutes. Cut at the boundary instead, their late calls look
     like calls whose expected line vanished, and both periods score the first minute of the next."""
-    config = default_config()
+    config = default_settings()
     rolled, _ = rolling_scores(_slow_calls(90), ["log_patterns"], config, pd.Timedelta("10min"),
                                pd.Timedelta("30min"), quiet=True)
     assert not rolled.empty
     assert not rolled.duplicated(["timestamp", "service", "entity"]).any()
-    assert rolled["score"].max() < config["ensemble"]["threshold"]
+    assert rolled["score"].max() < config.ensemble.threshold

@@ -11,9 +11,10 @@ import pytest
 
 from melt.core.bundle import MeltBundle
 from melt.core.errors import ConfigError
+from melt.core.settings import SynthSettings
 from synth.calls import add_retries, subtree_sizes
 from synth.faults import FAULT_TYPES
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 from synth.workload import SpanArrays
 from tests.conftest import small_config
 
@@ -25,7 +26,7 @@ def digest(path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def all_faults() -> MeltBundle:
     """One fault of every type, one after the other, on a busy enough system to see them."""
-    return generate(SynthConfig(seed=5, services=10, duration="150m", requests_per_minute=120.0, faults=len(FAULT_TYPES),
+    return generate(SynthSettings.of(seed=5, services=10, duration="150m", requests_per_minute=120.0, faults=len(FAULT_TYPES),
                                 fault_types=list(FAULT_TYPES), fault_duration="8m", warmup_fraction=0.3))
 
 
@@ -145,8 +146,8 @@ def test_overlap_lets_fault_windows_overlap() -> None:
     config = dict(seed=3, services=8, duration="60m", requests_per_minute=20.0, faults=4, fault_duration="15m",
                   warmup_fraction=0.5)
     with pytest.raises(ConfigError, match="do not fit"):
-        generate(SynthConfig(**config))
-    faults = generate(SynthConfig(**config, overlap=True)).truth["faults"]
+        generate(SynthSettings.of(**config))
+    faults = generate(SynthSettings.of(**config, overlap=True)).truth["faults"]
     windows = sorted((pd.Timestamp(f["start"]), pd.Timestamp(f["end"])) for f in faults)
     assert any(b[0] < a[1] for a, b in zip(windows, windows[1:], strict=False))
 

@@ -8,8 +8,9 @@ from sklearn.metrics import roc_auc_score
 
 from detectors.traces.teg_graphs import HASH_DIM, build_graphs
 from melt.core.registry import build_detector
+from melt.core.settings import SynthSettings
 from melt.pipeline.fitting import training_split
-from synth.generate import SynthConfig, generate
+from synth.generate import generate
 
 
 def test_graph_has_call_and_log_sequence_edges_both_ways() -> None:
@@ -35,7 +36,7 @@ def test_graph_has_call_and_log_sequence_edges_both_ways() -> None:
 
 
 def test_teg_ranks_exception_traces_above_normal_ones() -> None:
-    bundle = generate(SynthConfig(seed=3, services=8, duration="80m", requests_per_minute=40.0, faults=2,
+    bundle = generate(SynthSettings.of(seed=3, services=8, duration="80m", requests_per_minute=40.0, faults=2,
                                   fault_types=["error_burst", "bad_deploy"], fault_duration="8m", warmup_fraction=0.5))
     train = training_split(bundle, 0.45)
     scores = build_detector("teg", {"epochs": 6, "max_train_traces": 800}).fit_calibrated(train).detect(bundle)

@@ -46,15 +46,13 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.pass_context
 def generate(ctx: click.Context, out: str, **options: Any) -> None:
     """Write a synthetic MELT bundle with injected faults and ground truth."""
-    from synth.generate import SynthConfig
     from synth.generate import generate as run_generate
 
     if options["fault_types"] is not None:
         options["fault_types"] = [t.strip() for t in options["fault_types"].split(",") if t.strip()]
-
-    config = settings_of(ctx)
-    synth_config = SynthConfig.from_config(config["synth"], **options)
-    bundle = run_generate(synth_config, quiet=False)
+    settings = settings_of(ctx).with_overrides({f"synth.{key}": value for key, value in options.items()},
+                                               "melt generate")
+    bundle = run_generate(settings.synth, quiet=False)
     bundle.write(out)
     counts = ", ".join(f"{k}={v}" for k, v in bundle.summary().items())
     click.echo(f"wrote {out}: {counts}, faults={len(bundle.truth['faults'])}")
@@ -86,33 +84,22 @@ def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir:
     that fails leaves its reports in the spool for 'melt deliver' (exit 2, after every report is
     written).
     """
-    from melt.core.timeutil import parse_duration
     from melt.pipeline.batch import detect as run_detect
 
     if train_dir and model_dir:
         raise MeltError("give either --train or --model, not both")
     if retrain_every and model_dir:
         raise MeltError("--retrain-every refits the detectors; it cannot use the fixed models of --model")
-    config = settings_of(ctx)
-    if retrain_every:
-        try:
-            parse_duration(retrain_every)
-        except ValueError as exc:
-            raise MeltError(f"--retrain-every: {exc}") from None
-        config["detect"]["retrain_every"] = retrain_every
-    if provider:
-        config["explain"]["provider"] = provider
-    if keep_prompts:
-        config["explain"]["keep_prompts"] = True
-    if spool_dir:
-        config["report"]["spool_dir"] = spool_dir
-    result = run_detect(data, models_spec, out, config, train_dir=train_dir, model_dir=model_dir,
+    settings = settings_of(ctx).with_overrides({"detect.retrain_every": retrain_every}, "--retrain-every")
+    settings = settings.with_overrides({"explain.provider": provider, "explain.keep_prompts": keep_prompts or None,
+                                        "report.spool_dir": spool_dir}, "melt detect")
+    result = run_detect(data, models_spec, out, settings, train_dir=train_dir, model_dir=model_dir,
                         sinks=list(sinks) or None, quiet=quiet)
     stats = result.explain_stats
     if stats is not None and stats.fallbacks:
         click.echo(f"melt: warning: LLM explanation failed for {len(stats.fallbacks)} of {len(result.reports)} "
                    f"incident(s) ({stats.fallbacks[0]}); their reports carry the template explanation", err=True)
-    if "stdout" not in (sinks or config["report"]["sinks"]):
+    if "stdout" not in (sinks or settings.report.sinks):
         click.echo(_table(result.reports))
         click.echo(f"{len(result.reports)} incident(s); reports in {out}/ (index.json)")
     for delivery in result.deliveries:
@@ -137,7 +124,7 @@ def deliver(ctx: click.Context, spool_dir: str, url: str | None) -> None:
     """
     from melt.delivery.spool import drain
 
-    result = drain(spool_dir, settings_of(ctx)["report"]["webhook"], url)
+    result = drain(spool_dir, settings_of(ctx).report.webhook, url)
     click.echo(f"delivered {len(result.sent)} report(s) from {spool_dir}")
     if result.unreadable:
         click.echo(f"melt: warning: {len(result.unreadable)} unreadable spool file(s) renamed to *.bad", err=True)
@@ -235,10 +222,10 @@ def evaluate(reports_dir: str, truth: str, out: str | None, tolerance: str) -> N
     from melt.evaluation.incidents import format_table, read_reports, read_truth
 
     try:
-        parse_duration(tolerance)
+        window = parse_duration(tolerance)
     except ValueError as exc:
         raise ConfigError(f"--tolerance: {exc}") from exc
-    result = run_evaluate(read_reports(reports_dir), read_truth(truth), tolerance)
+    result = run_evaluate(read_reports(reports_dir), read_truth(truth), window)
     click.echo(format_table(result))
     if out:
         Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from melt.core.errors import MeltError
+
+if TYPE_CHECKING:
+    from melt.core.settings import Settings
 
 EXIT_USER_ERROR = 2
 
@@ -22,8 +25,8 @@ class MeltGroup(click.Group):
             ctx.exit(EXIT_USER_ERROR)
 
 
-def settings_of(ctx: click.Context) -> dict[str, Any]:
+def settings_of(ctx: click.Context) -> Settings:
     """The run's settings: ``--config`` (or ./config.yaml, or the defaults) and the environment."""
-    from melt.core.config import load_config
+    from melt.core.config import load_settings
 
-    return load_config(ctx.find_root().obj.get("config_path"))
+    return load_settings(ctx.find_root().obj.get("config_path"))

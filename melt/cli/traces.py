@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from melt.cli.common import settings_of
+
 AGGREGATION = click.Choice(["max", "mean", "percentile_95"])
 
 
@@ -26,10 +28,9 @@ def traces() -> None:
 @click.pass_context
 def train_command(ctx: click.Context, data: str, output: str, quiet: bool, **overrides: Any) -> None:
     """Fit the model on normal traces."""
-    from melt.cli.common import settings_of
     from melt.pipeline.trace_models import DEFAULT_MODEL, train
 
-    params = dict(settings_of(ctx)["detectors"].get(DEFAULT_MODEL) or {})
+    params = dict(settings_of(ctx).detector_params(DEFAULT_MODEL))
     params.update({k: v for k, v in overrides.items() if v is not None})
     path = train(data, output, params, quiet=quiet)
     click.echo(f"saved {DEFAULT_MODEL} model to {path}")
@@ -43,11 +44,10 @@ def train_command(ctx: click.Context, data: str, output: str, quiet: bool, **ove
 @click.pass_context
 def predict_command(ctx: click.Context, model_dir: str, data: str, output: str, aggregation: str | None) -> None:
     """Score every trace; is_anomaly uses the ensemble threshold on the calibrated score."""
-    from melt.cli.common import settings_of
     from melt.pipeline.trace_models import predict
 
     table = predict(model_dir, data, output, aggregation=aggregation,
-                    threshold=float(settings_of(ctx)["ensemble"]["threshold"]))
+                    threshold=settings_of(ctx).ensemble.threshold)
     click.echo(f"scored {len(table):,} traces, {int(table['is_anomaly'].sum()):,} anomalous; wrote {output}")
 
 
@@ -64,11 +64,10 @@ def predict_command(ctx: click.Context, model_dir: str, data: str, output: str, 
 def evaluate_command(ctx: click.Context, model_dir: str, normal_data: str | None, anomaly_data: str | None,
                      test_dir: str | None, aggregation: str | None, output: str) -> None:
     """ROC AUC, precision, recall, F1, specificity, separation ratio and plots."""
-    from melt.cli.common import settings_of
     from melt.pipeline.trace_models import evaluate
 
     results = evaluate(model_dir, output, normal=normal_data, anomalous=anomaly_data, test_dir=test_dir,
-                       aggregation=aggregation, threshold=float(settings_of(ctx)["ensemble"]["threshold"]))
+                       aggregation=aggregation, threshold=settings_of(ctx).ensemble.threshold)
     summary = results.get("overall") or next(iter(results["datasets"].values()))
     click.echo(f"ROC AUC {summary['roc_auc']:.3f}  precision {summary['precision']:.3f}  recall {summary['recall']:.3f}  "
                f"F1 {summary['f1']:.3f}  specificity {summary['specificity']:.3f}; wrote {output}/evaluation_results.json")

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from melt.core.errors import ConfigError
+from melt.core.settings import ReportSettings, WebhookSettings
 
 SINKS = ("files", "stdout", "webhook")
 
@@ -74,15 +76,15 @@ class StdoutSink:
 
 
 class WebhookSink:
-    """POST each report (:class:`melt.webhook.Webhook`); spool the ones that fail."""
+    """POST each report (:class:`melt.delivery.webhook.Webhook`); spool the ones that fail."""
 
     name = "webhook"
 
-    def __init__(self, config: dict[str, Any], spool_dir: str | Path) -> None:
+    def __init__(self, settings: WebhookSettings, spool_dir: str | Path) -> None:
         from melt.delivery.webhook import Webhook
 
-        self.webhook = Webhook(config)
-        self.config = config
+        self.webhook = Webhook(settings)
+        self.settings = settings
         self.spool_dir = Path(spool_dir)
 
     def deliver(self, reports: list[dict[str, Any]]) -> Delivery:
@@ -94,14 +96,14 @@ class WebhookSink:
             if attempt.ok:
                 delivery.delivered += 1
                 continue
-            spool_report(self.spool_dir, report, self.webhook.url, self.config["payload"], attempt.error, attempt.tries)
+            spool_report(self.spool_dir, report, self.webhook.url, self.settings.payload, attempt.error, attempt.tries)
             delivery.spooled.append(report["incident_id"])
             delivery.error = attempt.error
         return delivery
 
 
-def make_sinks(names: list[str], out_dir: str | Path, report_config: dict[str, Any] | None = None) -> list[Sink]:
-    """Sinks by name (config: the ``report`` section); unknown names are a :class:`ConfigError`.
+def make_sinks(names: Iterable[str], out_dir: str | Path, settings: ReportSettings | None = None) -> list[Sink]:
+    """Sinks by name (settings: the ``report`` section); unknown names are a :class:`ConfigError`.
 
     Every sink is built before any delivers, so a bad webhook setting fails before anything is sent.
     """
@@ -112,9 +114,9 @@ def make_sinks(names: list[str], out_dir: str | Path, report_config: dict[str, A
         elif name == "stdout":
             sinks.append(StdoutSink())
         elif name == "webhook":
-            if report_config is None:
-                raise ConfigError("the webhook sink needs the report.webhook config section")
-            sinks.append(WebhookSink(report_config["webhook"], report_config["spool_dir"] or Path(out_dir) / "spool"))
+            if settings is None:
+                raise ConfigError("the webhook sink needs the report.webhook settings")
+            sinks.append(WebhookSink(settings.webhook, settings.spool_dir or Path(out_dir) / "spool"))
         else:
             raise ConfigError(f"unknown sink '{name}' (available: {', '.join(SINKS)})")
     return sinks

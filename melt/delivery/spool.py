@@ -15,11 +15,12 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from melt.core.errors import BundleError, ReportError
+from melt.core.settings import WebhookSettings
 from melt.reports.report import validate_report
 
 STALE_CLAIM_S = 600.0
@@ -56,13 +57,13 @@ def _claims(root: Path) -> list[Path]:
     return sorted(root.glob("*.json")) + sorted(stale)
 
 
-def drain(directory: str | Path, config: dict[str, Any], url: str | None = None,
+def drain(directory: str | Path, settings: WebhookSettings, url: str | None = None,
           environ: Mapping[str, str] | None = None) -> DrainResult:
     """Try every spooled report once (each with the webhook's own retries); keep the ones that fail.
 
     Args:
         directory: the spool.
-        config: the ``report.webhook`` section (headers, vars, retries).
+        settings: the ``report.webhook`` settings (headers, vars, retries).
         url: send everything here instead of to each entry's own URL.
         environ: for ``${env:NAME}`` values (default: the process environment).
     """
@@ -89,9 +90,9 @@ def drain(directory: str | Path, config: dict[str, Any], url: str | None = None,
             os.rename(claimed, claimed.with_name(claimed.name.removesuffix(".sending") + ".bad"))
             result.unreadable.append(file.name)
             continue
-        target = (url or entry.get("url") or config["url"], entry.get("payload") or config["payload"])
+        target = (url or entry.get("url") or settings.url, entry.get("payload") or settings.payload)
         if target not in webhooks:
-            webhooks[target] = Webhook(config | {"url": target[0], "payload": target[1]}, environ)
+            webhooks[target] = Webhook(replace(settings, url=target[0], payload=target[1]), environ)
         attempt = webhooks[target].send(report)
         if attempt.ok:
             claimed.unlink()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from melt.core.errors import ConfigError
+from melt.core.settings import WebhookSettings
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][\w:.-]*)\}")
 BUILT_IN_PAYLOADS = ("generic", "jira", "pagerduty")
@@ -109,41 +110,41 @@ class Attempt:
 
 
 class Webhook:
-    """Renders and POSTs reports (config: ``report.webhook``)."""
+    """Renders and POSTs reports (settings: ``report.webhook``)."""
 
-    def __init__(self, config: dict[str, Any], environ: Mapping[str, str] | None = None,
+    def __init__(self, settings: WebhookSettings, environ: Mapping[str, str] | None = None,
                  sleep: Any = time.sleep) -> None:
-        if not config.get("url"):
+        if not settings.url:
             raise ConfigError("the webhook sink needs report.webhook.url")
-        self.config = config
-        self.url = config["url"]
-        self.template = load_payload_template(config["payload"])
+        self.settings = settings
+        self.url = settings.url
+        self.template = load_payload_template(settings.payload)
         self.environ = os.environ if environ is None else environ
         self.sleep = sleep
 
     def payload(self, report: dict[str, Any]) -> bytes:
-        vars_ = {k: render(v, {}, self.environ, f"report.webhook.vars.{k}") for k, v in self.config["vars"].items()}
+        vars_ = {k: render(v, {}, self.environ, f"report.webhook.vars.{k}") for k, v in self.settings.vars.items()}
         body = render(self.template, report_values(report) | vars_, self.environ,
-                      f"report.webhook.payload '{self.config['payload']}'")
+                      f"report.webhook.payload '{self.settings.payload}'")
         return json.dumps(body, default=str).encode()
 
     def headers(self, report: dict[str, Any]) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": f"melt/{report['melt_version']}"}
-        for name, value in self.config["headers"].items():
+        for name, value in self.settings.headers.items():
             headers[name] = str(render(value, {}, self.environ, f"report.webhook.headers.{name}"))
-        headers[self.config["idempotency_header"]] = report["fingerprint"]
+        headers[self.settings.idempotency_header] = report["fingerprint"]
         return headers
 
     def send(self, report: dict[str, Any]) -> Attempt:
         """POST one report with retries; never raises for network or HTTP failures."""
         body, headers = self.payload(report), self.headers(report)
-        retries, backoff = int(self.config["max_retries"]), float(self.config["backoff"])
+        retries, backoff = self.settings.max_retries, self.settings.backoff
         status, error = None, None
         for attempt in range(retries + 1):
             wait = backoff * 2 ** attempt
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=float(self.config["timeout"])) as response:
+                with urllib.request.urlopen(request, timeout=self.settings.timeout) as response:
                     return Attempt(True, response.status, attempt + 1)
             except urllib.error.HTTPError as exc:
                 status, error = exc.code, f"HTTP {exc.code}"

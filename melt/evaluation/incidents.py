@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from melt.core.errors import BundleError
-from melt.core.timeutil import parse_duration
 
 TOP_K = (1, 3, 5)
 
@@ -94,9 +93,13 @@ def rank_metrics(ranks: pd.Series) -> dict[str, float]:
             "MRR": float(np.mean(np.nan_to_num(1.0 / values, nan=0.0)))}
 
 
-def evaluate(reports: list[dict[str, Any]], faults: pd.DataFrame, tolerance: str = "5m") -> dict[str, Any]:
+DEFAULT_TOLERANCE = pd.Timedelta("5min")
+
+
+def evaluate(reports: list[dict[str, Any]], faults: pd.DataFrame,
+             tolerance: pd.Timedelta = DEFAULT_TOLERANCE) -> dict[str, Any]:
     """Detection and ranking figures, overall, per fault type and per case, for melt and each baseline."""
-    pairs = match(reports, faults, parse_duration(tolerance))
+    pairs = match(reports, faults, tolerance)
     true_reports = pairs["report"].nunique()
     found = pairs["fault"].nunique()
     precision = true_reports / len(reports) if reports else 0.0

@@ -8,18 +8,24 @@ which counts bad rows instead of failing, and writes a normal bundle that every 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from melt.core.errors import SourceError
+from melt.core.settings import Settings
+from melt.core.timeutil import format_duration
 from melt.importers.bad_rows import BadRows
 from melt.importers.writer import BundleWriter, ImportSummary
 
 FORMATS: tuple[str, ...] = ("otlp", "jaeger", "csv", "parquet", "nezha")
 
 
-def import_source(fmt: str, src: str | Path, out: str | Path, config: dict[str, Any], *,
-                  table: dict[str, Any] | None = None, nezha: dict[str, Any] | None = None,
+def import_source(fmt: str, src: str | Path, out: str | Path, settings: Settings, *,
+                  table: Mapping[str, Any] | None = None, nezha: Mapping[str, Any] | None = None,
                   strict: bool = False, force: bool = False, quiet: bool = False) -> ImportSummary:
     """Import ``src`` in format ``fmt`` into the bundle directory ``out``.
 
@@ -27,8 +33,8 @@ def import_source(fmt: str, src: str | Path, out: str | Path, config: dict[str, 
         fmt: one of :data:`FORMATS`.
         src: a file or a directory of files.
         out: the bundle directory to write.
-        config: the loaded melt config; its ``import`` section gives the defaults.
-        table: overrides of ``import.table`` (csv/parquet).
+        settings: the run's settings; the ``import`` section gives the defaults.
+        table: overrides of ``import.table`` (csv/parquet), in the config file's terms; checked as such.
         nezha: overrides of ``import.nezha``.
         strict: stop at the first bad row instead of counting it.
         force: replace an existing bundle at ``out``.
@@ -36,13 +42,15 @@ def import_source(fmt: str, src: str | Path, out: str | Path, config: dict[str, 
 
     Raises:
         SourceError: unknown format, unreadable source, a mapping that cannot work, or (strict) a bad row.
+        ConfigError: an override that is not a valid setting.
     """
     if fmt not in FORMATS:
         raise SourceError(f"unknown import format {fmt!r} (known: {', '.join(FORMATS)})")
-    settings = config["import"]
-    bad_rows = BadRows(strict=strict, shown=int(settings["bad_rows_shown"]))
-    writer = BundleWriter(out, bad_rows, chunk_rows=int(settings["chunk_rows"]),
-                          chunk_mib=float(settings["chunk_mib"]), force=force, quiet=quiet)
+    overrides = {f"import.table.{k}": v for k, v in (table or {}).items()}
+    overrides |= {f"import.nezha.{k}": v for k, v in (nezha or {}).items()}
+    chosen = settings.with_overrides(overrides, "import option").imports if overrides else settings.imports
+    bad_rows = BadRows(strict=strict, shown=chosen.bad_rows_shown)
+    writer = BundleWriter(out, bad_rows, chunk_rows=chosen.chunk_rows, chunk_mib=chosen.chunk_mib, force=force, quiet=quiet)
     truth = None
     provenance: dict[str, Any] = {"format": fmt, "source": str(src)}
     if fmt == "otlp":
@@ -56,24 +64,33 @@ def import_source(fmt: str, src: str | Path, out: str | Path, config: dict[str, 
     elif fmt in ("csv", "parquet"):
         from melt.importers.table import TableOptions, import_table
 
-        chosen = {**settings["table"], **{k: v for k, v in (table or {}).items() if v is not None}}
-        options = TableOptions(signal=chosen["signal"], column_map=dict(chosen["map"]), wide=bool(chosen["wide"]),
-                               time_unit=chosen["time_unit"], duration_unit=chosen["duration_unit"],
-                               service_from=chosen["service_from"], service_regex=chosen["service_regex"],
-                               delimiter=chosen["delimiter"])
-        provenance["table"] = {**chosen, "map": dict(chosen["map"])}
+        options = TableOptions.from_settings(chosen.table)
+        provenance["table"] = _plain(chosen.table)
         import_table(src, writer, options, fmt=fmt, quiet=quiet)
     else:
         from melt.importers.nezha import import_nezha
 
-        chosen = {**settings["nezha"], **{k: v for k, v in (nezha or {}).items() if v is not None}}
-        provenance["nezha"] = chosen
-        truth = import_nezha(src, writer, subset=chosen["subset"], fault_duration=chosen["fault_duration"],
-                             service_regex=chosen["service_regex"], max_clock_skew=chosen["max_clock_skew"],
-                             quiet=quiet)
+        provenance["nezha"] = _plain(chosen.nezha)
+        truth = import_nezha(src, writer, chosen.nezha, quiet=quiet)
         if not truth["faults"]:
             truth = None
     return writer.finish(truth, provenance)
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    """A settings section as JSON values, for ``import.json``."""
+    from dataclasses import fields
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, re.Pattern):
+            return value.pattern
+        if isinstance(value, pd.Timedelta):
+            return format_duration(value)
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {f.name: plain(getattr(section, f.name)) for f in fields(section)}
 
 
 __all__ = ["FORMATS", "BadRows", "BundleWriter", "ImportSummary", "import_source"]

@@ -57,7 +57,7 @@ def duration_ms(values: pd.Series, unit: str) -> pd.Series:
     return pd.to_numeric(values, errors="coerce").astype("float64") * DURATION_UNITS[unit]
 
 
-def service_names(values: pd.Series, pattern: str | None = POD_SUFFIX) -> pd.Series:
+def service_names(values: pd.Series, pattern: re.Pattern[str] | str | None = POD_SUFFIX) -> pd.Series:
     """Derive service names with ``pattern`` (its group ``service``, or its first group).
 
     Values the pattern does not match are kept as they are, so already-clean names pass through.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ import pandas as pd
 
 from melt.core.errors import SourceError
 from melt.core.progress import log
-from melt.core.timeutil import format_duration, parse_duration
+from melt.core.settings import NezhaSettings
+from melt.core.timeutil import format_duration
 from melt.importers.columns import (
     POD_SUFFIX,
     duration_ms,
@@ -67,17 +69,17 @@ def date_directories(src: str | Path, subset: str = "rca") -> list[Path]:
     return dates
 
 
-def import_nezha(src: str | Path, writer: BundleWriter, *, subset: str = "rca", fault_duration: str = "3m",
-                 service_regex: str = POD_SUFFIX, max_clock_skew: str = "1d", quiet: bool = False) -> dict[str, Any]:
+def import_nezha(src: str | Path, writer: BundleWriter, settings: NezhaSettings, quiet: bool = False) -> dict[str, Any]:
     """Import every date directory under ``src`` into ``writer``; return the ground truth.
 
-    Files under ``metric/`` that are not metric tables are skipped, and a table whose clock lies
-    more than ``max_clock_skew`` from the other tables' is left out, each with a note
-    (:func:`import_metric_tables`).
+    ``settings``: the ``import.nezha`` section (subset, fault length, the service regex, the
+    clock skew past which a metric table is left out). Files under ``metric/`` that are not metric
+    tables are skipped, and a table whose clock lies more than ``max_clock_skew`` from the other
+    tables' is left out, each with a note (:func:`import_metric_tables`).
     """
     faults: list[dict[str, Any]] = []
-    skew = parse_duration(max_clock_skew)
-    for date in date_directories(src, subset):
+    service_regex, skew = settings.service_regex, settings.max_clock_skew
+    for date in date_directories(src, settings.subset):
         for kind, convert, required in (("trace", _spans, SPAN_COLUMNS), ("log", _logs, LOG_COLUMNS)):
             files = sorted((date / kind).glob("*.csv"))
             total = 0
@@ -89,11 +91,11 @@ def import_nezha(src: str | Path, writer: BundleWriter, *, subset: str = "rca", 
         imported = import_metric_tables(date / "metric", writer, service_regex, skew)
         if imported:
             log(f"{date.name} metric: {imported} files", quiet, stage="melt import")
-        faults += fault_list(date, parse_duration(fault_duration), service_regex)
-    return {"faults": faults, "source": {"format": "nezha", "subset": subset}}
+        faults += fault_list(date, settings.fault_duration, service_regex)
+    return {"faults": faults, "source": {"format": "nezha", "subset": settings.subset}}
 
 
-def fault_list(date: Path, duration: pd.Timedelta, service_regex: str = POD_SUFFIX) -> list[dict[str, Any]]:
+def fault_list(date: Path, duration: pd.Timedelta, service_regex: re.Pattern[str] | str = POD_SUFFIX) -> list[dict[str, Any]]:
     """The faults of one date directory as melt truth records (empty when there is no fault list)."""
     files = sorted(date.glob("*fault_list.json"))
     if not files:
@@ -121,7 +123,7 @@ def fault_list(date: Path, duration: pd.Timedelta, service_regex: str = POD_SUFF
     ]
 
 
-def _spans(chunk: pd.DataFrame, service_regex: str) -> tuple[pd.DataFrame, pd.Series]:
+def _spans(chunk: pd.DataFrame, service_regex: re.Pattern[str] | str) -> tuple[pd.DataFrame, pd.Series]:
     start = to_utc(chunk["StartTimeUnixNano"], "ns")
     duration = duration_ms(chunk["Duration"], "us")
     problems = pd.Series(pd.NA, index=chunk.index, dtype="string")
@@ -135,7 +137,7 @@ def _spans(chunk: pd.DataFrame, service_regex: str) -> tuple[pd.DataFrame, pd.Se
     return frame, problems
 
 
-def _logs(chunk: pd.DataFrame, service_regex: str) -> tuple[pd.DataFrame, pd.Series]:
+def _logs(chunk: pd.DataFrame, service_regex: re.Pattern[str] | str) -> tuple[pd.DataFrame, pd.Series]:
     stamps = to_utc(chunk["TimeUnixNano"], "ns")
     broken = (stamps.isna() | (stamps < PLAUSIBLE_TIMES[0])).to_numpy()
     if broken.any() and "Timestamp" in chunk.columns:  # TimeUnixNano is sometimes garbage; Timestamp is not
@@ -179,7 +181,7 @@ def docker_log_lines(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return pd.Series(lines, index=raw.index, dtype="string"), bad
 
 
-def import_metric_tables(directory: Path, writer: BundleWriter, service_regex: str,
+def import_metric_tables(directory: Path, writer: BundleWriter, service_regex: re.Pattern[str] | str,
                          max_clock_skew: pd.Timedelta) -> int:
     """Import the metric tables of one ``metric/`` directory; return how many were imported.
 
@@ -299,7 +301,7 @@ def split_edge(column: str, services: set[str]) -> tuple[str, str]:
     return column[:cuts[0]], column[cuts[0] + 1:]
 
 
-def _metrics(chunk: pd.DataFrame, lines: pd.Series, service_regex: str) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+def _metrics(chunk: pd.DataFrame, lines: pd.Series, service_regex: re.Pattern[str] | str) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
     """A wide per-pod (or front-end) metric table to long format, one row per (minute, metric)."""
     _require(chunk, ["TimeStamp"])
     if "PodName" in chunk.columns:

@@ -8,6 +8,7 @@ regex can derive the service from another column such as a pod name. See docs/im
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from melt.core.bundle import TIME_COLUMNS
 from melt.core.errors import SourceError
 from melt.core.progress import log
 from melt.core.schema import SCHEMAS, SIGNALS
+from melt.core.settings import TableSettings
 from melt.importers.columns import (
     DURATION_UNITS,
     TIME_UNITS,
@@ -54,8 +56,15 @@ class TableOptions:
     time_unit: str = "auto"
     duration_unit: str = "ms"
     service_from: str | None = None
-    service_regex: str | None = None
+    service_regex: re.Pattern[str] | str | None = None
     delimiter: str = ","
+
+    @classmethod
+    def from_settings(cls, settings: TableSettings) -> TableOptions:
+        return cls(signal=settings.signal, column_map=dict(settings.map), wide=settings.wide,
+                   time_unit=settings.time_unit, duration_unit=settings.duration_unit,
+                   service_from=settings.service_from, service_regex=settings.service_regex,
+                   delimiter=settings.delimiter)
 
     def check(self) -> None:
         """Raise :class:`SourceError` for an option that cannot work."""

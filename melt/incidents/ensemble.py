@@ -13,6 +13,7 @@ an incident, and incidents with fewer than ``min_alerts`` alerts are dropped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from melt.core.timeutil import parse_duration
+from melt.core.settings import EnsembleSettings
 
 ALERT_SIGNALS = ("metrics", "logs", "traces")  # events are context for RCA, not alerts on their own
 
@@ -61,10 +62,10 @@ def confidence_of(peak: float, threshold: float, n_signals: int = 1) -> float:
     return float(np.clip(1 - np.exp(-max(peak - threshold, 0.0) / threshold - 0.3 * (n_signals - 1)), 0.05, 0.99))
 
 
-def fuse(scores: pd.DataFrame, signal_of: dict[str, str], window: str, combiner: str,
-         weights: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def fuse(scores: pd.DataFrame, signal_of: dict[str, str], window: pd.Timedelta, combiner: str,
+         weights: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fused score per (service, window), and the per-detector maxima it was fused from."""
-    frame = scores.assign(window=scores["timestamp"].dt.floor(parse_duration(window)),
+    frame = scores.assign(window=scores["timestamp"].dt.floor(window),
                           signal=scores["detector"].map(signal_of))
     frame = frame[frame["signal"].isin(ALERT_SIGNALS)]
     per_detector = frame.groupby(["service", "window", "detector"], observed=True)["score"].max().reset_index()
@@ -161,37 +162,36 @@ def time_groups(peak_per_window: pd.Series, gap: pd.Timedelta, step: pd.Timedelt
     return pd.Series(groups, index=windows.index)
 
 
-def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], config: dict[str, Any],
+def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], settings: EnsembleSettings,
                     graph: nx.DiGraph | None = None) -> list[Incident]:
-    """Alerts from fused scores, grouped in time and on the graph into incidents (config: ``ensemble``)."""
-    threshold = float(config["threshold"])
+    """Alerts from fused scores, grouped in time and on the graph into incidents."""
+    threshold = settings.threshold
     if scores.empty:
         return []
-    fused, per_detector = fuse(scores, signal_of, config["window"], config["combiner"], config.get("weights") or {})
+    fused, per_detector = fuse(scores, signal_of, settings.window, settings.combiner, settings.weights)
     hot = per_detector[per_detector["score"] >= threshold]
     agreeing = hot.groupby(["service", "window"], observed=True)["signal"].nunique().rename("signals")
     alerts = fused.join(agreeing, on=["service", "window"]).fillna({"signals": 0})
-    alerts = alerts[(alerts["fused"] >= threshold) & (alerts["signals"] >= int(config["min_signals"]))]
+    alerts = alerts[(alerts["fused"] >= threshold) & (alerts["signals"] >= settings.min_signals)]
     if alerts.empty:
         return []
-    alerts = drop_blips(alerts, parse_duration(config["window"]), float(config["blip_factor"]) * threshold)
+    alerts = drop_blips(alerts, settings.window, settings.blip_factor * threshold)
     if alerts.empty:
         return []
     alerts = alerts.sort_values(["window", "fused"], ascending=[True, False]).reset_index(drop=True)
     peak_per_window = alerts.groupby("window")["fused"].max()
-    group_of_window = time_groups(peak_per_window, parse_duration(config["merge_gap"]),
-                                  parse_duration(config["window"]), float(config["settled_fraction"]))
+    group_of_window = time_groups(peak_per_window, settings.merge_gap, settings.window, settings.settled_fraction)
     alerts["time_group"] = alerts["window"].map(group_of_window)
-    near = nearby_services(alerts["service"].unique().tolist(), graph, int(config["connect_hops"]))
+    near = nearby_services(alerts["service"].unique().tolist(), graph, settings.connect_hops)
     alerts["graph_group"] = 0
     for _, same_time in alerts.groupby("time_group", sort=False):
         component = connected_groups(same_time["service"].unique().tolist(), near)
         alerts.loc[same_time.index, "graph_group"] = same_time["service"].map(component).to_numpy()
-    step = parse_duration(config["window"])
+    step = settings.window
     incidents = []
     groups = sorted(alerts.groupby(["time_group", "graph_group"], sort=False), key=lambda g: (g[1]["window"].min(), g[0]))
     for _, group in groups:
-        if len(group) < int(config["min_alerts"]):
+        if len(group) < settings.min_alerts:
             continue
         start, end = group["window"].min(), group["window"].max() + step
         services = group.groupby("service", observed=True)["fused"].max().sort_values(ascending=False)

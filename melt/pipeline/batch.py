@@ -6,7 +6,7 @@ them together, so the CLI stays a thin layer over :func:`train` and :func:`detec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from explain.explainer import Explainer, ExplainStats
 from melt.core.bundle import MeltBundle
 from melt.core.progress import log
 from melt.core.registry import requested_names, resolve_models
-from melt.core.timeutil import parse_duration
+from melt.core.settings import Settings
 from melt.delivery.sinks import Delivery, make_sinks
 from melt.incidents.ensemble import ALERT_SIGNALS, Incident, group_incidents
 from melt.pipeline.fitting import fit_detectors, load_models, save_models, score_all, training_split
@@ -38,17 +38,17 @@ class DetectResult:
     explain_stats: ExplainStats | None = None
 
 
-def train(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any], quiet: bool = False) -> Path:
+def train(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings, quiet: bool = False) -> Path:
     requested_names(models_spec)
     bundle = MeltBundle.read(data)
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
         log(f"skipped {note}", quiet, stage="melt warning")
-    return save_models(fit_detectors(bundle, names, config, quiet, skipped), out_dir)
+    return save_models(fit_detectors(bundle, names, settings, quiet, skipped), out_dir)
 
 
 def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: MeltBundle,
-                     signal_of: dict[str, str], config: dict[str, Any], graph: nx.DiGraph | None = None,
+                     signal_of: dict[str, str], settings: Settings, graph: nx.DiGraph | None = None,
                      explainer: Explainer | None = None) -> list[dict[str, Any]]:
     """Rank root causes, pick evidence and explain each incident: one validated report per incident.
 
@@ -64,14 +64,13 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     from rca.terms import involved
 
     if graph is None:
-        graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
-    explainer = explainer or Explainer(config["explain"] | {"provider": "template"})
-    threshold = float(config["ensemble"]["threshold"])
-    top_k = int(config["rca"]["top_k"])
+        graph = dependency_graph(bundle.traces, settings.rca.topology_file)
+    explainer = explainer or Explainer(replace(settings.explain, provider="template"))
+    threshold, rca = settings.ensemble.threshold, settings.rca
     parts = []
     for number, incident in enumerate(incidents):
         # the rows the ranking uses: the incident and the lookback before it
-        start, end = evidence_window(incident, config["rca"])
+        start, end = evidence_window(incident, rca)
         on_path = involved(bundle.traces, bundle.logs, start, end)
         if incident.scope is not None:
             on_path &= incident.scope
@@ -79,15 +78,15 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
         nearby = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
         # callers' complaints that name a service count, and are cited, as that service's evidence
         attributed = attribute_to_peers(nearby, signal_of)
-        ranked = rank_root_causes(incident, attributed, graph, signal_of, config["rca"], threshold, on_path)
+        ranked = rank_root_causes(incident, attributed, graph, signal_of, rca, threshold, on_path)
         candidates = [c.__dict__ for c in ranked]
         ranked_services = [c["service"] for c in candidates] or incident.services
-        evidence = select_evidence(attributed, ranked_services, signal_of, int(config["report"]["max_evidence"]))
+        evidence = select_evidence(attributed, ranked_services, signal_of, settings.report.max_evidence)
         for candidate in candidates:
             candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
-        facts = build_facts(incident.summary(), candidates, evidence, int(config["explain"]["max_fact_tokens"]))
+        facts = build_facts(incident.summary(), candidates, evidence, settings.explain.max_fact_tokens)
         own = nearby[nearby["detector"].map(signal_of).isin(ALERT_SIGNALS)]
-        parts.append((incident, candidates, evidence, facts, baseline_rankings(own, graph, on_path, number, top_k)))
+        parts.append((incident, candidates, evidence, facts, baseline_rankings(own, graph, on_path, number, rca.top_k)))
     explanations = explainer.explain_all([facts for *_, facts, _ in parts])
     reports = []
     for (incident, candidates, evidence, _, baselines), explanation in zip(parts, explanations, strict=True):
@@ -97,41 +96,41 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     return reports
 
 
-def detect(data: str | Path, models_spec: str, out_dir: str | Path, config: dict[str, Any],
+def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings,
            train_dir: str | Path | None = None, model_dir: str | Path | None = None,
            sinks: list[str] | None = None, quiet: bool = False) -> DetectResult:
     """Run the whole pipeline on bundle ``data`` and deliver one report per incident.
 
     Sinks and the explainer are built first, so a bad sink or provider setting fails before any
-    detector runs. Explanations follow ``config['explain']``; a failing LLM falls back to the
+    detector runs. Explanations follow ``settings.explain``; a failing LLM falls back to the
     template (see ``DetectResult.explain_stats``), and a failing webhook spools
     (``DetectResult.deliveries``): nothing computed is lost.
     """
     requested_names(models_spec)
-    outlets = make_sinks(sinks or config["report"]["sinks"], out_dir, config["report"])
-    explainer = Explainer(config["explain"])
+    outlets = make_sinks(sinks or settings.report.sinks, out_dir, settings.report)
+    explainer = Explainer(settings.explain)
     bundle = MeltBundle.read(data)
     log(f"read {data}: " + ", ".join(f"{k}={v}" for k, v in bundle.summary().items()), quiet)
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
         log(f"skipped {note}", quiet, stage="melt warning")
-    retrain_every = config["detect"]["retrain_every"]
-    if retrain_every and model_dir is None:
+    retrain_every = settings.detect.retrain_every
+    if retrain_every is not None and model_dir is None:
         reference = MeltBundle.read(train_dir) if train_dir else None
-        scores, signal_of = rolling_scores(bundle, names, config, parse_duration(retrain_every),
-                                           parse_duration(config["detect"]["train_window"]), reference, quiet)
+        scores, signal_of = rolling_scores(bundle, names, settings, retrain_every, settings.detect.train_window,
+                                           reference, quiet)
     else:
         if model_dir is not None:
             models = load_models(model_dir, names if models_spec.strip() != "all" else None)
             models = {n: m for n, m in models.items() if m.signal in bundle.signals()}
         else:
-            fit_on = MeltBundle.read(train_dir) if train_dir else training_split(bundle, config["detect"]["train_fraction"])
-            models = fit_detectors(fit_on, names, config, quiet, skipped)
+            fit_on = MeltBundle.read(train_dir) if train_dir else training_split(bundle, settings.detect.train_fraction)
+            models = fit_detectors(fit_on, names, settings, quiet, skipped)
         signal_of = {name: model.signal for name, model in models.items()}
         scores = score_all(models, bundle, quiet)
-    graph = dependency_graph(bundle.traces, config["rca"]["topology_file"])
-    incidents = group_incidents(scores, signal_of, config["ensemble"], graph)
+    graph = dependency_graph(bundle.traces, settings.rca.topology_file)
+    incidents = group_incidents(scores, signal_of, settings.ensemble, graph)
     log(f"{len(incidents)} incident(s)", quiet)
-    reports = report_incidents(incidents, scores, bundle, signal_of, config, graph, explainer)
+    reports = report_incidents(incidents, scores, bundle, signal_of, settings, graph, explainer)
     deliveries = [sink.deliver(reports) for sink in outlets]
     return DetectResult(reports, incidents, list(signal_of), skipped, Path(out_dir), deliveries, explainer.stats)

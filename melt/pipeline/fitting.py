@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -18,6 +17,7 @@ from melt.core.detector import Detector
 from melt.core.errors import BundleError, PluginError
 from melt.core.progress import log
 from melt.core.registry import build_detector, get_plugin
+from melt.core.settings import Settings
 
 
 def training_split(bundle: MeltBundle, fraction: float) -> MeltBundle:
@@ -26,16 +26,16 @@ def training_split(bundle: MeltBundle, fraction: float) -> MeltBundle:
     return bundle.slice_time(None, start + (end - start) * fraction)
 
 
-def enough_training_data(train: MeltBundle, signal: str, config: dict[str, Any]) -> bool:
+def enough_training_data(train: MeltBundle, signal: str, settings: Settings) -> bool:
     """Whether ``train`` has enough rows of ``signal`` to fit a detector (``detect.min_train_rows``;
     change events need only be present: a quiet history is a fine baseline for them)."""
     frame = getattr(train, signal)
-    return frame is not None and (signal == "events" or len(frame) >= int(config["detect"]["min_train_rows"]))
+    return frame is not None and (signal == "events" or len(frame) >= settings.detect.min_train_rows)
 
 
-def fit_detectors(train: MeltBundle, names: list[str], config: dict[str, Any], quiet: bool = False,
+def fit_detectors(train: MeltBundle, names: list[str], settings: Settings, quiet: bool = False,
                   skipped: list[str] | None = None) -> dict[str, Detector]:
-    """Build each detector from ``config['detectors']`` and fit it with calibration.
+    """Build each detector from its ``detectors.<name>`` settings and fit it with calibration.
 
     A detector whose signal has no or too little training data (``detect.min_train_rows``) is left
     out with one warning line, and the others go on: a real collection often lacks a signal (the
@@ -46,12 +46,12 @@ def fit_detectors(train: MeltBundle, names: list[str], config: dict[str, Any], q
     """
     models, short = {}, []
     for name in names:
-        detector = build_detector(name, config["detectors"].get(name))
+        detector = build_detector(name, settings.detector_params(name))
         frame = getattr(train, detector.signal)
-        if not enough_training_data(train, detector.signal, config):
+        if not enough_training_data(train, detector.signal, settings):
             rows = 0 if frame is None else len(frame)
             short.append(f"detector '{name}' has too little training data: {rows} {detector.signal} rows "
-                         f"(need {config['detect']['min_train_rows']})")
+                         f"(need {settings.detect.min_train_rows})")
             continue
         began = time.perf_counter()
         models[name] = detector.fit_calibrated(train)

@@ -19,6 +19,7 @@ from melt.core.bundle import SIGNALS, TIME_COLUMNS, MeltBundle
 from melt.core.detector import Detector
 from melt.core.errors import PluginError
 from melt.core.progress import log
+from melt.core.settings import Settings
 from melt.core.timeutil import format_duration
 from melt.pipeline.fitting import enough_training_data, fit_detectors, score_all
 
@@ -36,7 +37,7 @@ def periods(bundle: MeltBundle, every: pd.Timedelta) -> list[pd.Timestamp]:
     return sorted(pd.concat(starts).drop_duplicates())
 
 
-def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd.Timedelta, window: pd.Timedelta,
+def rolling_scores(bundle: MeltBundle, names: list[str], settings: Settings, every: pd.Timedelta, window: pd.Timedelta,
                    reference: MeltBundle | None = None, quiet: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
     """Scores of every period of ``bundle``, each from detectors fitted on the ``window`` before it.
 
@@ -60,11 +61,11 @@ def rolling_scores(bundle: MeltBundle, names: list[str], config: dict, every: pd
         with_context = near.slice_time(start - every, None)
         fit_on = reference.union(history) if reference is not None else history
         usable = [name for name in names
-                  if _rows(period, signal_of[name]) and enough_training_data(fit_on, signal_of[name], config)]
+                  if _rows(period, signal_of[name]) and enough_training_data(fit_on, signal_of[name], settings)]
         if not usable:
             skipped += 1
             continue
-        models: dict[str, Detector] = fit_detectors(fit_on, usable, config, quiet=True)
+        models: dict[str, Detector] = fit_detectors(fit_on, usable, settings, quiet=True)
         scores = score_all(models, with_context, quiet=True)
         # the period's own rows only: a trace that began in it may run past its end, and the
         # next period scores that time with its own fit

@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/melt generate --out $(DEMO)
+	$(BIN)/melt generate --out $(DEMO) --force
 	rm -rf $(REPORTS)  # reports of an earlier run would sit beside this run's
 	$(BIN)/melt detect --data $(DEMO) --models all --out $(REPORTS)
 	@echo "reports: $(REPORTS)/ (index.json lists them; ground truth in $(DEMO)/truth.json)"

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any
 
 from explain.facts import facts_hash
 from explain.template import TemplateExplainer
+from melt.core.progress import log
 from melt.core.settings import ExplainSettings
+from melt.core.timeutil import format_duration
 
 
 def default_cache_dir() -> Path:
@@ -80,12 +83,15 @@ class Explainer:
                       if settings.cache and self.llm is not None else None)
         self.stats = ExplainStats()
         self._lock = threading.Lock()
+        self._deadline: float | None = None
 
     def _one(self, facts: dict[str, Any]) -> dict[str, Any]:
         from explain.openai_provider import PROMPT_VERSION, ExplanationFailed
 
         if self.llm is None:
             return self.template.explain(facts)
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return self._fallback(facts, f"the run's LLM deadline ({format_duration(self.settings.deadline)}) passed")
         key = facts_hash(facts, self.llm.source, PROMPT_VERSION)
         cached = self.cache.get(key) if self.cache else None
         if cached is not None:
@@ -93,22 +99,37 @@ class Explainer:
                 self.stats.cached += 1
             return self._strip(cached)
         try:
-            explanation = self.llm.explain(facts)
+            explanation = self.llm.explain(facts, self._deadline)
         except ExplanationFailed as exc:
-            with self._lock:
-                self.stats.fallbacks.append(str(exc))
-            return self.template.explain(facts) | {"fallback": f"{self.llm.source} failed: {exc}"}
+            return self._fallback(facts, str(exc))
+        except Exception as exc:  # whatever else happens on the way, the report keeps the template
+            return self._fallback(facts, f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
         with self._lock:
             self.stats.llm += 1
         if self.cache:
             self.cache.put(key, explanation)
         return self._strip(explanation)
 
+    def _fallback(self, facts: dict[str, Any], reason: str) -> dict[str, Any]:
+        with self._lock:
+            self.stats.fallbacks.append(reason)
+        return self.template.explain(facts) | {"fallback": f"{self.llm.source if self.llm else 'llm'} failed: {reason}"}
+
     def _strip(self, explanation: dict[str, Any]) -> dict[str, Any]:
         return explanation if self.keep_prompts else {k: v for k, v in explanation.items() if k != "prompts"}
 
-    def explain_all(self, facts_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self.llm is None or len(facts_list) <= 1:
+    def explain_all(self, facts_list: list[dict[str, Any]], quiet: bool = True) -> list[dict[str, Any]]:
+        """One explanation per facts, in order. With an LLM, the run's time with it is bounded by
+        ``explain.deadline``: reports still unexplained then take the template."""
+        if self.llm is None:
             return [self._one(f) for f in facts_list]
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            return list(pool.map(self._one, facts_list))
+        self._deadline = time.monotonic() + self.settings.deadline.total_seconds()
+        log(f"explaining {len(facts_list)} incident(s) with {self.llm.source} "
+            f"(up to {format_duration(self.settings.deadline)}; the template after that)", quiet)
+        try:
+            if len(facts_list) <= 1:
+                return [self._one(f) for f in facts_list]
+            with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+                return list(pool.map(self._one, facts_list))
+        finally:
+            self._deadline = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from typing import Any
 
 from explain.answer import AnswerError, parse_answer, to_explanation
@@ -63,6 +64,7 @@ class OpenAIExplainer:
         self.model = settings.model
         self.source = f"llm:{self.model}"
         self.temperature = settings.temperature
+        self.timeout = settings.timeout
         # local OpenAI-compatible servers need no key, but the client insists on one
         self._client = openai.OpenAI(base_url=settings.base_url, api_key=env.get(settings.api_key_env) or "none",
                                      timeout=settings.timeout, max_retries=settings.max_retries)
@@ -73,7 +75,8 @@ class OpenAIExplainer:
         return [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": "FACTS:\n" + json.dumps(facts, default=str)}]
 
-    def _complete(self, messages: list[dict[str, str]]) -> str:
+    def _complete(self, messages: list[dict[str, str]], deadline: float | None = None) -> str:
+        """The answer's text; ``deadline`` (``time.monotonic()``) bounds each request's timeout."""
         import openai
 
         schema_format = {"type": "json_schema",
@@ -81,8 +84,14 @@ class OpenAIExplainer:
                                                                 "strict": True}}
         while True:
             use_schema = self._json_schema_ok
+            client = self._client
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ExplanationFailed("the run's LLM deadline passed")
+                client = client.with_options(timeout=min(self.timeout, remaining))
             try:
-                response = self._client.chat.completions.create(
+                response = client.chat.completions.create(
                     model=self.model, messages=messages, temperature=self.temperature,
                     response_format=schema_format if use_schema else {"type": "json_object"})
             except openai.BadRequestError:
@@ -91,17 +100,18 @@ class OpenAIExplainer:
                 with self._lock:
                     self._json_schema_ok = False  # the server does not do json_schema: JSON mode from now on
                 continue
-            if not response.choices:
-                return ""
-            return response.choices[0].message.content or ""
+            return _content(response)
 
-    def explain(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def explain(self, facts: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        """A validated, grounded explanation, or :class:`ExplanationFailed` whatever went wrong: an
+        unreachable or refusing server, or an answer of any shape (text/plain, HTML labelled as
+        JSON, ``message: null``, a JSON array, ...)."""
         import openai
 
         known = evidence_ids(facts)
         messages = self.messages(facts)
         try:
-            content = self._complete(messages)
+            content = self._complete(messages, deadline)
             try:
                 answer = parse_answer(content, known)
             except AnswerError as first:
@@ -110,10 +120,24 @@ class OpenAIExplainer:
                     {"role": "user", "content": f"Your answer was rejected: {first}. Answer again with one JSON "
                                                 f"object that follows the rules, citing only the ids in the facts."}]
                 try:
-                    answer = parse_answer(self._complete(repair), known)
+                    answer = parse_answer(self._complete(repair, deadline), known)
                 except AnswerError as second:
                     raise ExplanationFailed(f"invalid answer after one repair: {second}") from None
                 messages = repair
+        except ExplanationFailed:
+            raise
         except openai.OpenAIError as exc:
             raise ExplanationFailed(_reason(exc)) from None
+        except Exception as exc:  # the client choked on what the server sent (not JSON, wrong shape)
+            raise ExplanationFailed(f"unusable answer from the server ({type(exc).__name__})") from None
         return to_explanation(answer, self.source) | {"prompts": messages}
+
+
+def _content(response: Any) -> str:
+    """The first choice's text, whatever the server sent: ``""`` where there is none to read."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return ""
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None) if message is not None else None
+    return content if isinstance(content, str) else ""

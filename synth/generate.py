@@ -15,8 +15,10 @@ import pandas as pd
 
 from melt.core.bundle import MeltBundle
 from melt.core.errors import ConfigError
-from melt.core.progress import log
+from melt.core.progress import Steps, log
 from melt.core.settings import SynthSettings
+from melt.core.timeutil import format_duration
+from synth.budget import MAX_SERVICES, available_memory, check_budget, estimate
 from synth.calls import add_retries, endpoint_timeouts, in_subtrees, network_time, resolve_calls
 from synth.client_spans import add_client_spans
 from synth.events import benign_events, fault_events
@@ -62,6 +64,13 @@ def check(config: SynthSettings) -> None:
         raise ConfigError(f"synth: unknown fault type '{unknown[0]}' (use {', '.join(FAULT_TYPES)})")
     if config.services < 4 and config.topology_file is None:
         raise ConfigError(f"synth: --services must be at least 4, got {config.services}")
+    if config.services > MAX_SERVICES and config.topology_file is None:
+        raise ConfigError(f"synth: --services must be at most {MAX_SERVICES}, got {config.services}")
+    if not config.fault_types and config.faults:
+        raise ConfigError("synth: --fault-types names no fault type")
+    if config.interval > config.duration:
+        raise ConfigError(f"synth: --interval ({format_duration(config.interval)}) is longer than --duration "
+                          f"({format_duration(config.duration)})")
     try:
         if config.faults:
             fault_slot(int(config.duration.value * (1 - config.warmup_fraction)), config.faults,
@@ -70,16 +79,27 @@ def check(config: SynthSettings) -> None:
         raise ConfigError(f"synth: {exc}") from None
 
 
+GENERATE_STEPS = 5  # requests, spans, logs, metrics, bundle: the marks of the progress bar
+
+
 def generate(config: SynthSettings, quiet: bool = True) -> MeltBundle:
     """Simulate the system and return a validated bundle with ``truth`` (``config``: the ``synth``
     settings, e.g. ``SynthSettings.of(seed=3, duration="4h")``)."""
     check(config)
+    with Steps(GENERATE_STEPS, "generate", quiet) as step:
+        return _simulate(config, quiet, step)
+
+
+def _simulate(config: SynthSettings, quiet: bool, step: Steps) -> MeltBundle:
     total, interval, fault_length, start = config.duration, config.interval, config.fault_duration, config.start
     preset = PRESETS[config.preset]
     rng = np.random.default_rng(config.seed)
     topology = (load_topology(config.topology_file) if config.topology_file
                 else random_topology(config.services, config.endpoints_per_service, rng))
     templates = build_templates(topology)
+    cost = estimate(config, topology, templates)
+    check_budget(cost, available_memory())
+    log(cost.text(), quiet, stage="melt generate")
     minutes = int(total / pd.Timedelta(minutes=1))
     end = start + total
     n_surges = int(rng.poisson(preset["surges"] * minutes / 120))
@@ -87,6 +107,7 @@ def generate(config: SynthSettings, quiet: bool = True) -> MeltBundle:
               for _ in range(n_surges)]
     times = arrival_times(start, minutes, config.requests_per_minute, surges, rng)
     log(f"{len(topology.services)} services, {times.size} requests", quiet, stage="melt generate")
+    step("requests")
     spans = expand_requests(topology, templates, times, rng)
     spans.gap_ms = network_time(spans, rng)
     try:
@@ -111,6 +132,7 @@ def generate(config: SynthSettings, quiet: bool = True) -> MeltBundle:
     label = np.any(changed, axis=0) if faults else np.zeros(spans.size, bool)
 
     log(f"{spans.size} spans", quiet, stage="melt generate")
+    step("spans")
     trace = _span_frame(topology, spans, times, outcome.duration, outcome.start_ns, outcome.status, label, rng)
     never_ran = in_subtrees(spans, lost)  # lost requests: only the caller's client span shows them
     logs = pd.concat([
@@ -120,6 +142,7 @@ def generate(config: SynthSettings, quiet: bool = True) -> MeltBundle:
     ], ignore_index=True).sort_values("timestamp", kind="stable").reset_index(drop=True)
     logs = logs[~logs["span_id"].isin(trace["span_id"].to_numpy()[never_ran])].reset_index(drop=True)
     log(f"{len(logs)} log lines", quiet, stage="melt generate")
+    step("logs")
 
     golden = golden_signals(trace[~never_ran], interval, start, end)
     resources = resource_metrics(golden, topology, faults, noise, rng)
@@ -132,6 +155,7 @@ def generate(config: SynthSettings, quiet: bool = True) -> MeltBundle:
     trace = add_client_spans(trace, spans, outcome, lost, rng)
     metrics = pd.concat([to_long(golden.join(resources)), call_latency(trace, interval)], ignore_index=True)
     metrics["label"] = _metric_labels(metrics, truth_faults)
+    step("metrics")
     truth = {
         "faults": truth_faults,
         "generator": {"seed": config.seed, "preset": config.preset, "services": topology.services,
@@ -140,7 +164,9 @@ def generate(config: SynthSettings, quiet: bool = True) -> MeltBundle:
                       "surges": [{"start": (start + pd.Timedelta(minutes=s)).isoformat(), "minutes": n, "factor": round(f, 2)}
                                  for s, n, f in surges]},
     }
-    return MeltBundle(metrics=metrics, logs=logs, traces=trace.drop(columns="_service_index"), events=events, truth=truth)
+    bundle = MeltBundle(metrics=metrics, logs=logs, traces=trace.drop(columns="_service_index"), events=events, truth=truth)
+    step("bundle")
+    return bundle
 
 
 def _noisy_services(topology: Topology, preset: dict[str, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -172,8 +172,11 @@ def load_topology(path: str | Path) -> Topology:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"topology file not found: {file}")
-    spec = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(spec.get("services"), dict) or not isinstance(spec.get("calls"), list):
+    try:
+        spec = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not a valid YAML topology ({type(exc).__name__})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("services"), dict) or not isinstance(spec.get("calls"), list):
         raise ConfigError(f"{file}: needs a 'services' mapping and a 'calls' list")
     names = list(spec["services"])
     roles = [str(spec["services"][n].get("role", "service")) for n in names]

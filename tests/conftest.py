@@ -34,6 +34,22 @@ def tiny_dir(tiny_bundle: MeltBundle, tmp_path_factory: pytest.TempPathFactory) 
     return tiny_bundle.write(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_report(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real, valid incident report from the tiny bundle (``zscore,span_latency``)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from melt.cli import cli
+
+    out = tmp_path_factory.mktemp("reports")
+    result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--models", "zscore,span_latency",
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return json.loads(next(out.glob("INC-*.json")).read_text())
+
+
 def run_melt(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}

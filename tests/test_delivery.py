@@ -212,4 +212,9 @@ def test_a_corrupt_spool_entry_is_set_aside_not_sent(reports, tmp_path) -> None:
     with WebhookReceiver() as receiver:
         result = drain(spool, _hook_config(None, max_retries=0), url=receiver.url)
     assert result.sent == [reports[0]["incident_id"]] and sorted(result.unreadable) == ["broken.json", "garbage.json"]
-    assert len(receiver.requests) == 1 and sorted(p.name for p in spool.iterdir()) == ["broken.json.bad", "garbage.json.bad"]
+    assert len(receiver.requests) == 1 and files_left(spool) == ["failed/broken.json", "failed/garbage.json"]
+
+
+def files_left(spool: Path) -> list[str]:
+    """Every file under the spool, relative to it."""
+    return sorted(str(p.relative_to(spool)) for p in spool.rglob("*") if p.is_file())

@@ -40,7 +40,8 @@ def test_unknown_detector_suggests_a_name() -> None:
 def test_resolve_all_skips_detectors_without_their_signal() -> None:
     chosen, skipped = resolve_models("all", ["metrics"])
     assert "zscore" in chosen and "span_latency" not in chosen
-    assert any(s.startswith("span_latency") for s in skipped)
+    span_latency = [s for s in skipped if s.detector == "span_latency"]
+    assert span_latency and str(span_latency[0]).startswith("span_latency") and not span_latency[0].warn
     with pytest.raises(PluginError, match="needs traces"):
         resolve_models("span_latency", ["metrics"])
 

@@ -78,6 +78,7 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
     """
 
     name = "gat_gae"
+    choices = {"aggregation": AGGREGATIONS}
     signal = "traces"
 
     def __init__(self, latent_dim: int = 16, hidden_dim: int = 32, gat_heads: int = 4, embed_dim: int = 8,

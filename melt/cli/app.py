@@ -43,17 +43,26 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
               help="Comma-separated fault types, cycled in order (see docs/synth.md).")
 @click.option("--fault-duration", default=None, help="Length of each fault, e.g. 10m.")
 @click.option("--overlap/--no-overlap", default=None, help="Let fault windows overlap.")
+@click.option("--force", is_flag=True, help="Replace the bundle in a non-empty --out directory.")
 @click.pass_context
-def generate(ctx: click.Context, out: str, **options: Any) -> None:
+def generate(ctx: click.Context, out: str, force: bool, **options: Any) -> None:
     """Write a synthetic MELT bundle with injected faults and ground truth."""
+    import os
+    from pathlib import Path
+
+    from melt.core.bundle import check_output_dir
     from synth.generate import generate as run_generate
+
+    check_output_dir(out)  # before minutes of work, not after
+    if not force and os.path.isdir(out) and any(Path(out).iterdir()):
+        raise MeltError(f"{out} is not empty; choose another --out or pass --force to replace its bundle")
 
     if options["fault_types"] is not None:
         options["fault_types"] = [t.strip() for t in options["fault_types"].split(",") if t.strip()]
     settings = settings_of(ctx).with_overrides({f"synth.{key}": value for key, value in options.items()},
                                                "melt generate")
     bundle = run_generate(settings.synth, quiet=False)
-    bundle.write(out)
+    bundle.write(out, force=True)
     counts = ", ".join(f"{k}={v}" for k, v in bundle.summary().items())
     click.echo(f"wrote {out}: {counts}, faults={len(bundle.truth['faults'])}")
 
@@ -114,23 +123,40 @@ def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir:
 @cli.command()
 @click.option("--spool", "spool_dir", required=True, type=click.Path(file_okay=False),
               help="Spool directory written by a failed webhook delivery.")
-@click.option("--url", default=None, help="Send to this URL instead of the one each report was spooled for.")
+@click.option("--url", default=None,
+              help="Send to this http(s) URL instead of the one each report was spooled for.")
 @click.pass_context
 def deliver(ctx: click.Context, spool_dir: str, url: str | None) -> None:
     """Resend spooled reports to the webhook; each delivered report leaves the spool.
 
     Each report goes to the URL and payload format it was spooled with, unless --url is given;
-    headers, variables and retries come from the current config.
+    headers, variables and retries come from the current config. Several runs may share a spool.
+    Stdout gets one line per entry that failed and a count of those delivered; stderr one line per
+    kind of failure (undelivered, corrupt), and the exit code is 2 when there was any.
     """
-    from melt.delivery.spool import drain
+    from pathlib import Path
+
+    from melt.delivery.spool import FAILED_DIR, drain
 
     result = drain(spool_dir, settings_of(ctx).report.webhook, url)
+    failed_dir = Path(spool_dir) / FAILED_DIR
+    for name, why in result.failed:
+        click.echo(f"not delivered: {name} ({why}); back in the spool")
+    for name, why in result.set_aside:
+        click.echo(f"set aside: {name} ({why}); moved to {failed_dir}")
     click.echo(f"delivered {len(result.sent)} report(s) from {spool_dir}")
-    if result.unreadable:
-        click.echo(f"melt: warning: {len(result.unreadable)} unreadable spool file(s) renamed to *.bad", err=True)
+    problems = []
+    if result.set_aside:
+        name, why = result.set_aside[0]
+        problems.append(f"{len(result.set_aside)} corrupt spool entr{'y' if len(result.set_aside) == 1 else 'ies'} "
+                        f"moved to {failed_dir}, never to be sent ({name}: {why})")
     if result.failed:
-        raise DeliveryError(f"{len(result.failed)} report(s) still undelivered ({result.failed[0][1]}); "
-                            f"they stay in {spool_dir}")
+        name, why = result.failed[0]
+        problems.append(f"{len(result.failed)} report(s) still undelivered ({name}: {why}); they stay in {spool_dir}")
+    for problem in problems[:-1]:
+        click.echo(f"melt: warning: {problem}", err=True)
+    if problems:
+        raise DeliveryError(problems[-1])
 
 
 def _table(reports: list[dict[str, Any]]) -> str:
@@ -173,7 +199,9 @@ def train(ctx: click.Context, data: str, models_spec: str, out: str) -> None:
               help="csv/parquet traces: unit of span durations.")
 @click.option("--service-from", default=None, help="csv/parquet: column to derive the service from.")
 @click.option("--service-regex", default=None, help="Regex whose group 'service' is the service name.")
-@click.option("--delimiter", default=None, help="csv: field separator.")
+@click.option("--delimiter", default=None, help="csv: field separator, one character ('\\t' or 'tab' for a tab).")
+@click.option("--encoding", default="utf-8", show_default=True,
+              help="csv: text encoding of the files (a Python codec name, e.g. latin-1, cp1252, utf-16).")
 @click.option("--subset", type=click.Choice(["rca", "normal"]), default=None,
               help="nezha: fault cases (rca_data) or fault-free data (construct_data).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad row instead of skipping and counting it.")
@@ -182,14 +210,20 @@ def train(ctx: click.Context, data: str, models_spec: str, out: str) -> None:
 @click.pass_context
 def import_(ctx: click.Context, fmt: str, src: str, out: str, signal: str | None, mappings: tuple[str, ...],
             wide: bool | None, time_unit: str | None, duration_unit: str | None, service_from: str | None,
-            service_regex: str | None, delimiter: str | None, subset: str | None, strict: bool, force: bool,
-            quiet: bool) -> None:
+            service_regex: str | None, delimiter: str | None, encoding: str, subset: str | None, strict: bool,
+            force: bool, quiet: bool) -> None:
     """Import FORMAT data from SRC (a file or directory) into a melt bundle.
 
-    FORMAT is otlp (OTLP/JSON lines), jaeger (Jaeger JSON), csv or parquet (generic tables, see
-    --map), or nezha (the Nezha/TrainTicket layout, with ground truth). See docs/import.md.
+    FORMAT is otlp (OTLP/JSON lines or documents), jaeger (Jaeger JSON), csv or parquet (generic
+    tables, see --map), or nezha (the Nezha/TrainTicket layout, with ground truth). See docs/import.md.
     """
     from melt.importers import import_source
+    from melt.importers.sources import check_encoding
+    from melt.importers.table import DELIMITER_NAMES, check_delimiter
+
+    if delimiter is not None:
+        delimiter = check_delimiter(DELIMITER_NAMES.get(delimiter, delimiter))
+    check_encoding(encoding)
 
     column_map = {}
     for item in mappings:
@@ -202,7 +236,7 @@ def import_(ctx: click.Context, fmt: str, src: str, out: str, signal: str | None
              "delimiter": delimiter}
     nezha = {"subset": subset, "service_regex": service_regex}
     summary = import_source(fmt, src, out, settings_of(ctx), table=table, nezha=nezha, strict=strict, force=force,
-                            quiet=quiet)
+                            quiet=quiet, encoding=encoding)
     for line in summary.lines():
         click.echo(line)
 

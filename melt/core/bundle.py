@@ -7,6 +7,7 @@ so detectors and later stages can rely on column names and dtypes.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,19 +164,54 @@ class MeltBundle:
         except BundleError as exc:
             raise BundleError(f"{root}/{exc}") from None
 
-    def write(self, path: str | Path) -> Path:
-        """Write every present frame as parquet (zstd) and ``truth.json``; returns the directory."""
+    def write(self, path: str | Path, force: bool = True) -> Path:
+        """Write every present frame as parquet (zstd) and ``truth.json``; returns the directory.
+
+        Raises:
+            BundleError: ``path`` cannot be a directory (it is a file, lies under one, its name is
+                too long, no permission), or, without ``force``, it already holds files.
+        """
         root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        for name in self.signals():
-            self.frame(name).to_parquet(root / f"{name}.parquet", index=False, compression="zstd")
-        if self.truth is not None:
-            (root / "truth.json").write_text(json.dumps(self.truth, indent=2, sort_keys=True) + "\n")
+        try:
+            if not force and root.is_dir() and any(root.iterdir()):
+                raise BundleError(f"{root} is not empty; choose another --out or pass --force to replace its bundle")
+            root.mkdir(parents=True, exist_ok=True)
+            for name in self.signals():
+                self.frame(name).to_parquet(root / f"{name}.parquet", index=False, compression="zstd")
+            if self.truth is not None:
+                (root / "truth.json").write_text(json.dumps(self.truth, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise BundleError(f"cannot write the bundle to {root}: {exc.strerror or exc}") from None
         return root
 
     def summary(self) -> dict[str, int]:
         """Row count per present frame."""
         return {name: len(self.frame(name)) for name in self.signals()}
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """``path`` as a directory that can be written, checked before any work is spent on its contents.
+
+    Raises:
+        BundleError: a part of the path is a file, a name is longer than the file system allows, or
+            the nearest existing directory is not writable.
+    """
+    root = Path(path)
+    ancestor = root
+    while not os.path.exists(ancestor) and ancestor != ancestor.parent:  # os.path: False, not OSError, on a long name
+        ancestor = ancestor.parent
+    if not os.path.isdir(ancestor):
+        raise BundleError(f"cannot write the bundle to {root}: {ancestor} is a file")
+    try:
+        longest = int(os.pathconf(ancestor, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        longest = 255
+    too_long = [part for part in root.parts if len(part.encode()) > longest]
+    if too_long:
+        raise BundleError(f"cannot write the bundle to {root}: a name is longer than {longest} bytes")
+    if not os.access(ancestor, os.W_OK):
+        raise BundleError(f"cannot write the bundle to {root}: {ancestor} is not writable")
+    return root
 
 
 def _read_parquet(file: Path) -> pd.DataFrame:

@@ -56,7 +56,11 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         if not file.is_file():
             raise ConfigError(f"config file not found: {file}")
         try:
-            loaded = yaml.safe_load(file.read_text()) or {}
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file}: not valid UTF-8 (byte {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read the config file ({exc.strerror or exc})") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

@@ -88,6 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "explain": {
         "provider": "template",
         "concurrency": 4,
+        "deadline": Duration("2m"),
         "max_fact_tokens": 1500,
         "cache": True,
         "cache_dir": Nullable(str),

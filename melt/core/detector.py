@@ -39,6 +39,7 @@ class Detector:
 
     name: ClassVar[str] = ""
     signal: ClassVar[str] = ""
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # parameter -> allowed strings, checked when built
 
     # ----------------------------------------------------------- to implement
     def fit(self, bundle: MeltBundle) -> Self:  # pragma: no cover - abstract

@@ -8,6 +8,8 @@ reason instead of breaking discovery.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,6 +19,7 @@ from typing import Any
 from melt.core.detector import Detector
 from melt.core.errors import ConfigError, PluginError
 from melt.core.schema import SIGNALS
+from melt.core.timeutil import parse_duration
 
 GROUP = "melt.detectors"
 
@@ -30,6 +33,18 @@ class PluginInfo:
     distribution: str
     target: str
     cls: type[Detector]
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A detector a run left out, and the line that says why (printed, and kept in ``index.json``)."""
+
+    detector: str
+    text: str
+    warn: bool = True  # a warning line; False for what is expected (``--models all`` on a bundle without logs)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -97,18 +112,21 @@ def requested_names(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def resolve_models(spec: str, signals: list[str]) -> tuple[list[str], list[str]]:
+def resolve_models(spec: str, signals: list[str]) -> tuple[list[str], list[LeftOut]]:
     """Turn ``--models all|a,b`` into detector names.
 
     ``all`` picks every loaded detector whose signal the bundle has; returns (chosen, skipped with
-    reason). A named detector whose signal the bundle lacks is skipped too, with its reason: a real
+    reason); a plugin that failed to import is one of the skipped (a warning), while naming it is an
+    error (:func:`get_plugin`). A named detector whose signal the bundle lacks is skipped too, with its reason: a real
     collection often lacks a signal, and the other detectors still have work. Only when none is
     left is it an error.
     """
-    loaded, _ = discover()
+    loaded, failures = discover()
     if spec.strip() == "all":
         chosen = [name for name, info in loaded.items() if info.signal in signals]
-        skipped = [f"{name} (no {info.signal})" for name, info in loaded.items() if info.signal not in signals]
+        skipped = [LeftOut(name, f"{name} (no {info.signal})", warn=False)
+                   for name, info in loaded.items() if info.signal not in signals]
+        skipped += [LeftOut(f.name, f"{f.name} (failed to load from {f.distribution}: {f.reason})") for f in failures]
         if not chosen:
             raise PluginError(f"no detector can run on this bundle (it has: {', '.join(signals) or 'nothing'})")
         return chosen, skipped
@@ -120,7 +138,7 @@ def resolve_models(spec: str, signals: list[str]) -> tuple[list[str], list[str]]
                           if len(names) == 1 else
                           f"none of the detectors can run on this bundle (it has: {', '.join(signals) or 'nothing'})")
     return ([name for name in names if name not in absent],
-            [f"{name} (no {get_plugin(name).signal})" for name in absent])
+            [LeftOut(name, f"{name} (no {get_plugin(name).signal})") for name in absent])
 
 
 def build_detector(name: str, params: Mapping[str, Any] | None = None) -> Detector:
@@ -133,12 +151,26 @@ def build_detector(name: str, params: Mapping[str, Any] | None = None) -> Detect
             close = difflib.get_close_matches(key, list(defaults), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(defaults) or 'none'})"
             raise ConfigError(f"config: unknown key 'detectors.{name}.{key}'{hint}")
-        checked[key] = _check_param(f"detectors.{name}.{key}", defaults[key], value)
+        checked[key] = _check_param(f"detectors.{name}.{key}", defaults[key], value, info.cls.choices.get(key))
     return info.cls(**checked)
 
 
-def _check_param(key: str, default: Any, value: Any) -> Any:
-    """Type-check a detector parameter against the type of its default."""
+DEVICES = ("auto", "cpu", "cuda")
+FRACTION_WORDS = ("fraction", "share", "alpha", "_rate")  # parameters that are a part of a whole: in [0, 1]
+
+
+def _check_param(key: str, default: Any, value: Any, choices: tuple[str, ...] | None = None) -> Any:
+    """Check a detector parameter against its default: the same type, and a value of the same kind.
+
+    Beyond the type: a number is finite; an integer whose default is at least 1 stays at least 1
+    (trees, epochs, windows), and one whose default is 0 stays non-negative (seeds); a float keeps
+    its default's sign (0 may switch a floor off); a parameter named like a fraction, share, rate
+    or alpha lies in [0, 1]; a string whose default is a duration must be one; ``device`` is auto,
+    cpu or cuda[:n]; ``masks`` are [regex, token] pairs whose regexes compile; ``choices`` (the
+    detector's :attr:`melt.core.detector.Detector.choices`) list the allowed strings.
+    """
+    if default is None and key.rsplit(".", 1)[-1] == "masks" and value is not None:
+        return _check_masks(key, value)
     if default is None or value is None:
         return value
     ok = True
@@ -158,4 +190,53 @@ def _check_param(key: str, default: Any, value: Any) -> Any:
         ok = isinstance(value, dict)
     if not ok:
         raise ConfigError(f"config: key '{key}' must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+    return _check_kind(key, default, value, choices)
+
+
+def _check_kind(key: str, default: Any, value: Any, choices: tuple[str, ...] | None) -> Any:
+    leaf = key.rsplit(".", 1)[-1]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ConfigError(f"config: key '{key}' must be a finite number, got {value}")
+        if any(word in leaf for word in FRACTION_WORDS) and not 0 <= value <= 1:
+            raise ConfigError(f"config: key '{key}' must be in [0, 1], got {value}")
+        if isinstance(default, int) and default >= 1 and value < 1:
+            raise ConfigError(f"config: key '{key}' must be >= 1, got {value}")
+        if default >= 0 and value < 0:
+            raise ConfigError(f"config: key '{key}' must be >= 0, got {value}")
+        return value
+    if isinstance(value, str):
+        if leaf == "device" and not (value in DEVICES or re.fullmatch(r"cuda:\d+", value)):
+            raise ConfigError(f"config: key '{key}' must be one of {', '.join(DEVICES)} or cuda:N, got {value!r}")
+        if choices and value not in choices:
+            raise ConfigError(f"config: key '{key}' must be one of {', '.join(choices)}, got {value!r}")
+        if isinstance(default, str) and _is_duration(default):
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                raise ConfigError(f"config: key '{key}': {exc}") from None
+    return value
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_masks(key: str, value: Any) -> Any:
+    """``[[regex, token], ...]``: each regex compiles."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"config: key '{key}' must be a list of [regex, token] pairs, got {value!r}")
+    for number, pair in enumerate(value):
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ConfigError(f"config: key '{key}' item {number} must be [regex, token], got {pair!r}")
+        try:
+            re.compile(pair[0])
+        except re.error as exc:
+            raise ConfigError(f"config: key '{key}' item {number}: {pair[0]!r} is not a valid regex ({exc})") from None
     return value

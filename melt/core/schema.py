@@ -15,6 +15,9 @@ import pandas as pd
 from melt.core.errors import BundleError
 
 SIGNALS: tuple[str, ...] = ("metrics", "logs", "traces", "events")
+PLAUSIBLE_TIMES = (pd.Timestamp("1990-01-01", tz="UTC"), pd.Timestamp("2200-01-01", tz="UTC"))
+"""Times outside this range are clock or unit errors (epoch milliseconds read as seconds, a year 2256), not data."""
+SERVICE_COLUMNS = ("service", "service_name")
 EDGE_ARROW = " -> "
 """How the two ends of a call are written in a name: a call edge ``caller -> callee``, and a call
 metric's series ``rpc.client.duration.p50 -> callee`` (the metric, then its ``peer``)."""
@@ -131,6 +134,9 @@ def validate_frame(name: str, df: pd.DataFrame, *, allow_empty: bool = False) ->
         if column not in schema.nullable and column in schema.required and out[column].isna().any():
             row = int(np.flatnonzero(out[column].isna().to_numpy())[0])
             raise _fail(name, column, f"has a null value (first at row {row})")
+        _check_values(name, column, kind, out[column])
+    if name == "metrics" and len(out) and out["value"].isna().all():
+        raise _fail(name, "value", "holds no number at all (every value is null or NaN)")
     if schema.prefix:
         for column in out.columns:
             if column.startswith(schema.prefix) and out[column].dtype == object:
@@ -140,6 +146,19 @@ def validate_frame(name: str, df: pd.DataFrame, *, allow_empty: bool = False) ->
     if name == "logs":
         out["level"] = normalise_levels(out["level"])
     return out.reset_index(drop=True)
+
+
+def _check_values(name: str, column: str, kind: str, values: pd.Series) -> None:
+    """A time outside :data:`PLAUSIBLE_TIMES` or an empty service name is an error, not data."""
+    if kind == "time":
+        bad = (values.notna() & ((values < PLAUSIBLE_TIMES[0]) | (values >= PLAUSIBLE_TIMES[1]))).to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise _fail(name, column, f"has a time out of range ({values.iloc[row]} at row {row}; a clock or unit error?)")
+    elif column in SERVICE_COLUMNS:
+        empty = (values.astype("string").str.strip() == "").fillna(False).to_numpy(dtype=bool)
+        if empty.any():
+            raise _fail(name, column, f"is empty (first at row {int(np.flatnonzero(empty)[0])})")
 
 
 def row_problems(name: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
@@ -175,6 +194,10 @@ def row_problems(name: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     if name == "traces":
         masks.append((out["duration"] < 0).fillna(False).to_numpy(dtype=bool))
         reasons.append("column 'duration' is negative")
+    for column in SERVICE_COLUMNS:
+        if column in out.columns:
+            masks.append((out[column].astype("string").str.strip() == "").fillna(False).to_numpy(dtype=bool))
+            reasons.append(f"column '{column}' is empty")
     problems = np.select(masks, reasons, default=None) if masks else np.full(len(out), None)
     return out, pd.Series(problems, index=out.index, dtype="string")
 

@@ -12,6 +12,7 @@ the same checks.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -250,6 +251,7 @@ class ExplainSettings:
 
     provider: str
     concurrency: int
+    deadline: pd.Timedelta
     max_fact_tokens: int
     cache: bool
     cache_dir: Path | None
@@ -259,6 +261,7 @@ class ExplainSettings:
     @classmethod
     def parse(cls, v: Mapping[str, Any], key: str = "explain") -> ExplainSettings:
         return cls(provider=str(v["provider"]), concurrency=integer(v["concurrency"], f"{key}.concurrency", 1),
+                   deadline=duration(v["deadline"], f"{key}.deadline"),
                    max_fact_tokens=integer(v["max_fact_tokens"], f"{key}.max_fact_tokens", 1), cache=bool(v["cache"]),
                    cache_dir=optional_path(v["cache_dir"]), keep_prompts=bool(v["keep_prompts"]),
                    openai=OpenAISettings.parse(v["openai"], f"{key}.openai"))
@@ -382,8 +385,7 @@ class Settings:
     def parse(cls, config: Mapping[str, Any]) -> Settings:
         """Typed settings from the dict :func:`melt.core.config.load_config` returns."""
         return cls(log_level=str(config["log_level"]), synth=SynthSettings.parse(config["synth"]),
-                   detect=DetectSettings.parse(config["detect"]),
-                   detectors=MappingProxyType({str(k): _frozen(v or {}) for k, v in config["detectors"].items()}),
+                   detect=DetectSettings.parse(config["detect"]), detectors=detector_sections(config["detectors"]),
                    ensemble=EnsembleSettings.parse(config["ensemble"]), rca=RcaSettings.parse(config["rca"]),
                    explain=ExplainSettings.parse(config["explain"]), report=ReportSettings.parse(config["report"]),
                    imports=ImportSettings.parse(config["import"]), raw=_frozen(config))
@@ -402,6 +404,26 @@ class Settings:
     def detector_params(self, name: str) -> Mapping[str, Any]:
         """``detectors.<name>`` of the config (empty when the file does not set it)."""
         return self.detectors.get(name) or {}
+
+
+def detector_sections(sections: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+    """``detectors.<name>`` sections, each naming an installed detector and holding a mapping.
+
+    The names are checked against the ``melt.detectors`` entry points without importing any plugin:
+    a misspelled section (``detectors.zscroe``) would otherwise be ignored while the detector ran
+    with its defaults. A plugin's own keys are checked when it is built.
+    """
+    from importlib.metadata import entry_points
+
+    known = sorted({ep.name for ep in entry_points(group="melt.detectors")})
+    for name, values in sections.items():
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean 'detectors.{close[0]}'?)" if close else f" (installed: {', '.join(known)})"
+            raise _fail(f"detectors.{name}", f"names no installed detector{hint}")
+        if values is not None and not isinstance(values, Mapping):
+            raise _fail(f"detectors.{name}", f"must be a mapping of parameters, got {type(values).__name__}")
+    return MappingProxyType({str(k): _frozen(v or {}) for k, v in sections.items()})
 
 
 def section_names(settings_class: type) -> list[str]:

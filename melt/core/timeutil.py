@@ -20,7 +20,7 @@ def parse_duration(text: str | int | float) -> pd.Timedelta:
         return pd.Timedelta(seconds=float(text))
     match = _DURATION.match(str(text))
     if not match:
-        raise ValueError(f"'{text}' is not a duration (use e.g. 30s, 5m, 2h, 1d)")
+        raise ValueError(f"{text!r} is not a duration (use e.g. 30s, 5m, 2h, 1d)")
     value, unit = match.groups()
     delta = pd.Timedelta(float(value), unit=_UNITS[unit])
     if delta <= pd.Timedelta(0):

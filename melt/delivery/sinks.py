@@ -1,6 +1,10 @@
 """Where reports go: files (one JSON per incident plus ``index.json``), stdout (JSON lines) and a
-ticketing webhook, several at once. The webhook never loses a report: what it cannot deliver is
-written to the spool (:mod:`melt.delivery.spool`) for ``melt deliver``.
+ticketing webhook, several at once. The webhook never loses a report: what it cannot deliver, for
+whatever reason, is written to the spool (:mod:`melt.delivery.spool`) for ``melt deliver``.
+
+Sinks deliver in a fixed order, whatever the order they are named in: files first, then the
+webhook (and its spool), then stdout; so the report files and every spool entry are written before
+any sink can fail (:func:`deliver_all`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from melt.core.errors import ConfigError
+from melt.core.errors import ConfigError, DeliveryError, MeltError
 from melt.core.settings import ReportSettings, WebhookSettings
 
 SINKS = ("files", "stdout", "webhook")
+DELIVERY_ORDER = {"files": 0, "webhook": 1, "stdout": 2}  # what keeps reports comes first
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Delivery:
     spooled: list[str] = field(default_factory=list)
     spool_dir: Path | None = None
     error: str | None = None
+    unspooled: list[str] = field(default_factory=list)  # neither delivered nor spooled (spool unwritable)
 
 
 class Sink(Protocol):
@@ -36,12 +42,15 @@ class Sink(Protocol):
 
 
 class FileSink:
-    """One ``<incident_id>.json`` per report and an ``index.json`` listing them."""
+    """One ``<incident_id>.json`` per report and an ``index.json`` listing them, with the detectors
+    the run left out and why (``left_out``: ``{"detector", "reason"}`` records), so a reader of the
+    reports sees which evidence is missing."""
 
     name = "files"
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
+        self.left_out: list[dict[str, str]] = []
 
     def deliver(self, reports: list[dict[str, Any]]) -> Delivery:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +64,8 @@ class FileSink:
                           "top_causes": [c["service"] for c in ranked[:3]],
                           "score": ranked[0]["score"] if ranked else None,
                           "explanation_source": report["explanation_source"]})
-        (self.out_dir / "index.json").write_text(json.dumps({"incidents": index}, indent=2) + "\n")
+        (self.out_dir / "index.json").write_text(json.dumps({"incidents": index, "left_out": self.left_out},
+                                                            indent=2) + "\n")
         return Delivery(self.name, len(reports))
 
 
@@ -88,24 +98,73 @@ class WebhookSink:
         self.spool_dir = Path(spool_dir)
 
     def deliver(self, reports: list[dict[str, Any]]) -> Delivery:
+        """POST each report; spool every one that fails, whatever the reason, with that reason.
+
+        Raises :class:`DeliveryError` only when a report could be neither sent nor spooled, after
+        every report has been tried.
+        """
         from melt.delivery.spool import spool_report
+        from melt.delivery.webhook import Attempt
 
         delivery = Delivery(self.name, spool_dir=self.spool_dir)
+        spool_error = None
         for report in reports:
-            attempt = self.webhook.send(report)
+            try:
+                attempt = self.webhook.send(report)
+            except Exception as exc:  # send() catches what it knows; nothing computed may be lost
+                attempt = Attempt(False, None, 1, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             if attempt.ok:
                 delivery.delivered += 1
                 continue
-            spool_report(self.spool_dir, report, self.webhook.url, self.settings.payload, attempt.error, attempt.tries)
+            try:
+                spool_report(self.spool_dir, report, self.webhook.url, self.settings.payload, attempt.error,
+                             attempt.tries)
+            except OSError as exc:
+                delivery.unspooled.append(report["incident_id"])
+                spool_error = f"cannot write the spool {self.spool_dir} ({exc.strerror or exc})"
+                continue
             delivery.spooled.append(report["incident_id"])
-            delivery.error = attempt.error
+            delivery.error = delivery.error or attempt.error
+        if delivery.unspooled:
+            raise DeliveryError(f"webhook: {len(delivery.unspooled)} of {len(reports)} report(s) neither delivered "
+                                f"nor spooled: {spool_error}; {len(delivery.spooled)} spooled in {self.spool_dir}")
         return delivery
 
 
-def make_sinks(names: Iterable[str], out_dir: str | Path, settings: ReportSettings | None = None) -> list[Sink]:
-    """Sinks by name (settings: the ``report`` section); unknown names are a :class:`ConfigError`.
+def deliver_all(sinks: Iterable[Sink], reports: list[dict[str, Any]],
+                left_out: Iterable[tuple[str, str]] = ()) -> list[Delivery]:
+    """Every sink delivers, files first (:data:`DELIVERY_ORDER`), even when an earlier one fails.
 
-    Every sink is built before any delivers, so a bad webhook setting fails before anything is sent.
+    ``left_out``: (detector, reason) pairs for the detectors the run dropped; the files sink lists
+    them in ``index.json``.
+
+    A sink that raises (an unwritable output directory, a closed stdout) does not keep the others
+    from delivering; the first such failure is raised as one :class:`DeliveryError` at the end.
+    """
+    deliveries, failures = [], []
+    notes = [{"detector": detector, "reason": reason} for detector, reason in left_out]
+    for sink in sinks:
+        if isinstance(sink, FileSink):
+            sink.left_out = notes
+    for sink in sorted(sinks, key=lambda s: DELIVERY_ORDER.get(s.name, len(DELIVERY_ORDER))):
+        try:
+            deliveries.append(sink.deliver(reports))
+        except MeltError as exc:
+            failures.append(str(exc))
+        except OSError as exc:
+            failures.append(f"{sink.name}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""))
+    if failures:
+        spooled = [d for d in deliveries if d.spooled]
+        note = "".join(f"; webhook: {len(d.spooled)} report(s) kept in {d.spool_dir}" for d in spooled)
+        raise DeliveryError(failures[0] + note)
+    return deliveries
+
+
+def make_sinks(names: Iterable[str], out_dir: str | Path, settings: ReportSettings | None = None) -> list[Sink]:
+    """Sinks by name, in delivery order (files, webhook, stdout; settings: the ``report`` section).
+
+    Unknown names are a :class:`ConfigError`. Every sink is built before any delivers, so a bad
+    webhook setting (no URL, a malformed one, a missing payload file) fails before anything runs.
     """
     sinks: list[Sink] = []
     for name in names:
@@ -119,4 +178,4 @@ def make_sinks(names: Iterable[str], out_dir: str | Path, settings: ReportSettin
             sinks.append(WebhookSink(settings.webhook, settings.spool_dir or Path(out_dir) / "spool"))
         else:
             raise ConfigError(f"unknown sink '{name}' (available: {', '.join(SINKS)})")
-    return sinks
+    return sorted(sinks, key=lambda s: DELIVERY_ORDER[s.name])

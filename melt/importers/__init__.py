@@ -26,7 +26,8 @@ FORMATS: tuple[str, ...] = ("otlp", "jaeger", "csv", "parquet", "nezha")
 
 def import_source(fmt: str, src: str | Path, out: str | Path, settings: Settings, *,
                   table: Mapping[str, Any] | None = None, nezha: Mapping[str, Any] | None = None,
-                  strict: bool = False, force: bool = False, quiet: bool = False) -> ImportSummary:
+                  strict: bool = False, force: bool = False, quiet: bool = False,
+                  encoding: str = "utf-8") -> ImportSummary:
     """Import ``src`` in format ``fmt`` into the bundle directory ``out``.
 
     Args:
@@ -39,6 +40,7 @@ def import_source(fmt: str, src: str | Path, out: str | Path, settings: Settings
         strict: stop at the first bad row instead of counting it.
         force: replace an existing bundle at ``out``.
         quiet: no progress on stderr.
+        encoding: csv: the files' text encoding (a Python codec name).
 
     Raises:
         SourceError: unknown format, unreadable source, a mapping that cannot work, or (strict) a bad row.
@@ -51,30 +53,34 @@ def import_source(fmt: str, src: str | Path, out: str | Path, settings: Settings
     chosen = settings.with_overrides(overrides, "import option").imports if overrides else settings.imports
     bad_rows = BadRows(strict=strict, shown=chosen.bad_rows_shown)
     writer = BundleWriter(out, bad_rows, chunk_rows=chosen.chunk_rows, chunk_mib=chosen.chunk_mib, force=force, quiet=quiet)
-    truth = None
-    provenance: dict[str, Any] = {"format": fmt, "source": str(src)}
-    if fmt == "otlp":
-        from melt.importers.otlp import import_otlp
+    try:
+        truth = None
+        provenance: dict[str, Any] = {"format": fmt, "source": str(src)}
+        if fmt == "otlp":
+            from melt.importers.otlp import import_otlp
 
-        import_otlp(src, writer, quiet=quiet)
-    elif fmt == "jaeger":
-        from melt.importers.jaeger import import_jaeger
+            import_otlp(src, writer, quiet=quiet)
+        elif fmt == "jaeger":
+            from melt.importers.jaeger import import_jaeger
 
-        import_jaeger(src, writer, quiet=quiet)
-    elif fmt in ("csv", "parquet"):
-        from melt.importers.table import TableOptions, import_table
+            import_jaeger(src, writer, quiet=quiet)
+        elif fmt in ("csv", "parquet"):
+            from melt.importers.table import TableOptions, import_table
 
-        options = TableOptions.from_settings(chosen.table)
-        provenance["table"] = _plain(chosen.table)
-        import_table(src, writer, options, fmt=fmt, quiet=quiet)
-    else:
-        from melt.importers.nezha import import_nezha
+            options = TableOptions.from_settings(chosen.table, encoding)
+            provenance["table"] = _plain(chosen.table)
+            import_table(src, writer, options, fmt=fmt, quiet=quiet)
+        else:
+            from melt.importers.nezha import import_nezha
 
-        provenance["nezha"] = _plain(chosen.nezha)
-        truth = import_nezha(src, writer, chosen.nezha, quiet=quiet)
-        if not truth["faults"]:
-            truth = None
-    return writer.finish(truth, provenance)
+            provenance["nezha"] = _plain(chosen.nezha)
+            truth = import_nezha(src, writer, chosen.nezha, quiet=quiet)
+            if not truth["faults"]:
+                truth = None
+        return writer.finish(truth, provenance)
+    except BaseException:
+        writer.abort()  # no half-written bundle or parts directory left behind
+        raise
 
 
 def _plain(section: Any) -> dict[str, Any]:

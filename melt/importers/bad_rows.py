@@ -30,10 +30,10 @@ class BadRows:
         if count <= 0:
             return
         if self.strict:
-            raise SourceError(f"{where}: {reason} (strict import stops at the first bad row)")
+            raise SourceError(f"{where}: {_one_line(reason)} (strict import stops at the first bad row)")
         self.count += count
         if len(self.examples) < self.shown:
-            self.examples.append(f"{where}: {reason}")
+            self.examples.append(f"{where}: {_one_line(reason)}")
 
     def add_frame(self, source: str | pd.Series, lines: pd.Series, reasons: pd.Series) -> None:
         """Record the rows where ``reasons`` is set.
@@ -51,9 +51,19 @@ class BadRows:
             self.add(f"{file}:{line}", str(reason))
         self.count += int(bad.sum()) - min(int(bad.sum()), self.shown)
 
+    def first(self, n: int = 3, width: int = 300) -> str:
+        """The first ``n`` examples on one line (each cut to ``width`` characters), for an error message."""
+        shown = [e if len(e) <= width else e[: width - 3] + "..." for e in self.examples[:n]]
+        return "; ".join(shown)
+
     def summary(self) -> str:
         """One line per example, after a count; empty when nothing was bad."""
         if not self.count:
             return ""
         more = f" (first {len(self.examples)} shown)" if self.count > len(self.examples) else ""
         return "\n".join([f"{self.count} bad row(s) skipped{more}:", *(f"  {e}" for e in self.examples)])
+
+
+def _one_line(text: str) -> str:
+    """A reason on one line: bad-row examples are printed one per line and in one-line errors."""
+    return " ".join(str(text).split())

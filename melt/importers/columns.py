@@ -27,27 +27,78 @@ _LEVEL_WORD = r"\b(?P<word>TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL|CRITICAL)\b
 """RE2 patterns (run by pyarrow over a whole column)."""
 
 
+NS_RANGE = (pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC"))
+"""What a nanosecond timestamp can hold: 1677-09-21 to 2262-04-11."""
+_NS_PER_UNIT = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}
+_NS_LIMIT = 9.2e18
+"""Just under 2**63 ns: epoch numbers beyond it (in their unit) are out of range, not converted."""
+
+
 def to_utc(values: pd.Series, unit: str = "auto") -> pd.Series:
     """Epoch numbers (in ``unit``, or guessed from their magnitude) or ISO-8601 strings to UTC ns.
 
-    Unreadable values become ``NaT``.
+    Unreadable values, and times a nanosecond timestamp cannot hold (before 1677 or after 2262,
+    e.g. epoch milliseconds read as seconds), become ``NaT``; :func:`time_problems` says which is
+    which. Bad values never raise: pandas' ``OutOfBoundsDatetime`` is avoided, not caught.
     """
     if unit not in TIME_UNITS:
         raise ValueError(f"time unit must be one of {', '.join(TIME_UNITS)}, got {unit!r}")
     if pd.api.types.is_datetime64_any_dtype(values):
         stamps = pd.to_datetime(values, utc=True)
-        return stamps.dt.as_unit("ns")
+        return pd.Series(_naive_ns(stamps), index=values.index).dt.tz_localize("UTC")
+    out = np.full(len(values), np.datetime64("NaT", "ns"))
     numbers = pd.to_numeric(values, errors="coerce")
-    numeric = numbers.notna()
-    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    numeric = numbers.notna().to_numpy()
     if numeric.any():
         chosen = epoch_unit(numbers[numeric]) if unit == "auto" else unit
-        out[numeric] = pd.to_datetime(numbers[numeric], unit=chosen, utc=True, errors="coerce").dt.as_unit("ns")
-    text = ~numeric & values.notna()
-    if text.any():
-        out[text] = pd.to_datetime(values[text].astype("string"), utc=True, format="ISO8601",
-                                   errors="coerce").dt.as_unit("ns")
-    return out
+        magnitude = np.abs(numbers.to_numpy(dtype=float, na_value=np.nan))
+        fits = np.flatnonzero(numeric & (magnitude * _NS_PER_UNIT[chosen] < _NS_LIMIT))
+        if len(fits):
+            out[fits] = _naive_ns(pd.to_datetime(numbers.iloc[fits], unit=chosen, utc=True, errors="coerce"))
+    text = np.flatnonzero(~numeric & values.notna().to_numpy())
+    if len(text):
+        out[text] = _naive_ns(_parse_iso(values.iloc[text]))
+    return pd.Series(out, index=values.index).dt.tz_localize("UTC")
+
+
+def _parse_iso(values: pd.Series) -> pd.Series:
+    """ISO-8601 text to UTC datetimes in whatever unit pandas picks; unreadable text is ``NaT``."""
+    try:
+        return pd.to_datetime(values.astype("string"), utc=True, format="ISO8601", errors="coerce")
+    except (ValueError, TypeError, OverflowError):  # defensive: errors="coerce" should not raise
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+
+
+def _naive_ns(stamps: pd.Series) -> np.ndarray:
+    """UTC datetimes as naive ``datetime64[ns]``; those a nanosecond timestamp cannot hold become ``NaT``."""
+    if stamps.dt.unit != "ns":
+        stamps = stamps.mask(stamps.notna() & ((stamps < NS_RANGE[0]) | (stamps > NS_RANGE[1])))
+    return stamps.dt.tz_convert(None).dt.as_unit("ns").to_numpy()
+
+
+def time_problems(raw: pd.Series, converted: pd.Series, column: str, unit: str, hint: str = "") -> pd.Series:
+    """Per row, why a present ``raw`` time did not convert (``<NA>`` where it did, or was absent).
+
+    An epoch number or date that a nanosecond timestamp cannot hold is "out of range" (with
+    ``hint``, e.g. a pointer to ``--time-unit``); anything else is "not a time".
+    """
+    failed = unreadable(raw, converted)
+    reasons = pd.Series(pd.NA, index=converted.index, dtype="string")
+    if not failed.any():
+        return reasons
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        return reasons.mask(failed, f"'{column}' is out of range (a time must lie between 1677 and 2262)")
+    numbers = pd.to_numeric(raw, errors="coerce")
+    numeric = numbers.notna().to_numpy()
+    chosen = epoch_unit(numbers[numeric]) if unit == "auto" and numeric.any() else unit
+    dated = np.zeros(len(raw), dtype=bool)
+    text = np.flatnonzero(failed & ~numeric)
+    if len(text):
+        dated[text] = _parse_iso(raw.iloc[text]).notna().to_numpy()
+    reasons = reasons.mask(failed & numeric, f"'{column}' is out of range as epoch {chosen} "
+                                             f"(a time must lie between 1677 and 2262{hint})")
+    reasons = reasons.mask(failed & dated, f"'{column}' is out of range (a time must lie between 1677 and 2262)")
+    return reasons.mask(failed & ~numeric & ~dated, f"'{column}' is not a time")
 
 
 def duration_ms(values: pd.Series, unit: str) -> pd.Series:

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from melt.core.errors import SourceError
-from melt.core.progress import log
+from melt.core.progress import log, progress
+from melt.core.schema import PLAUSIBLE_TIMES
 from melt.core.settings import NezhaSettings
 from melt.core.timeutil import format_duration
 from melt.importers.columns import (
@@ -40,7 +41,7 @@ from melt.importers.columns import (
     wide_to_long,
 )
 from melt.importers.sources import csv_batches, read_csv_chunks
-from melt.importers.writer import PLAUSIBLE_TIMES, BundleWriter
+from melt.importers.writer import BundleWriter
 
 SPAN_COLUMNS = ["TraceID", "SpanID", "ParentID", "PodName", "OperationName", "StartTimeUnixNano", "Duration"]
 LOG_COLUMNS = ["TimeUnixNano", "PodName", "TraceID", "SpanID", "Log"]
@@ -79,7 +80,8 @@ def import_nezha(src: str | Path, writer: BundleWriter, settings: NezhaSettings,
     """
     faults: list[dict[str, Any]] = []
     service_regex, skew = settings.service_regex, settings.max_clock_skew
-    for date in date_directories(src, settings.subset):
+    dates = date_directories(src, settings.subset)
+    for date in progress(dates, "import", quiet, total=len(dates)):
         for kind, convert, required in (("trace", _spans, SPAN_COLUMNS), ("log", _logs, LOG_COLUMNS)):
             files = sorted((date / kind).glob("*.csv"))
             total = 0
@@ -104,7 +106,13 @@ def fault_list(date: Path, duration: pd.Timedelta, service_regex: re.Pattern[str
         groups = json.loads(files[0].read_text())
     except json.JSONDecodeError as exc:
         raise SourceError(f"{files[0]}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    # {"<hour>": [{"inject_time", "inject_pod", "inject_type"}, ...], ...}, as Nezha writes it
+    if not isinstance(groups, dict) or not all(isinstance(hour, list) for hour in groups.values()):
+        raise SourceError(f"{files[0]}: not a Nezha fault list (a JSON object of hours, each a list of faults; "
+                          f"got {type(groups).__name__})")
     cases = [case for hour in sorted(groups) for case in groups[hour]]
+    if not all(isinstance(case, dict) for case in cases):
+        raise SourceError(f"{files[0]}: a fault entry is not a JSON object")
     if not cases:
         return []
     table = pd.DataFrame(cases)

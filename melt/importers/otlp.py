@@ -1,7 +1,9 @@
 """Importer for OpenTelemetry OTLP/JSON, as written by the collector's ``file`` exporter.
 
 Each line is one ``ExportTraceServiceRequest``, ``ExportLogsServiceRequest`` or
-``ExportMetricsServiceRequest`` in the OTLP/JSON encoding (opentelemetry-proto, ``docs/specification.md``):
+``ExportMetricsServiceRequest`` in the OTLP/JSON encoding (opentelemetry-proto, ``docs/specification.md``);
+a file may also hold one such request as a whole (pretty-printed) document, as the
+OpenTelemetry examples do (:func:`~melt.importers.sources.json_documents` tells which):
 
 - ``resourceSpans``: service from the ``service.name`` resource attribute; span and resource
   attributes flattened to ``attr.*``; ``kind`` and ``status``; nanosecond times; span events become
@@ -13,7 +15,9 @@ Each line is one ``ExportTraceServiceRequest``, ``ExportLogsServiceRequest`` or
   summaries give their quantiles and mean. Point attributes become a ``{k=v}`` suffix of the name.
 
 The nested JSON is flattened per object (``json.loads`` is per line by nature); the resulting
-columns are converted in bulk per chunk.
+columns are converted in bulk per chunk. A span, log record or metric with a bad field (a time
+that is not a number or beyond int64 nanoseconds, a status that is not one) is one bad row on
+its own; the rest of its request is kept.
 """
 
 from __future__ import annotations
@@ -21,14 +25,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from melt.core.progress import log
-from melt.importers.sources import json_lines, source_files
+from melt.core.progress import log, progress
+from melt.importers.sources import json_documents, source_files
 from melt.importers.writer import BundleWriter
 
 SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
@@ -37,22 +41,31 @@ SEVERITY = ((1, "DEBUG"), (5, "DEBUG"), (9, "INFO"), (13, "WARN"), (17, "ERROR")
 INSTANCE_KEYS = ("k8s.pod.name", "service.instance.id", "host.name")
 HISTOGRAM_QUANTILES = (0.5, 0.95, 0.99)
 CUMULATIVE = (2, "AGGREGATION_TEMPORALITY_CUMULATIVE")
+ITEM_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
+"""What reading one malformed item (a span, a record, a point) can raise: it makes that item a bad row."""
+SIGNAL_KEYS = ("resourceSpans", "resourceLogs", "resourceMetrics")
 
 
 def import_otlp(src: str | Path, writer: BundleWriter, *, chunk_rows: int = 100_000, quiet: bool = False) -> None:
-    """Import every OTLP/JSON-lines file under ``src`` into ``writer``."""
+    """Import every OTLP/JSON file (JSON lines or whole documents) under ``src`` into ``writer``."""
     series_state: dict[tuple[str, str, str], tuple[Any, ...]] = {}
     files = source_files(src, SUFFIXES)
-    for index, file in enumerate(files, start=1):
+    for index, file in enumerate(progress(files, "import", quiet, total=len(files)), start=1):
         rows: dict[str, list[dict[str, Any]]] = {"traces": [], "logs": [], "metrics": []}
-        for number, request in json_lines(file, writer.bad_rows):
+        for number, request in json_documents(file, writer.bad_rows):
+            where = f"{file}:{number}"
             if not isinstance(request, dict):
-                writer.bad_rows.add(f"{file}:{number}", "not a JSON object")
+                writer.bad_rows.add(where, f"not a JSON object (an OTLP request), but {json_kind(request)}")
+                continue
+            if not any(key in request for key in SIGNAL_KEYS):
+                keys = ", ".join(map(str, list(request)[:5])) or "none"
+                jaeger = "; a Jaeger export? use 'melt import jaeger'" if "data" in request or "spans" in request else ""
+                writer.bad_rows.add(where, f"not an OTLP request: no {', '.join(SIGNAL_KEYS)} (keys: {keys[:120]}){jaeger}")
                 continue
             try:
-                _flatten(request, number, rows, series_state)
-            except (TypeError, ValueError, AttributeError, KeyError) as exc:
-                writer.bad_rows.add(f"{file}:{number}", f"not OTLP/JSON ({type(exc).__name__}: {exc})")
+                _flatten(request, number, rows, series_state, lambda reason, at=where: writer.bad_rows.add(at, reason))
+            except ITEM_ERRORS as exc:
+                writer.bad_rows.add(where, f"not OTLP/JSON ({reason_of(exc)})")
             if max(len(r) for r in rows.values()) >= chunk_rows:
                 _flush(rows, writer, file)
         _flush(rows, writer, file)
@@ -65,34 +78,136 @@ def _flush(rows: dict[str, list[dict[str, Any]]], writer: BundleWriter, file: Pa
 
 
 def _flatten(request: dict[str, Any], line: int, rows: dict[str, list[dict[str, Any]]],
-             series_state: dict[tuple[str, str, str], tuple[Any, ...]]) -> None:
-    for resource_spans in request.get("resourceSpans") or []:
-        service, instance, resource_attrs = _resource(resource_spans)
-        for scope in resource_spans.get("scopeSpans") or []:
-            for span in scope.get("spans") or []:
-                rows["traces"].append(_span(span, service, resource_attrs, line))
-                rows["logs"].extend(_span_events(span, service, instance, line))
-    for resource_logs in request.get("resourceLogs") or []:
-        service, instance, _ = _resource(resource_logs)
-        for scope in resource_logs.get("scopeLogs") or []:
-            for record in scope.get("logRecords") or []:
-                rows["logs"].append(_log_record(record, service, instance, line))
-    for resource_metrics in request.get("resourceMetrics") or []:
-        service, instance, _ = _resource(resource_metrics)
-        for scope in resource_metrics.get("scopeMetrics") or []:
-            for metric in scope.get("metrics") or []:
-                for stamp, name, value in _metric_points(metric, service, instance, series_state):
-                    rows["metrics"].append({"timestamp": stamp, "service": service, "instance": instance,
-                                            "metric": name, "value": value, "_line": line})
+             series_state: dict[tuple[str, str, str], tuple[Any, ...]], bad: Callable[[str], None]) -> None:
+    """Append the rows of one request; a malformed resource block, span, record or metric goes to ``bad`` alone."""
+    for service, instance, resource_attrs, span in _resource_items(request, "Spans", "spans", bad):
+        try:
+            row, events = _span(span, service, resource_attrs, line), _span_events(span, service, instance, line)
+        except ITEM_ERRORS as exc:
+            bad(f"bad span{item_name(span, 'spanId')} ({reason_of(exc)})")
+            continue
+        rows["traces"].append(row)
+        rows["logs"].extend(events)
+    for service, instance, _, record in _resource_items(request, "Logs", "logRecords", bad):
+        try:
+            rows["logs"].append(_log_record(record, service, instance, line))
+        except ITEM_ERRORS as exc:
+            bad(f"bad log record ({reason_of(exc)})")
+    for service, instance, _, metric in _resource_items(request, "Metrics", "metrics", bad):
+        try:
+            points = _metric_points(metric, service, instance, series_state)
+        except ITEM_ERRORS as exc:
+            bad(f"bad metric{item_name(metric, 'name')} ({reason_of(exc)})")
+            continue
+        rows["metrics"].extend({"timestamp": stamp, "service": service, "instance": instance,
+                                "metric": name, "value": value, "_line": line} for stamp, name, value in points)
+
+
+def _resource_items(request: dict[str, Any], signal: str, item_key: str,
+                    bad: Callable[[str], None]) -> Iterator[tuple[str | None, str | None, dict[str, Any], Any]]:
+    """(service, instance, resource attributes, item) for each item of ``resource<signal>`` /
+    ``scope<signal>`` / ``item_key``; a malformed resource block goes to ``bad`` whole, before any
+    of its items, and the next block goes on."""
+    for block in _items(request, f"resource{signal}"):
+        try:
+            service, instance, attrs = _resource(block)
+            scopes = [_items(scope, item_key) for scope in _items(block, f"scope{signal}")]
+        except ITEM_ERRORS as exc:
+            bad(f"bad resource{signal} ({reason_of(exc)})")
+            continue
+        for items in scopes:
+            for item in items:
+                yield service, instance, attrs, item
+
+
+def _items(block: Any, key: str) -> list[Any]:
+    """``block[key]``, a JSON list (absent or null: empty)."""
+    if not isinstance(block, dict):
+        raise TypeError(f"expected an object holding '{key}', got {json_kind(block)}")
+    items = block.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise TypeError(f"'{key}' is {json_kind(items)}, not a list")
+    return items
+
+
+def json_kind(value: Any) -> str:
+    """What a JSON value is, for a bad-row reason."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def shown(value: Any, width: int = 40) -> str:
+    """A JSON value as it was written (cut to ``width`` characters), for a bad-row reason."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def item_name(item: Any, key: str) -> str:
+    """`` 'id'`` for a bad-row reason, when ``item`` has a short ``key``."""
+    value = item.get(key) if isinstance(item, dict) else None
+    return f" {value!r}" if isinstance(value, str | int) and len(str(value)) <= 64 else ""
+
+
+def reason_of(exc: BaseException) -> str:
+    """An exception as a short, one-line reason."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = " ".join(str(exc).split())[:160]
+    return f"{type(exc).__name__}: {text}" if isinstance(exc, KeyError | AttributeError) or not text else text
+
+
+def nanos(value: Any, field: str) -> int:
+    """An OTLP time (a JSON string or number of ns since the epoch) as an int that fits int64.
+
+    Raises:
+        ValueError: not an integer, or beyond int64 nanoseconds (after 2262): the item is a bad row.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{field} {shown(value)} is not a number of nanoseconds")
+    try:
+        number = int(value)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{field} {shown(value)} is not a number of nanoseconds") from None
+    if not -(2**63) < number < 2**63:
+        raise ValueError(f"{field} {str(value)[:40]} is out of range (beyond int64 nanoseconds, after 2262)")
+    return number
+
+
+def status_code(value: Any) -> int | None:
+    """An HTTP status attribute or tag as an int (``None`` when absent).
+
+    Raises:
+        ValueError: not a whole number from 0 to 999.
+    """
+    if value is None:
+        return None
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else -1
+    except (TypeError, ValueError, OverflowError):
+        number = -1
+    if isinstance(value, bool) or not 0 <= number < 1000:
+        raise ValueError(f"HTTP status {shown(value)} is not a status code")
+    return number
 
 
 # ---------------------------------------------------------------------------------- common parts
 def any_value(value: dict[str, Any] | None) -> Any:
-    """An OTLP ``AnyValue`` as a Python scalar; arrays and maps become JSON text."""
+    """An OTLP ``AnyValue`` as a Python scalar; arrays and maps become JSON text.
+
+    Raises:
+        TypeError, ValueError: ``value`` is not an ``AnyValue`` (the item holding it is a bad row).
+    """
     if not value:
         return None
+    if not isinstance(value, dict):
+        raise TypeError(f"attribute value {shown(value)} is not an AnyValue object")
     if "stringValue" in value:
-        return value["stringValue"]
+        return _scalar(value["stringValue"])
     if "boolValue" in value:
         return bool(value["boolValue"])
     if "intValue" in value:
@@ -100,23 +215,45 @@ def any_value(value: dict[str, Any] | None) -> Any:
     if "doubleValue" in value:
         return float(value["doubleValue"])
     if "arrayValue" in value:
-        return json.dumps([any_value(v) for v in value["arrayValue"].get("values") or []])
+        return json.dumps([any_value(v) for v in _items(value["arrayValue"], "values")])
     if "kvlistValue" in value:
-        return json.dumps(attributes(value["kvlistValue"].get("values")))
+        return json.dumps(attributes(_items(value["kvlistValue"], "values")))
     if "bytesValue" in value:
-        return value["bytesValue"]
+        return _scalar(value["bytesValue"])
     return None
 
 
+def _scalar(value: Any) -> Any:
+    """A value for an ``attr.*`` cell: JSON objects and lists become JSON text."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
 def attributes(pairs: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
-    """An OTLP ``KeyValue`` list as a dict."""
-    return {pair["key"]: any_value(pair.get("value")) for pair in pairs or []}
+    """An OTLP ``KeyValue`` list as a dict.
+
+    Raises:
+        TypeError, ValueError: not a list of ``{"key": ..., "value": ...}`` objects.
+    """
+    if pairs is not None and not isinstance(pairs, list):
+        raise TypeError(f"attributes are {json_kind(pairs)}, not a list")
+    out = {}
+    for pair in pairs or []:
+        if not isinstance(pair, dict) or not isinstance(pair.get("key"), str):
+            raise TypeError(f"attribute {shown(pair, 60)} is not a {{\"key\": text, \"value\": ...}} object")
+        out[pair["key"]] = any_value(pair.get("value"))
+    return out
 
 
 def hex_id(value: str | None) -> str | None:
-    """A trace or span id as lower-case hex; empty means none. Base64 ids (older exporters) are decoded."""
+    """A trace or span id as lower-case hex; empty means none. Base64 ids (older exporters) are decoded.
+
+    Raises:
+        TypeError: the id is not text (the item holding it is a bad row).
+    """
     if not value:
         return None
+    if not isinstance(value, str):
+        raise TypeError(f"id {shown(value)} is not text")
     try:
         int(value, 16)
         return value.lower()
@@ -128,20 +265,28 @@ def hex_id(value: str | None) -> str | None:
 
 
 def _resource(block: dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
-    attrs = attributes((block.get("resource") or {}).get("attributes"))
+    if not isinstance(block, dict):
+        raise TypeError(f"expected a resource block object, got {json_kind(block)}")
+    resource = block.get("resource") or {}
+    if not isinstance(resource, dict):
+        raise TypeError(f"'resource' is {json_kind(resource)}, not an object")
+    attrs = attributes(resource.get("attributes"))
     service = attrs.pop("service.name", None)
     instance = next((str(attrs[k]) for k in INSTANCE_KEYS if attrs.get(k) is not None), None)
-    return service, instance, attrs
+    return None if service is None else str(service), instance, attrs
 
 
 # ---------------------------------------------------------------------------------- spans
 def _span(span: dict[str, Any], service: str | None, resource_attrs: dict[str, Any], line: int) -> dict[str, Any]:
     attrs = {**resource_attrs, **attributes(span.get("attributes"))}
-    start, end = int(span["startTimeUnixNano"]), int(span["endTimeUnixNano"])
+    start = nanos(span["startTimeUnixNano"], "startTimeUnixNano")
+    end = nanos(span["endTimeUnixNano"], "endTimeUnixNano")
     status = span.get("status") or {}
+    if not isinstance(status, dict):
+        raise TypeError(f"'status' is {json_kind(status)}, not an object")
     code = status.get("code", 0)
     failed = code in (2, "STATUS_CODE_ERROR")
-    http = attrs.get("http.response.status_code", attrs.get("http.status_code"))
+    http = status_code(attrs.get("http.response.status_code", attrs.get("http.status_code")))
     row = {f"attr.{k}": v for k, v in attrs.items()}
     kind = span.get("kind", 0)
     row.update({
@@ -149,24 +294,27 @@ def _span(span: dict[str, Any], service: str | None, resource_attrs: dict[str, A
         "parent_span_id": hex_id(span.get("parentSpanId")), "span_name": span.get("name"),
         "service_name": service, "start_time": start, "duration": (end - start) / 1e6,
         "span_kind": SPAN_KINDS.get(kind) if isinstance(kind, int) else str(kind).removeprefix("SPAN_KIND_").lower(),
-        "status_code": int(http) if http is not None else 500 if failed else None,
+        "status_code": http if http is not None else 500 if failed else None,
         "_line": line,
     })
     if code not in (0, "STATUS_CODE_UNSET"):
         row["attr.otel.status_code"] = "ERROR" if failed else "OK"
     if status.get("message"):
-        row["attr.otel.status_description"] = status["message"]
+        row["attr.otel.status_description"] = _scalar(status["message"])
     return row
 
 
 def _span_events(span: dict[str, Any], service: str | None, instance: str | None, line: int) -> list[dict[str, Any]]:
     """Span events (OTel's structured logs inside a span) as log lines of that span."""
     out = []
-    for event in span.get("events") or []:
+    for event in _items(span, "events"):
+        if not isinstance(event, dict):
+            raise TypeError(f"a span event is {json_kind(event)}, not an object")
         attrs = attributes(event.get("attributes"))
         name = event.get("name") or "event"
         detail = " ".join(f"{k}={v}" for k, v in attrs.items() if k != "exception.stacktrace")
-        out.append({"timestamp": int(event["timeUnixNano"]), "service": service, "instance": instance,
+        out.append({"timestamp": nanos(event["timeUnixNano"], "event timeUnixNano"), "service": service,
+                    "instance": instance,
                     "level": "ERROR" if name == "exception" else "INFO",
                     "message": f"{name} {detail}".strip(), "trace_id": hex_id(span.get("traceId")),
                     "span_id": hex_id(span.get("spanId")), "_line": line})
@@ -182,7 +330,10 @@ def _severity(record: dict[str, Any]) -> str:
 
 
 def _log_record(record: dict[str, Any], service: str | None, instance: str | None, line: int) -> dict[str, Any]:
-    stamp = int(record.get("timeUnixNano") or 0) or int(record.get("observedTimeUnixNano") or 0)
+    if not isinstance(record, dict):
+        raise TypeError(f"a log record is {json_kind(record)}, not an object")
+    stamp = nanos(record.get("timeUnixNano") or 0, "timeUnixNano") or \
+        nanos(record.get("observedTimeUnixNano") or 0, "observedTimeUnixNano")
     body = any_value(record.get("body"))
     return {"timestamp": stamp or None, "service": service, "instance": instance, "level": _severity(record),
             "message": "" if body is None else str(body), "trace_id": hex_id(record.get("traceId")),
@@ -193,13 +344,15 @@ def _log_record(record: dict[str, Any], service: str | None, instance: str | Non
 def _metric_points(metric: dict[str, Any], service: str | None, instance: str | None,
                    state: dict[tuple[str, str, str], tuple[Any, ...]]) -> list[tuple[int, str, float | None]]:
     name = metric["name"]
+    if not isinstance(name, str):
+        raise TypeError(f"metric name {shown(name)} is not text")
     out: list[tuple[int, str, float | None]] = []
     if "gauge" in metric or "sum" in metric:
         body = metric.get("gauge") or metric.get("sum")
         cumulative = "sum" in metric and metric["sum"].get("isMonotonic") and \
             metric["sum"].get("aggregationTemporality") in CUMULATIVE
         for point in body.get("dataPoints") or []:
-            stamp, series = int(point["timeUnixNano"]), _series_name(name, point)
+            stamp, series = nanos(point["timeUnixNano"], "timeUnixNano"), _series_name(name, point)
             value = _number(point)
             if not cumulative:
                 out.append((stamp, series, value))
@@ -214,7 +367,7 @@ def _metric_points(metric: dict[str, Any], service: str | None, instance: str | 
             continue
         cumulative = metric[kind].get("aggregationTemporality") in CUMULATIVE
         for point in metric[kind].get("dataPoints") or []:
-            stamp, series = int(point["timeUnixNano"]), _series_name(name, point)
+            stamp, series = nanos(point["timeUnixNano"], "timeUnixNano"), _series_name(name, point)
             count, total = float(point.get("count") or 0), point.get("sum")
             buckets = np.asarray([float(c) for c in point.get("bucketCounts") or []])
             if cumulative:
@@ -233,7 +386,7 @@ def _metric_points(metric: dict[str, Any], service: str | None, instance: str | 
                     out.append((stamp, f"{series}.p{round(q * 100)}", bucket_quantile(q, np.asarray(bounds), buckets)))
     if "summary" in metric:
         for point in metric["summary"].get("dataPoints") or []:
-            stamp, series = int(point["timeUnixNano"]), _series_name(name, point)
+            stamp, series = nanos(point["timeUnixNano"], "timeUnixNano"), _series_name(name, point)
             for quantile in point.get("quantileValues") or []:
                 q = float(quantile.get("quantile", 0.0))
                 out.append((stamp, f"{series}.p{round(q * 100)}", float(quantile.get("value", 0.0))))
@@ -273,4 +426,5 @@ def _series_name(name: str, point: dict[str, Any]) -> str:
     return name + "{" + ",".join(f"{k}={labels[k]}" for k in sorted(labels)) + "}"
 
 
-__all__ = ["import_otlp", "any_value", "attributes", "hex_id", "bucket_quantile"]
+__all__ = ["import_otlp", "any_value", "attributes", "hex_id", "bucket_quantile", "nanos", "status_code", "shown",
+           "json_kind", "item_name", "reason_of", "ITEM_ERRORS"]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from melt.core.bundle import TIME_COLUMNS
 from melt.core.errors import SourceError
-from melt.core.progress import log
+from melt.core.progress import log, progress
 from melt.core.schema import SCHEMAS, SIGNALS
 from melt.core.settings import TableSettings
 from melt.importers.columns import (
@@ -27,12 +27,16 @@ from melt.importers.columns import (
     note_problems,
     service_names,
     split_level,
+    time_problems,
     to_utc,
     unreadable,
     wide_to_long,
 )
-from melt.importers.sources import read_csv_chunks, read_parquet_chunks, source_files
+from melt.importers.sources import check_encoding, read_csv_chunks, read_parquet_chunks, source_files
 from melt.importers.writer import BundleWriter
+
+DELIMITER_NAMES = {"\\t": "\t", "tab": "\t", "\\x09": "\t"}
+"""Spellings of a tab a shell makes easy (``--delimiter '\\t'``, ``--delimiter tab``)."""
 
 
 @dataclass
@@ -47,7 +51,8 @@ class TableOptions:
         duration_unit: unit of span durations (ns, us, ms, s).
         service_from: source column to derive the service from (after renaming), e.g. ``instance``.
         service_regex: regex whose group ``service`` (or first group) is the service name.
-        delimiter: CSV field separator.
+        delimiter: CSV field separator: one character (``\\t`` or ``tab`` for a tab).
+        encoding: CSV text encoding, a Python codec name (``utf-8``, ``latin-1``, ``cp1252``, ``utf-16``).
     """
 
     signal: str = "metrics"
@@ -58,13 +63,17 @@ class TableOptions:
     service_from: str | None = None
     service_regex: re.Pattern[str] | str | None = None
     delimiter: str = ","
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        self.delimiter = DELIMITER_NAMES.get(self.delimiter, self.delimiter)
 
     @classmethod
-    def from_settings(cls, settings: TableSettings) -> TableOptions:
+    def from_settings(cls, settings: TableSettings, encoding: str = "utf-8") -> TableOptions:
         return cls(signal=settings.signal, column_map=dict(settings.map), wide=settings.wide,
                    time_unit=settings.time_unit, duration_unit=settings.duration_unit,
                    service_from=settings.service_from, service_regex=settings.service_regex,
-                   delimiter=settings.delimiter)
+                   delimiter=settings.delimiter, encoding=encoding)
 
     def check(self) -> None:
         """Raise :class:`SourceError` for an option that cannot work."""
@@ -76,6 +85,8 @@ class TableOptions:
             raise SourceError(f"--duration-unit must be one of {', '.join(DURATION_UNITS)}, got {self.duration_unit!r}")
         if self.wide and self.signal != "metrics":
             raise SourceError("--wide only applies to --signal metrics")
+        check_delimiter(self.delimiter)
+        check_encoding(self.encoding)
         if self.service_regex:
             try:
                 service_names(pd.Series(["x"]), self.service_regex)
@@ -89,7 +100,7 @@ def import_table(src: str | Path, writer: BundleWriter, options: TableOptions, *
     options.check()
     suffixes = (".csv", ".csv.gz", ".tsv", ".txt") if fmt == "csv" else (".parquet", ".pq")
     files = source_files(src, suffixes)
-    for index, file in enumerate(files, start=1):
+    for index, file in enumerate(progress(files, "import", quiet, total=len(files)), start=1):
         total = 0
         for chunk, lines in _chunks(file, fmt, options, writer):
             frame, lines, problems = convert_table(chunk, lines, options, str(file))
@@ -99,8 +110,22 @@ def import_table(src: str | Path, writer: BundleWriter, options: TableOptions, *
 
 def _chunks(file: Path, fmt: str, options: TableOptions, writer: BundleWriter) -> Iterator[tuple[pd.DataFrame, pd.Series]]:
     if fmt == "csv":
-        return read_csv_chunks(file, writer.bad_rows, delimiter=options.delimiter)
+        return read_csv_chunks(file, writer.bad_rows, delimiter=options.delimiter, encoding=options.encoding,
+                               check_header=True)
     return read_parquet_chunks(file)
+
+
+def check_delimiter(delimiter: str) -> str:
+    """``delimiter`` if it can separate CSV fields.
+
+    Raises:
+        SourceError: not exactly one character, or a line break or double quote.
+    """
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise SourceError(f"--delimiter must be exactly one character (\\t or tab for a tab), got {delimiter!r}")
+    if delimiter in "\r\n\"":
+        raise SourceError(f"--delimiter cannot be {delimiter!r} (a line break or the quote character)")
+    return delimiter
 
 
 def convert_table(chunk: pd.DataFrame, lines: pd.Series, options: TableOptions,
@@ -111,6 +136,9 @@ def convert_table(chunk: pd.DataFrame, lines: pd.Series, options: TableOptions,
         raise SourceError(f"{source}: mapped column '{unknown[0]}' is not in the table "
                           f"(have: {', '.join(map(str, chunk.columns[:12]))})")
     frame = chunk.rename(columns=options.column_map).reset_index(drop=True)
+    if frame.columns.duplicated().any():
+        twice = frame.columns[frame.columns.duplicated()][0]
+        raise SourceError(f"{source}: two columns are named '{twice}' after the mapping (check --map)")
     lines = lines.reset_index(drop=True)
     if options.wide:
         frame, lines = wide_to_long(frame, lines, source)
@@ -125,7 +153,8 @@ def convert_table(chunk: pd.DataFrame, lines: pd.Series, options: TableOptions,
     if time_column in frame.columns:
         raw = frame[time_column]
         frame[time_column] = to_utc(raw, options.time_unit)
-        problems = note_problems(problems, unreadable(raw, frame[time_column]), f"'{time_column}' is not a time")
+        problems = problems.fillna(time_problems(raw, frame[time_column], time_column, options.time_unit,
+                                                 "; check --time-unit"))
     if options.signal == "traces" and "duration" in frame.columns:
         raw = frame["duration"]
         frame["duration"] = duration_ms(raw, options.duration_unit)

@@ -21,12 +21,12 @@ import pandas as pd
 from melt.core.bundle import TIME_COLUMNS
 from melt.core.errors import SourceError
 from melt.core.progress import log
-from melt.core.schema import SIGNALS, row_problems, validate_frame
+from melt.core.schema import PLAUSIBLE_TIMES, SIGNALS, row_problems, validate_frame
 from melt.core.version import __version__
 from melt.importers.bad_rows import BadRows
-from melt.importers.columns import to_utc
+from melt.importers.columns import time_problems, to_utc
+from melt.importers.sources import first_line
 
-PLAUSIBLE_TIMES = (pd.Timestamp("1990-01-01", tz="UTC"), pd.Timestamp("2200-01-01", tz="UTC"))
 BUNDLE_FILES = (*(f"{s}.parquet" for s in SIGNALS), "truth.json", "import.json")
 
 
@@ -76,8 +76,8 @@ class BundleWriter:
                               "choose another --out or pass --force to replace it")
         if self.out.exists() and not self.out.is_dir():
             raise SourceError(f"--out {self.out} is a file, not a directory")
-        for name in existing:
-            (self.out / name).unlink()
+        self._replaced = existing  # removed only once the new bundle is ready to be written (finish)
+        self._made_out = not self.out.exists()
         self.bad_rows = bad_rows
         self.chunk_rows = chunk_rows
         self.chunk_bytes = chunk_mib * 2**20
@@ -123,7 +123,8 @@ class BundleWriter:
         if time_column in coerced.columns:
             times = coerced[time_column]
             implausible = times.notna() & ((times < PLAUSIBLE_TIMES[0]) | (times >= PLAUSIBLE_TIMES[1]))
-            problems = problems.mask(problems.isna() & implausible, f"column '{time_column}' is not a plausible time")
+            problems = problems.mask(problems.isna() & implausible, f"column '{time_column}' is not a plausible time "
+                                     f"(before {PLAUSIBLE_TIMES[0].year} or from {PLAUSIBLE_TIMES[1].year})")
         self.bad_rows.add_frame(source.reset_index(drop=True) if isinstance(source, pd.Series) else source,
                                 lines, problems)
         good = coerced[problems.isna().to_numpy()]
@@ -143,7 +144,9 @@ class BundleWriter:
     def add_records(self, signal: str, records: list[dict[str, Any]], source: str, *, time_unit: str) -> int:
         """Add row dicts (each with its source line under ``_line``) whose time column is epoch ``time_unit``.
 
-        ``records`` is emptied, so a caller can keep filling the same list.
+        ``records`` is emptied, so a caller can keep filling the same list. A time a nanosecond
+        timestamp cannot hold makes its row bad ("out of range"), as does one outside
+        :data:`PLAUSIBLE_TIMES`.
         """
         if not records:
             return 0
@@ -151,30 +154,46 @@ class BundleWriter:
         records.clear()
         lines = frame.pop("_line")
         column = TIME_COLUMNS[signal]
-        frame[column] = to_utc(frame[column], time_unit)
-        return self.add(signal, frame, source, lines)
+        problems = None
+        if column in frame.columns:
+            raw = frame[column]
+            frame[column] = to_utc(raw, time_unit)
+            problems = time_problems(raw, frame[column], column, time_unit)
+        return self.add(signal, frame, source, lines, problems)
 
     def _spill(self, signal: str) -> None:
+        import pyarrow.parquet as pq
+
         frame = pd.concat(self._buffers[signal], ignore_index=True)
         path = self._parts / f"{signal}-{len(self._files[signal]):05d}.parquet"
-        frame.to_parquet(path, index=False)
+        pq.write_table(_arrow_table(frame, signal), path)
         self._files[signal].append(path)
         self._buffers[signal], self._buffered[signal], self._buffered_bytes[signal] = [], 0, 0.0
+
+    def abort(self) -> None:
+        """Undo a failed import: its parts go, and so does ``out`` if the import made it and it is empty."""
+        shutil.rmtree(self._parts, ignore_errors=True)
+        if self._made_out and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
 
     def finish(self, truth: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None) -> ImportSummary:
         """Merge the parts into the bundle, write ``truth.json`` and ``import.json``; return a summary."""
         import pyarrow.parquet as pq
 
-        rows: dict[str, int] = {}
         for signal in SIGNALS:
             if self._buffers[signal]:
                 self._spill(signal)
-            if self._files[signal]:
-                rows[signal] = self._merge(signal, self._files[signal], pq)
+        if any(self._files.values()):
+            for name in self._replaced:  # the bundle --force replaces is kept until now
+                (self.out / name).unlink(missing_ok=True)
+        rows = {signal: self._merge(signal, self._files[signal], pq) for signal in SIGNALS if self._files[signal]}
         shutil.rmtree(self._parts, ignore_errors=True)
         if not rows:
-            raise SourceError("nothing was imported: every row was bad or the source was empty"
-                              + (f" ({self.bad_rows.count} bad rows)" if self.bad_rows.count else ""))
+            bad = self.bad_rows
+            if bad.count:
+                raise SourceError(f"nothing was imported: every row was bad ({bad.count:,} bad row"
+                                  f"{'s' if bad.count != 1 else ''}; first: {bad.first(3)})")
+            raise SourceError("nothing was imported: the source holds no rows")
         if truth is not None:
             (self.out / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
         summary = ImportSummary(self.out, rows, self.bad_rows, self._duplicates, time.perf_counter() - self._began,
@@ -189,8 +208,7 @@ class BundleWriter:
         """Stream the parts of one signal into ``<signal>.parquet`` under one unified schema."""
         import pyarrow as pa
 
-        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
-        schema = schema.remove_metadata()
+        schema = _unified_schema([pq.read_schema(p) for p in parts])
         seen = self._first_spans(parts, pq) if signal == "traces" else None
         written, offset = 0, 0
         with pq.ParquetWriter(self.out / f"{signal}.parquet", schema, compression="zstd") as sink:
@@ -215,3 +233,61 @@ class BundleWriter:
         repeated = ids.duplicated().to_numpy()
         self._duplicates += int(repeated.sum())
         return ~repeated
+
+
+def _arrow_table(frame: pd.DataFrame, signal: str) -> Any:
+    """``frame`` as an arrow table; free-form columns (``attr.*``) whose values arrow cannot hold as
+    one type (an attribute that is a number in one span and text in another, an integer beyond
+    int64, text with lone surrogates) become text.
+
+    Raises:
+        SourceError: the rows cannot be stored even so (one line, naming the signal).
+    """
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError, UnicodeError):
+        pass
+    plain = frame.copy()
+    for name in plain.columns:
+        if plain[name].dtype == object or isinstance(plain[name].dtype, pd.StringDtype):
+            plain[name] = _text(plain[name])
+    try:
+        return pa.Table.from_pandas(plain, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError, UnicodeError) as exc:
+        raise SourceError(f"cannot store the imported {signal} rows ({first_line(exc)})") from None
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Values as text that UTF-8 can hold (missing stays missing)."""
+    def clean(value: Any) -> Any:
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            return None
+        text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list) else str(value)
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+    return pd.Series([clean(v) for v in values], index=values.index, dtype=object)
+
+
+def _unified_schema(schemas: list[Any]) -> Any:
+    """One schema for all parts of a signal; a column typed differently in two parts becomes text."""
+    import pyarrow as pa
+
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
+    except (pa.ArrowException, TypeError, ValueError):
+        pass
+    types: dict[str, list[Any]] = {}
+    for schema in schemas:
+        for item in schema:
+            types.setdefault(item.name, []).append(item.type)
+    fields = []
+    for name, kinds in types.items():
+        known = {t for t in kinds if t != pa.null()}
+        try:
+            kind = pa.unify_schemas([pa.schema([(name, t)]) for t in kinds], promote_options="permissive").field(0).type
+        except (pa.ArrowException, TypeError, ValueError):
+            kind = pa.string() if known else pa.null()
+        fields.append(pa.field(name, kind))
+    return pa.schema(fields)

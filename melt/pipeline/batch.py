@@ -15,12 +15,21 @@ import pandas as pd
 
 from explain.explainer import Explainer, ExplainStats
 from melt.core.bundle import MeltBundle
+from melt.core.errors import BundleError
 from melt.core.progress import log
-from melt.core.registry import requested_names, resolve_models
+from melt.core.registry import LeftOut, requested_names, resolve_models
 from melt.core.settings import Settings
 from melt.delivery.sinks import Delivery, make_sinks
 from melt.incidents.ensemble import ALERT_SIGNALS, Incident, group_incidents
-from melt.pipeline.fitting import fit_detectors, load_models, save_models, score_all, training_split
+from melt.pipeline.fitting import (
+    check_detector_settings,
+    fit_detectors,
+    load_models,
+    model_names,
+    save_models,
+    score_all,
+    training_split,
+)
 from melt.pipeline.rolling import rolling_scores
 from rca.graph import dependency_graph
 
@@ -32,7 +41,7 @@ class DetectResult:
     reports: list[dict[str, Any]]
     incidents: list[Incident]
     detectors: list[str]
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[LeftOut] = field(default_factory=list)
     out_dir: Path | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     explain_stats: ExplainStats | None = None
@@ -40,16 +49,17 @@ class DetectResult:
 
 def train(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings, quiet: bool = False) -> Path:
     requested_names(models_spec)
+    check_detector_settings(settings)
     bundle = MeltBundle.read(data)
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
-        log(f"skipped {note}", quiet, stage="melt warning")
+        log(f"skipped {note}", quiet, stage="melt warning" if note.warn else "melt")
     return save_models(fit_detectors(bundle, names, settings, quiet, skipped), out_dir)
 
 
 def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: MeltBundle,
                      signal_of: dict[str, str], settings: Settings, graph: nx.DiGraph | None = None,
-                     explainer: Explainer | None = None) -> list[dict[str, Any]]:
+                     explainer: Explainer | None = None, quiet: bool = True) -> list[dict[str, Any]]:
     """Rank root causes, pick evidence and explain each incident: one validated report per incident.
 
     Explanations come from ``explainer`` (default: the offline template), all incidents at once so
@@ -87,7 +97,7 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
         facts = build_facts(incident.summary(), candidates, evidence, settings.explain.max_fact_tokens)
         own = nearby[nearby["detector"].map(signal_of).isin(ALERT_SIGNALS)]
         parts.append((incident, candidates, evidence, facts, baseline_rankings(own, graph, on_path, number, rca.top_k)))
-    explanations = explainer.explain_all([facts for *_, facts, _ in parts])
+    explanations = explainer.explain_all([facts for *_, facts, _ in parts], quiet)
     reports = []
     for (incident, candidates, evidence, _, baselines), explanation in zip(parts, explanations, strict=True):
         report = build_report(incident, candidates, evidence, explanation)
@@ -107,13 +117,19 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Se
     (``DetectResult.deliveries``): nothing computed is lost.
     """
     requested_names(models_spec)
+    check_detector_settings(settings)
+    for given in (train_dir, model_dir):  # the inputs exist before any work starts
+        if given is not None and not Path(given).is_dir():
+            raise BundleError(f"{given}: directory not found")
+    if model_dir is not None:
+        model_names(model_dir)
     outlets = make_sinks(sinks or settings.report.sinks, out_dir, settings.report)
     explainer = Explainer(settings.explain)
     bundle = MeltBundle.read(data)
     log(f"read {data}: " + ", ".join(f"{k}={v}" for k, v in bundle.summary().items()), quiet)
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
-        log(f"skipped {note}", quiet, stage="melt warning")
+        log(f"skipped {note}", quiet, stage="melt warning" if note.warn else "melt")
     retrain_every = settings.detect.retrain_every
     if retrain_every is not None and model_dir is None:
         reference = MeltBundle.read(train_dir) if train_dir else None
@@ -127,10 +143,13 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Se
             fit_on = MeltBundle.read(train_dir) if train_dir else training_split(bundle, settings.detect.train_fraction)
             models = fit_detectors(fit_on, names, settings, quiet, skipped)
         signal_of = {name: model.signal for name, model in models.items()}
-        scores = score_all(models, bundle, quiet)
+        scores = score_all(models, bundle, quiet, skipped)
     graph = dependency_graph(bundle.traces, settings.rca.topology_file)
     incidents = group_incidents(scores, signal_of, settings.ensemble, graph)
     log(f"{len(incidents)} incident(s)", quiet)
-    reports = report_incidents(incidents, scores, bundle, signal_of, settings, graph, explainer)
-    deliveries = [sink.deliver(reports) for sink in outlets]
+    reports = report_incidents(incidents, scores, bundle, signal_of, settings, graph, explainer, quiet)
+    # files first, then the webhook and its spool: every report is kept before any sink can fail
+    from melt.delivery.sinks import deliver_all
+
+    deliveries = deliver_all(outlets, reports, [(note.detector, note.text) for note in skipped])
     return DetectResult(reports, incidents, list(signal_of), skipped, Path(out_dir), deliveries, explainer.stats)

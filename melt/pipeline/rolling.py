@@ -18,7 +18,7 @@ import pandas as pd
 from melt.core.bundle import SIGNALS, TIME_COLUMNS, MeltBundle
 from melt.core.detector import Detector
 from melt.core.errors import PluginError
-from melt.core.progress import log
+from melt.core.progress import log, progress
 from melt.core.settings import Settings
 from melt.core.timeutil import format_duration
 from melt.pipeline.fitting import enough_training_data, fit_detectors, score_all
@@ -53,7 +53,7 @@ def rolling_scores(bundle: MeltBundle, names: list[str], settings: Settings, eve
     signal_of = {name: get_plugin(name).signal for name in names}
     starts = periods(bundle, every)
     parts, skipped = [], 0
-    for number, start in enumerate(starts, 1):
+    for number, start in enumerate(progress(starts, "periods", quiet, total=len(starts)), 1):
         near = bundle.slice_time(start - window, start + every)  # one pass over the whole bundle per period
         period, history = near.slice_time(start, None), near.slice_time(None, start)
         # scored with the period before it as context: detectors that smooth over trailing points, or

@@ -33,7 +33,19 @@ def dependency_graph(spans: pd.DataFrame | None, topology_file: str | Path | Non
                            latency_ms=round(float(row.latency_ms), 3))
     if topology_file:
         _merge_topology(graph, Path(topology_file))
-    return graph
+    return canonical(graph)
+
+
+def canonical(graph: nx.DiGraph) -> nx.DiGraph:
+    """The same graph with nodes and edges in sorted order.
+
+    Path searches break ties by insertion order; sorted, the graph a stream builds step by step
+    (:func:`networkx.compose` of each step's) breaks them as the one a batch run builds at once.
+    """
+    ordered = nx.DiGraph()
+    ordered.add_nodes_from(sorted(graph.nodes(data=True), key=lambda item: str(item[0])))
+    ordered.add_edges_from(sorted(graph.edges(data=True), key=lambda item: (str(item[0]), str(item[1]))))
+    return ordered
 
 
 def _merge_topology(graph: nx.DiGraph, file: Path) -> None:

@@ -75,7 +75,7 @@ def generate(ctx: click.Context, out: str, force: bool, **options: Any) -> None:
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Fitted models from 'melt train'.")
 @click.option("--retrain-every", default=None,
               help="Refit every period this long (e.g. 10m) on the detect.train_window before it (default from config: off).")
-@click.option("--sink", "sinks", multiple=True, type=click.Choice(["files", "stdout", "webhook"]),
+@click.option("--sink", "sinks", multiple=True, type=click.Choice(["files", "stdout", "webhook", "html"]),
               help="Where reports go (repeatable; default from config: files).")
 @click.option("--explain", "provider", type=click.Choice(["template", "openai"]), default=None,
               help="Explanation provider (default from config: template).")
@@ -281,6 +281,32 @@ def plugins() -> None:
         click.echo("\nfailed to load:")
         for f in failures:
             click.echo(f"  {f.name} ({f.distribution}, {f.target}): {f.reason}")
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Fitted models from 'melt train'.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (as 'melt --config FILE serve').")
+@click.option("--host", default=None, help="Address to listen on (default from config: 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default from config: 4318, OTLP/HTTP's).")
+@click.option("--data-dir", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Segments, state database and reports (default from config: serve.data_dir).")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.pass_context
+def serve(ctx: click.Context, model_dir: str, config_path: str | None, host: str | None, port: int | None,
+          data_dir: str | None, quiet: bool) -> None:
+    """Receive OTLP/HTTP, detect incidents step by step, and serve the REST API and incident page.
+
+    Runs until Ctrl-C or SIGTERM, then stops the step runner and flushes what it stored. See
+    docs/serve.md for the endpoints and a collector config.
+    """
+    from melt.serve.app import serve as run_serve
+
+    if config_path is not None:
+        ctx.find_root().obj["config_path"] = config_path
+    settings = settings_of(ctx).with_overrides({"serve.host": host, "serve.port": port, "serve.data_dir": data_dir},
+                                               "melt serve")
+    run_serve(settings, model_dir, quiet=quiet)
 
 
 cli.add_command(traces)

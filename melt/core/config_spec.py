@@ -138,6 +138,20 @@ DEFAULTS: dict[str, Any] = {
             "max_clock_skew": Duration("1d"),
         },
     },
+    "serve": {
+        "host": "127.0.0.1",
+        "port": 4318,
+        "data_dir": "melt-serve",
+        "db": Nullable(str),
+        "step": Duration("1m"),
+        "lateness": Duration("30s"),
+        "idle": Duration("30s"),
+        "retention": Duration("2d"),
+        "context": Duration("10m"),
+        "max_pending_mib": 256.0,
+        "commit_interval": Duration("200ms"),
+        "sinks": ["files"],
+    },
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -289,7 +289,7 @@ class WebhookSettings:
                    idempotency_header=str(v["idempotency_header"]))
 
 
-SINKS = ("files", "stdout", "webhook")
+SINKS = ("files", "stdout", "webhook", "html")
 
 
 @dataclass(frozen=True)
@@ -367,6 +367,47 @@ class ImportSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    """``melt serve``: the OTLP/HTTP receiver, its stored segments and the step loop (docs/serve.md)."""
+
+    host: str
+    port: int
+    data_dir: Path
+    db: Path  # default: <data_dir>/serve.db
+    step: pd.Timedelta
+    lateness: pd.Timedelta
+    idle: pd.Timedelta
+    retention: pd.Timedelta
+    context: pd.Timedelta
+    max_pending_mib: float
+    commit_interval: pd.Timedelta
+    sinks: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, v: Mapping[str, Any], key: str = "serve") -> ServeSettings:
+        data_dir = Path(str(v["data_dir"]))
+        port = integer(v["port"], f"{key}.port", 0)
+        if port > 65535:
+            raise _fail(f"{key}.port", f"must be <= 65535, got {port}")
+        sinks = tuple(str(s) for s in v["sinks"])
+        unknown = [s for s in sinks if s not in SINKS]
+        if unknown:
+            raise _fail(f"{key}.sinks", f"unknown sink '{unknown[0]}' (known: {', '.join(SINKS)})")
+        step = duration(v["step"], f"{key}.step")
+        if step <= pd.Timedelta(0):
+            raise _fail(f"{key}.step", "must be longer than 0")
+        return cls(host=str(v["host"]), port=port, data_dir=data_dir,
+                   db=optional_path(v["db"]) or data_dir / "serve.db", step=step,
+                   lateness=duration(v["lateness"], f"{key}.lateness"),
+                   idle=duration(v["idle"], f"{key}.idle"),
+                   retention=duration(v["retention"], f"{key}.retention"),
+                   context=duration(v["context"], f"{key}.context"),
+                   max_pending_mib=number(v["max_pending_mib"], f"{key}.max_pending_mib", 0.0, low_open=True),
+                   commit_interval=duration(v["commit_interval"], f"{key}.commit_interval"),
+                   sinks=sinks)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every section, typed. Build with :func:`melt.core.config.load_settings`."""
 
@@ -379,6 +420,7 @@ class Settings:
     explain: ExplainSettings
     report: ReportSettings
     imports: ImportSettings  # the file's `import:` section
+    serve: ServeSettings
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)  # the checked dict it was parsed from
 
     @classmethod
@@ -388,7 +430,8 @@ class Settings:
                    detect=DetectSettings.parse(config["detect"]), detectors=detector_sections(config["detectors"]),
                    ensemble=EnsembleSettings.parse(config["ensemble"]), rca=RcaSettings.parse(config["rca"]),
                    explain=ExplainSettings.parse(config["explain"]), report=ReportSettings.parse(config["report"]),
-                   imports=ImportSettings.parse(config["import"]), raw=_frozen(config))
+                   imports=ImportSettings.parse(config["import"]), serve=ServeSettings.parse(config["serve"]),
+                   raw=_frozen(config))
 
     def with_overrides(self, overrides: Mapping[str, Any], source: str = "command line") -> Self:
         """A copy with dotted keys (``{"detect.retrain_every": "10m"}``) changed, checked as in a file.

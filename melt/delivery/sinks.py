@@ -1,15 +1,17 @@
-"""Where reports go: files (one JSON per incident plus ``index.json``), stdout (JSON lines) and a
-ticketing webhook, several at once. The webhook never loses a report: what it cannot deliver, for
-whatever reason, is written to the spool (:mod:`melt.delivery.spool`) for ``melt deliver``.
+"""Where reports go: files (one JSON per incident plus ``index.json``), stdout (JSON lines), a
+ticketing webhook and incident pages (``OUT/html/``), several at once. The webhook never loses a
+report: what it cannot deliver, for whatever reason, is written to the spool
+(:mod:`melt.delivery.spool`) for ``melt deliver``.
 
 Sinks deliver in a fixed order, whatever the order they are named in: files first, then the
-webhook (and its spool), then stdout; so the report files and every spool entry are written before
-any sink can fail (:func:`deliver_all`).
+webhook (and its spool), then the pages, then stdout; so the report files and every spool entry
+are written before any sink can fail (:func:`deliver_all`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,10 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from melt.core.errors import ConfigError, DeliveryError, MeltError
-from melt.core.settings import ReportSettings, WebhookSettings
+from melt.core.progress import log
+from melt.core.settings import SINKS, ReportSettings, WebhookSettings
 
-SINKS = ("files", "stdout", "webhook")
-DELIVERY_ORDER = {"files": 0, "webhook": 1, "stdout": 2}  # what keeps reports comes first
+DELIVERY_ORDER = {"files": 0, "webhook": 1, "html": 2, "stdout": 3}  # what keeps reports comes first
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # an incident id that is a plain file name
 
 
 @dataclass
@@ -83,6 +86,51 @@ class StdoutSink:
             stream.write(json.dumps(report, default=str) + "\n")
         stream.flush()
         return Delivery(self.name, len(reports))
+
+
+class HtmlSink:
+    """The incident pages (:mod:`melt.reports.page`): ``OUT/html/index.html``, one
+    ``<incident_id>.html`` per report and ``plotly.min.js`` beside them, so the pages open offline
+    from the disk.
+
+    ``details`` (incident id -> :func:`melt.reports.detail.incident_detail`) adds the curves; a
+    report without one gets the page drawn from the report alone. A report that cannot be rendered
+    costs one warning line and is left out of the index; the other pages are still written.
+    """
+
+    name = "html"
+
+    def __init__(self, out_dir: str | Path, json_href: str | None = None, quiet: bool = False) -> None:
+        self.out_dir = Path(out_dir) / "html"
+        self.json_href = json_href  # link to each JSON report, e.g. "../{id}.json" beside the files sink
+        self.details: dict[str, dict[str, Any]] = {}
+        self.quiet = quiet
+
+    def deliver(self, reports: list[dict[str, Any]]) -> Delivery:
+        from melt.reports.page import PLOTLY_JS, plotly_js, render_incident, render_index
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        script = plotly_js()
+        target = self.out_dir / PLOTLY_JS
+        if not target.is_file() or target.stat().st_size != len(script.encode()):
+            target.write_text(script)
+        delivery, pages = Delivery(self.name), []
+        for report in reports:
+            ident = str(report.get("incident_id", "?")) if isinstance(report, dict) else "?"
+            try:
+                if not SAFE_NAME.fullmatch(ident):
+                    raise ValueError(f"incident id {ident!r} is not a plain file name")
+                html = render_incident(report, self.details.get(ident), json_href=self.json_href)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                log(f"html: page of {ident} not written ({reason})", self.quiet, stage="melt warning")
+                delivery.error = delivery.error or f"{ident}: {reason}"
+                continue
+            (self.out_dir / f"{ident}.html").write_text(html)
+            pages.append(report)
+            delivery.delivered += 1
+        (self.out_dir / "index.html").write_text(render_index(pages, json_href=self.json_href))
+        return delivery
 
 
 class WebhookSink:
@@ -161,17 +209,20 @@ def deliver_all(sinks: Iterable[Sink], reports: list[dict[str, Any]],
 
 
 def make_sinks(names: Iterable[str], out_dir: str | Path, settings: ReportSettings | None = None) -> list[Sink]:
-    """Sinks by name, in delivery order (files, webhook, stdout; settings: the ``report`` section).
+    """Sinks by name, in delivery order (files, webhook, html, stdout; settings: the ``report`` section).
 
     Unknown names are a :class:`ConfigError`. Every sink is built before any delivers, so a bad
     webhook setting (no URL, a malformed one, a missing payload file) fails before anything runs.
     """
+    names = list(names)
     sinks: list[Sink] = []
     for name in names:
         if name == "files":
             sinks.append(FileSink(out_dir))
         elif name == "stdout":
             sinks.append(StdoutSink())
+        elif name == "html":
+            sinks.append(HtmlSink(out_dir, json_href="../{id}.json" if "files" in names else None))
         elif name == "webhook":
             if settings is None:
                 raise ConfigError("the webhook sink needs the report.webhook settings")

@@ -160,21 +160,24 @@ class Webhook:
                       f"report.webhook.payload '{self.settings.payload}'")
         return json.dumps(body, default=str).encode()
 
-    def headers(self, report: dict[str, Any]) -> dict[str, str]:
+    def headers(self, report: dict[str, Any], key: str | None = None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": f"melt/{report['melt_version']}"}
         for name, value in self.settings.headers.items():
             headers[name] = str(render(value, {}, self.environ, f"report.webhook.headers.{name}"))
-        headers[self.settings.idempotency_header] = report["fingerprint"]
+        headers[self.settings.idempotency_header] = key or report["fingerprint"]
         return headers
 
-    def send(self, report: dict[str, Any]) -> Attempt:
+    def send(self, report: dict[str, Any], key: str | None = None) -> Attempt:
         """POST one report with retries; never raises, whatever goes wrong (the reason is in the attempt).
+
+        ``key`` is the idempotency key (default: the report's fingerprint; `melt serve` sends one
+        per report version).
 
         A payload or header that cannot be rendered (unknown placeholder, unset ``${env:X}``) is a
         failed attempt with no request made: retrying cannot fix it, but a later ``melt deliver`` can.
         """
         try:
-            body, headers = self.payload(report), self.headers(report)
+            body, headers = self.payload(report), self.headers(report, key)
         except MeltError as exc:
             return Attempt(False, None, 1, _one_line(exc))
         except Exception as exc:  # a report the template cannot use: still the caller's to spool

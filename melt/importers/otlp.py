@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def import_otlp(src: str | Path, writer: BundleWriter, *, chunk_rows: int = 100_
                 writer.bad_rows.add(where, f"not an OTLP request: no {', '.join(SIGNAL_KEYS)} (keys: {keys[:120]}){jaeger}")
                 continue
             try:
-                _flatten(request, number, rows, series_state, lambda reason, at=where: writer.bad_rows.add(at, reason))
+                flatten_request(request, number, rows, series_state, lambda reason, at=where: writer.bad_rows.add(at, reason))
             except ITEM_ERRORS as exc:
                 writer.bad_rows.add(where, f"not OTLP/JSON ({reason_of(exc)})")
             if max(len(r) for r in rows.values()) >= chunk_rows:
@@ -77,9 +77,19 @@ def _flush(rows: dict[str, list[dict[str, Any]]], writer: BundleWriter, file: Pa
         writer.add_records(signal, records, str(file), time_unit="ns")
 
 
-def _flatten(request: dict[str, Any], line: int, rows: dict[str, list[dict[str, Any]]],
-             series_state: dict[tuple[str, str, str], tuple[Any, ...]], bad: Callable[[str], None]) -> None:
-    """Append the rows of one request; a malformed resource block, span, record or metric goes to ``bad`` alone."""
+def flatten_request(request: dict[str, Any], line: int, rows: dict[str, list[dict[str, Any]]],
+                    series_state: MutableMapping[tuple[str, str, str], tuple[Any, ...]],
+                    bad: Callable[[str], None]) -> None:
+    """Append the rows of one OTLP/JSON request (a dict as ``json.loads`` gives it) to ``rows``
+    (signal -> row dicts, each with ``_line``); a malformed resource block, span, record or metric
+    goes to ``bad`` alone.
+
+    ``series_state`` holds the last point of each cumulative series (sums and histograms are
+    differenced against it), so one mapping serves a file import and a live receiver alike.
+
+    Raises:
+        TypeError, ValueError, ...: (:data:`ITEM_ERRORS`) the request itself is malformed.
+    """
     for service, instance, resource_attrs, span in _resource_items(request, "Spans", "spans", bad):
         try:
             row, events = _span(span, service, resource_attrs, line), _span_events(span, service, instance, line)
@@ -342,7 +352,7 @@ def _log_record(record: dict[str, Any], service: str | None, instance: str | Non
 
 # ---------------------------------------------------------------------------------- metrics
 def _metric_points(metric: dict[str, Any], service: str | None, instance: str | None,
-                   state: dict[tuple[str, str, str], tuple[Any, ...]]) -> list[tuple[int, str, float | None]]:
+                   state: MutableMapping[tuple[str, str, str], tuple[Any, ...]]) -> list[tuple[int, str, float | None]]:
     name = metric["name"]
     if not isinstance(name, str):
         raise TypeError(f"metric name {shown(name)} is not text")
@@ -426,5 +436,5 @@ def _series_name(name: str, point: dict[str, Any]) -> str:
     return name + "{" + ",".join(f"{k}={labels[k]}" for k in sorted(labels)) + "}"
 
 
-__all__ = ["import_otlp", "any_value", "attributes", "hex_id", "bucket_quantile", "nanos", "status_code", "shown",
+__all__ = ["import_otlp", "flatten_request", "SIGNAL_KEYS", "any_value", "attributes", "hex_id", "bucket_quantile", "nanos", "status_code", "shown",
            "json_kind", "item_name", "reason_of", "ITEM_ERRORS"]

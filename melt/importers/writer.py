@@ -117,22 +117,10 @@ class BundleWriter:
             return 0
         frame = frame.reset_index(drop=True)
         lines = pd.Series(range(1, len(frame) + 1)) if lines is None else lines.reset_index(drop=True)
-        coerced, found = row_problems(signal, frame)
-        problems = found if problems is None else problems.reset_index(drop=True).astype("string").fillna(found)
-        time_column = TIME_COLUMNS[signal]
-        if time_column in coerced.columns:
-            times = coerced[time_column]
-            implausible = times.notna() & ((times < PLAUSIBLE_TIMES[0]) | (times >= PLAUSIBLE_TIMES[1]))
-            problems = problems.mask(problems.isna() & implausible, f"column '{time_column}' is not a plausible time "
-                                     f"(before {PLAUSIBLE_TIMES[0].year} or from {PLAUSIBLE_TIMES[1].year})")
+        good, problems, duplicates = checked_rows(signal, frame, problems)
         self.bad_rows.add_frame(source.reset_index(drop=True) if isinstance(source, pd.Series) else source,
                                 lines, problems)
-        good = coerced[problems.isna().to_numpy()]
-        if signal == "traces":
-            repeated = good.duplicated(["trace_id", "span_id"]).to_numpy()
-            self._duplicates += int(repeated.sum())
-            good = good[~repeated]
-        good = validate_frame(signal, good, allow_empty=True)
+        self._duplicates += duplicates
         if len(good):
             self._buffers[signal].append(good)
             self._buffered[signal] += len(good)
@@ -150,15 +138,8 @@ class BundleWriter:
         """
         if not records:
             return 0
-        frame = pd.DataFrame.from_records(records)
+        frame, lines, problems = records_frame(signal, records, time_unit=time_unit)
         records.clear()
-        lines = frame.pop("_line")
-        column = TIME_COLUMNS[signal]
-        problems = None
-        if column in frame.columns:
-            raw = frame[column]
-            frame[column] = to_utc(raw, time_unit)
-            problems = time_problems(raw, frame[column], column, time_unit)
         return self.add(signal, frame, source, lines, problems)
 
     def _spill(self, signal: str) -> None:
@@ -166,7 +147,7 @@ class BundleWriter:
 
         frame = pd.concat(self._buffers[signal], ignore_index=True)
         path = self._parts / f"{signal}-{len(self._files[signal]):05d}.parquet"
-        pq.write_table(_arrow_table(frame, signal), path)
+        pq.write_table(arrow_table(frame, signal), path)
         self._files[signal].append(path)
         self._buffers[signal], self._buffered[signal], self._buffered_bytes[signal] = [], 0, 0.0
 
@@ -235,7 +216,58 @@ class BundleWriter:
         return ~repeated
 
 
-def _arrow_table(frame: pd.DataFrame, signal: str) -> Any:
+def records_frame(signal: str, records: list[dict[str, Any]], *,
+                  time_unit: str) -> tuple[pd.DataFrame, pd.Series, pd.Series | None]:
+    """Row dicts (each with its source line under ``_line``) as a frame whose time column, epoch
+    ``time_unit`` in the dicts, is UTC; returns the frame, each row's line, and each row's time
+    problem (``None`` when the frame has no time column)."""
+    frame = pd.DataFrame.from_records(records)
+    lines = frame.pop("_line")
+    column = TIME_COLUMNS[signal]
+    problems = None
+    if column in frame.columns:
+        raw = frame[column]
+        frame[column] = to_utc(raw, time_unit)
+        problems = time_problems(raw, frame[column], column, time_unit)
+    return frame, lines, problems
+
+
+def checked_rows(signal: str, frame: pd.DataFrame,
+                 problems: pd.Series | None = None) -> tuple[pd.DataFrame, pd.Series, int]:
+    """The checks every row passes where it enters melt (an import, ``melt serve``'s receiver).
+
+    ``frame`` (index 0..n-1) is coerced leniently (:func:`row_problems`); a row is bad when a
+    value cannot be read, a required value is null, or its time lies outside
+    :data:`PLAUSIBLE_TIMES`. Spans repeating an earlier ``(trace_id, span_id)`` are dropped as
+    duplicates, not counted as bad.
+
+    Args:
+        signal: metrics, logs, traces or events.
+        frame: rows in the bundle's column names.
+        problems: per-row reasons the caller's own conversions found (``<NA>`` when fine).
+
+    Returns:
+        The good rows (validated, :func:`validate_frame`), each input row's problem (``<NA>`` for a
+        good row), and how many duplicate spans were dropped.
+    """
+    coerced, found = row_problems(signal, frame)
+    problems = found if problems is None else problems.reset_index(drop=True).astype("string").fillna(found)
+    time_column = TIME_COLUMNS[signal]
+    if time_column in coerced.columns:
+        times = coerced[time_column]
+        implausible = times.notna() & ((times < PLAUSIBLE_TIMES[0]) | (times >= PLAUSIBLE_TIMES[1]))
+        problems = problems.mask(problems.isna() & implausible, f"column '{time_column}' is not a plausible time "
+                                 f"(before {PLAUSIBLE_TIMES[0].year} or from {PLAUSIBLE_TIMES[1].year})")
+    good = coerced[problems.isna().to_numpy()]
+    duplicates = 0
+    if signal == "traces":
+        repeated = good.duplicated(["trace_id", "span_id"]).to_numpy()
+        duplicates = int(repeated.sum())
+        good = good[~repeated]
+    return validate_frame(signal, good, allow_empty=True), problems, duplicates
+
+
+def arrow_table(frame: pd.DataFrame, signal: str) -> Any:
     """``frame`` as an arrow table; free-form columns (``attr.*``) whose values arrow cannot hold as
     one type (an attribute that is a number in one span and text in another, an integer beyond
     int64, text with lone surrogates) become text.

@@ -165,14 +165,36 @@ def time_groups(peak_per_window: pd.Series, gap: pd.Timedelta, step: pd.Timedelt
 def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], settings: EnsembleSettings,
                     graph: nx.DiGraph | None = None) -> list[Incident]:
     """Alerts from fused scores, grouped in time and on the graph into incidents."""
-    threshold = settings.threshold
+    return incidents_from_alerts(alert_cells(scores, signal_of, settings), scores, signal_of, settings, graph)
+
+
+def alert_cells(scores: pd.DataFrame, signal_of: dict[str, str], settings: EnsembleSettings) -> pd.DataFrame:
+    """The (service, window) cells whose fused score crosses the threshold with enough signals agreeing.
+
+    A cell depends only on the score rows of its own window, so a stream can compute the cells of
+    each closed step alone and concatenate them (:mod:`melt.pipeline.stream`).
+    """
+    columns = ["service", "window", "fused", "signals"]
     if scores.empty:
-        return []
+        return pd.DataFrame(columns=columns)
+    threshold = settings.threshold
     fused, per_detector = fuse(scores, signal_of, settings.window, settings.combiner, settings.weights)
     hot = per_detector[per_detector["score"] >= threshold]
     agreeing = hot.groupby(["service", "window"], observed=True)["signal"].nunique().rename("signals")
     alerts = fused.join(agreeing, on=["service", "window"]).fillna({"signals": 0})
     alerts = alerts[(alerts["fused"] >= threshold) & (alerts["signals"] >= settings.min_signals)]
+    return alerts[columns].reset_index(drop=True)
+
+
+def incidents_from_alerts(alerts: pd.DataFrame, scores: pd.DataFrame, signal_of: dict[str, str],
+                          settings: EnsembleSettings, graph: nx.DiGraph | None = None,
+                          first_number: int = 1) -> list[Incident]:
+    """Incidents from alert cells (:func:`alert_cells`): blips dropped, grouped in time and on the graph.
+
+    ``first_number`` numbers the first incident's id (a stream that has closed earlier incidents
+    goes on from their count). ``scores`` supplies each incident's evidence rows.
+    """
+    threshold = settings.threshold
     if alerts.empty:
         return []
     alerts = drop_blips(alerts, settings.window, settings.blip_factor * threshold)
@@ -188,7 +210,7 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], settings: E
         component = connected_groups(same_time["service"].unique().tolist(), near)
         alerts.loc[same_time.index, "graph_group"] = same_time["service"].map(component).to_numpy()
     step = settings.window
-    incidents = []
+    incidents: list[Incident] = []
     groups = sorted(alerts.groupby(["time_group", "graph_group"], sort=False), key=lambda g: (g[1]["window"].min(), g[0]))
     for _, group in groups:
         if len(group) < settings.min_alerts:
@@ -203,7 +225,7 @@ def group_incidents(scores: pd.DataFrame, signal_of: dict[str, str], settings: E
             in_window = in_window[in_window["service"].isin(scope)]
         confidence = confidence_of(peak, threshold, int(group["signals"].max()))
         incidents.append(Incident(
-            id=f"INC-{start.strftime('%Y%m%dT%H%M')}-{len(incidents) + 1:03d}",
+            id=f"INC-{start.strftime('%Y%m%dT%H%M')}-{len(incidents) + first_number:03d}",
             start=start, end=end, services=services.index.tolist(),
             severity=severity_of(peak, threshold), confidence=confidence, peak_score=peak,
             alerts=group.drop(columns=["time_group", "graph_group"]).reset_index(drop=True),

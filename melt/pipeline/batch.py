@@ -6,6 +6,7 @@ them together, so the CLI stays a thin layer over :func:`train` and :func:`detec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from melt.core.errors import BundleError
 from melt.core.progress import log
 from melt.core.registry import LeftOut, requested_names, resolve_models
 from melt.core.settings import Settings
-from melt.delivery.sinks import Delivery, make_sinks
+from melt.delivery.sinks import Delivery, HtmlSink, make_sinks
 from melt.incidents.ensemble import ALERT_SIGNALS, Incident, group_incidents
 from melt.pipeline.fitting import (
     check_detector_settings,
@@ -57,13 +58,17 @@ def train(data: str | Path, models_spec: str, out_dir: str | Path, settings: Set
     return save_models(fit_detectors(bundle, names, settings, quiet, skipped), out_dir)
 
 
-def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: MeltBundle,
+def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: MeltBundle | None,
                      signal_of: dict[str, str], settings: Settings, graph: nx.DiGraph | None = None,
-                     explainer: Explainer | None = None, quiet: bool = True) -> list[dict[str, Any]]:
+                     explainer: Explainer | None = None, quiet: bool = True, first_number: int = 0,
+                     serving: Callable[[pd.Timestamp, pd.Timestamp], set[str]] | None = None) -> list[dict[str, Any]]:
     """Rank root causes, pick evidence and explain each incident: one validated report per incident.
 
     Explanations come from ``explainer`` (default: the offline template), all incidents at once so
-    that an LLM provider can work on several concurrently.
+    that an LLM provider can work on several concurrently. ``first_number`` is the first incident's
+    position in the run (it seeds the random baseline; a stream passes its running count).
+    ``serving(start, end)`` names the services that served requests then; by default they are read
+    from ``bundle``'s spans and logs (a stream that no longer holds them keeps the names instead).
     """
     from explain.facts import build_facts
     from melt.reports.evidence import select_evidence
@@ -74,14 +79,18 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     from rca.terms import involved
 
     if graph is None:
-        graph = dependency_graph(bundle.traces, settings.rca.topology_file)
+        graph = dependency_graph(bundle.traces if bundle is not None else None, settings.rca.topology_file)
+    if serving is None:
+        def serving(start: pd.Timestamp, end: pd.Timestamp) -> set[str]:
+            return involved(bundle.traces, bundle.logs, start, end) if bundle is not None else set()
+
     explainer = explainer or Explainer(replace(settings.explain, provider="template"))
     threshold, rca = settings.ensemble.threshold, settings.rca
     parts = []
-    for number, incident in enumerate(incidents):
+    for number, incident in enumerate(incidents, start=first_number):
         # the rows the ranking uses: the incident and the lookback before it
         start, end = evidence_window(incident, rca)
-        on_path = involved(bundle.traces, bundle.logs, start, end)
+        on_path = serving(start, end)
         if incident.scope is not None:
             on_path &= incident.scope
         on_path = on_path or None
@@ -148,6 +157,13 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Se
     incidents = group_incidents(scores, signal_of, settings.ensemble, graph)
     log(f"{len(incidents)} incident(s)", quiet)
     reports = report_incidents(incidents, scores, bundle, signal_of, settings, graph, explainer, quiet)
+    pages = [sink for sink in outlets if isinstance(sink, HtmlSink)]
+    if pages:  # the incident pages also draw the curves behind each report
+        from melt.reports.detail import incident_details
+
+        details = incident_details(incidents, reports, scores, bundle, signal_of, graph, settings, quiet)
+        for sink in pages:
+            sink.details = details
     # files first, then the webhook and its spool: every report is kept before any sink can fail
     from melt.delivery.sinks import deliver_all
 

@@ -133,12 +133,15 @@ def load_models(model_dir: str | Path, names: list[str] | None = None) -> dict[s
     return models
 
 
+SCORE_ORDER = ["timestamp", "detector", "service", "entity"]
+
+
 def score_all(models: dict[str, Detector], bundle: MeltBundle, quiet: bool = False,
-              skipped: list[LeftOut] | None = None) -> pd.DataFrame:
+              skipped: list[LeftOut] | None = None, seconds: dict[str, float] | None = None) -> pd.DataFrame:
     """Every model's calibrated scores of ``bundle``, in one frame.
 
     A model whose ``detect`` raises is left out with one warning line (appended to ``skipped``),
-    and the others' scores stand.
+    and the others' scores stand. ``seconds`` receives each model's scoring time.
 
     Raises:
         PluginError: every model failed.
@@ -152,12 +155,18 @@ def score_all(models: dict[str, Detector], bundle: MeltBundle, quiet: bool = Fal
             failed.append(dropped(name, "score", exc))
             log(f"skipped {failed[-1]}", quiet, stage="melt warning")
             continue
-        log(f"scored {name}: {len(frame)} rows in {time.perf_counter() - began:.1f}s", quiet)
+        took = time.perf_counter() - began
+        if seconds is not None:
+            seconds[name] = took
+        log(f"scored {name}: {len(frame)} rows in {took:.1f}s", quiet)
         frames.append(frame)
     if failed and len(failed) == len(models):
         raise PluginError(f"no detector could score the data: {failed[0]}")
     if skipped is not None:
         skipped.extend(failed)
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["timestamp", "service", "detector", "entity", "score", "evidence", "raw_score"])
+    if not frames:
+        return pd.DataFrame(columns=["timestamp", "service", "detector", "entity", "score", "evidence", "raw_score"])
+    # one order, whatever the models' order or the span of data scored at once: a stream that scores
+    # step by step and concatenates gets the very table a batch run gets (ties are then broken alike)
+    return pd.concat(frames, ignore_index=True).sort_values(SCORE_ORDER, kind="stable", ignore_index=True)

@@ -90,17 +90,26 @@ def build_report(incident: Incident, candidates: list[dict[str, Any]], evidence:
         "root_cause_analysis": {
             "ranked_causes": [{"rank": i + 1, **c} for i, c in enumerate(candidates)],
             "correlated_anomalies": correlated_anomalies(incident, top),
-            "suggested_causes": explanation["suggested_causes"],
         },
         "evidence": evidence,
-        "recommendations": explanation["recommendations"],
-        "explanation": explanation["text"],
-        "explanation_source": explanation["source"],
-        "explanation_cites": explanation.get("cites", []),
-        "explanation_fallback": explanation.get("fallback"),
     }
-    if "prompts" in explanation:
-        report["prompts"] = explanation["prompts"]
+    with_explanation(report, explanation)
     if facts is not None:
         report["facts"] = facts
+    return report
+
+
+def with_explanation(report: dict[str, Any], explanation: dict[str, Any]) -> dict[str, Any]:
+    """Put ``explanation`` (an :class:`explain.explainer.Explainer` answer) into ``report``, in place:
+    the suggested causes, recommendations, text, its source, citations and fallback reason."""
+    report["root_cause_analysis"]["suggested_causes"] = explanation["suggested_causes"]
+    report["recommendations"] = explanation["recommendations"]
+    report["explanation"] = explanation["text"]
+    report["explanation_source"] = explanation["source"]
+    report["explanation_cites"] = explanation.get("cites", [])
+    report["explanation_fallback"] = explanation.get("fallback")
+    if "prompts" in explanation:
+        report["prompts"] = explanation["prompts"]
+    else:
+        report.pop("prompts", None)
     return report

@@ -1,0 +1,282 @@
+"""Sustained load on `melt serve`: spans and logs per second, step lag, data dropped, memory.
+
+The server runs as `melt serve` (a child process, the real CLI) with models fitted on a generated
+bundle. The sender replays that bundle's spans and logs as OTLP/HTTP protobuf requests (512 items
+each, as the SDKs' batch processors send them), over and over, each pass shifted to the wall clock
+and with fresh trace and span ids, paced to ``--spans`` and ``--logs`` per second. It honours 429
+with ``Retry-After``. Every 5 s it reads the server's ``/metrics`` (received rows, step lag, queue
+depth) and the server process's RSS and CPU time from ``/proc``.
+
+Reported: the rates sent and acknowledged, rows the server counted against rows acknowledged
+(data dropped), the step lag (wall clock minus the end of the last scored step) over the run,
+peak and per-minute RSS (flat memory: the last minute within 10% of the second), and the server's
+CPU share. The baseline in the same run is the sender alone against a server that only acknowledges
+(``--baseline``: a bare HTTP server that reads each body and answers 200), which bounds what the
+sender and the machine can push.
+
+    .venv/bin/python benchmarks/serve_load.py --spans 20000 --logs 20000 --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = "zscore,span_latency,call_edges,log_templates"
+
+
+def template(services: int, minutes: int, rpm: float, seed: int) -> tuple[list, list, object]:
+    """A generated bundle's spans and logs as parsed OTLP messages (one per 512 items), and the bundle."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from melt.core.settings import SynthSettings
+    from melt.serve.replay import otlp_requests
+    from synth.generate import generate
+
+    bundle = generate(SynthSettings.of(services=services, duration=f"{minutes}m", requests_per_minute=rpm, seed=seed,
+                                       faults=1, fault_types=["latency"], fault_duration="3m", warmup_fraction=0.5))
+    spans, logs = [], []
+    for request in otlp_requests(bundle):
+        if request.path == "/v1/traces":
+            spans.append(ExportTraceServiceRequest.FromString(request.body))
+        elif request.path == "/v1/logs":
+            logs.append(ExportLogsServiceRequest.FromString(request.body))
+    return spans, logs, bundle
+
+
+def shifted(message: object, kind: str, offset: int, salt: bytes) -> tuple[bytes, int]:
+    """The message with every time moved by ``offset`` ns and ids made new; its body and item count."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    items = 0
+    if kind == "traces":
+        for block in copy.resource_spans:
+            for scope in block.scope_spans:
+                for span in scope.spans:
+                    span.start_time_unix_nano += offset
+                    span.end_time_unix_nano += offset
+                    span.trace_id = salt + span.trace_id[len(salt):]
+                    items += 1
+    else:
+        for block in copy.resource_logs:
+            for scope in block.scope_logs:
+                for record in scope.log_records:
+                    record.time_unix_nano += offset
+                    record.observed_time_unix_nano += offset
+                    if record.trace_id:
+                        record.trace_id = salt + record.trace_id[len(salt):]
+                    items += 1
+    return copy.SerializeToString(), items
+
+
+class Sender:
+    """Paced OTLP/HTTP sender: ``rate`` items per second of one signal, from pre-parsed messages."""
+
+    def __init__(self, url: str, kind: str, messages: list, rate: float, span_ns: int, first_ns: int) -> None:
+        self.url, self.kind, self.messages, self.rate = url, kind, messages, rate
+        self.span_ns, self.first_ns = span_ns, first_ns
+        self.acked = self.throttled = self.failed = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        path = "/v1/traces" if self.kind == "traces" else "/v1/logs"
+        began = time.monotonic()
+        sent = 0
+        loop = 0
+        while not self.stop.is_set():
+            offset = time.time_ns() - self.first_ns  # this pass's event times start now
+            salt = random.Random(loop).randbytes(4)
+            for message in self.messages:
+                if self.stop.is_set():
+                    return
+                body, items = shifted(message, self.kind, offset, salt)
+                ahead = sent / self.rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
+                while not self.stop.is_set():
+                    try:
+                        request = urllib.request.Request(self.url + path, data=body, method="POST",
+                                                         headers={"Content-Type": "application/x-protobuf"})
+                        with urllib.request.urlopen(request, timeout=60):
+                            self.acked += items
+                        break
+                    except urllib.error.HTTPError as exc:
+                        if exc.code not in (429, 503):
+                            self.failed += items
+                            break
+                        self.throttled += 1
+                        time.sleep(min(float(exc.headers.get("Retry-After") or 1), 5.0))
+                    except (urllib.error.URLError, OSError):
+                        self.failed += items
+                        break
+                sent += items
+            loop += 1
+
+
+def scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.labels:
+                values[sample.name] = sample.value
+    return values
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(RSS MiB, CPU seconds) of a process, from /proc."""
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS")) / 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Sink(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def run(args: argparse.Namespace) -> dict:
+    from melt.core.config import load_settings
+    from melt.pipeline.fitting import fit_detectors, save_models, training_split
+
+    work = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    began = time.perf_counter()
+    spans, logs, bundle = template(args.services, args.template_minutes, args.rpm, args.seed)
+    first = int(min(bundle.traces["start_time"].min(), bundle.logs["timestamp"].min()).value)
+    per_minute = {"spans": len(bundle.traces) / args.template_minutes, "logs": len(bundle.logs) / args.template_minutes}
+    print(f"template: {len(bundle.traces):,} spans, {len(bundle.logs):,} log lines over {args.template_minutes} min "
+          f"({per_minute['spans'] / 60:,.0f} spans/s, {per_minute['logs'] / 60:,.0f} logs/s at its own pace) "
+          f"in {time.perf_counter() - began:.0f}s", flush=True)
+    server = None
+    if args.baseline:
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    else:
+        settings = load_settings(env={})
+        models = fit_detectors(training_split(bundle, 0.5), args.models.split(","), settings, quiet=True)
+        save_models(models, work / "models")
+        config = work / "config.yaml"
+        config.write_text(json.dumps({"serve": {"data_dir": str(work / "serve")}}))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen([sys.executable, "-m", "melt.cli", "--config", str(config), "serve", "--model",
+                                   str(work / "models"), "--port", str(port), "--quiet"], cwd=REPO,
+                                  stderr=open(work / "serve.log", "w"))
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+    senders = [Sender(url, "traces", spans, args.spans, 0, first), Sender(url, "logs", logs, args.logs, 0, first)]
+    threads = [threading.Thread(target=s.run, daemon=True) for s in senders]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    samples: list[dict] = []
+    window: deque = deque()
+    try:
+        while time.monotonic() - start < args.minutes * 60:
+            time.sleep(5)
+            now = time.monotonic() - start
+            sample = {"t": now, "spans_acked": senders[0].acked, "logs_acked": senders[1].acked}
+            if server is not None:
+                if server.poll() is not None:
+                    raise SystemExit(f"melt serve exited: {(work / 'serve.log').read_text()[-2000:]}")
+                metrics = scrape(url)
+                rss, cpu = proc_stats(server.pid)
+                sample.update(rss_mib=rss, cpu_s=cpu, step_lag_s=metrics.get("melt_step_lag_seconds"),
+                              pending=metrics.get("melt_pending_bytes"),
+                              spans_received=metrics.get("melt_received_spans_total"),
+                              logs_received=metrics.get("melt_received_logs_total"))
+            samples.append(sample)
+            window.append(sample)
+            while window and now - window[0]["t"] > 60:
+                window.popleft()
+            rate = {k: (window[-1][f"{k}_acked"] - window[0][f"{k}_acked"]) / max(window[-1]["t"] - window[0]["t"], 1e-9)
+                    for k in ("spans", "logs")}
+            lag = sample.get("step_lag_s")
+            print(f"{now:6.0f}s spans/s {rate['spans']:8,.0f} logs/s {rate['logs']:8,.0f}"
+                  + (f" step lag {lag:6.1f}s RSS {sample['rss_mib']:6.0f} MiB CPU {sample['cpu_s']:7.1f}s"
+                     f" queue {sample['pending'] / 2**20:5.1f} MiB" if server is not None and lag is not None else ""),
+                  flush=True)
+    finally:
+        for sender in senders:
+            sender.stop.set()
+        for thread in threads:
+            thread.join(60)
+        if server is not None:
+            time.sleep(2)
+            final = scrape(url)
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+    elapsed = samples[-1]["t"]
+    result = {"seconds": elapsed, "spans_acked": senders[0].acked, "logs_acked": senders[1].acked,
+              "spans_per_s": senders[0].acked / elapsed, "logs_per_s": senders[1].acked / elapsed,
+              "throttled": senders[0].throttled + senders[1].throttled,
+              "failed": senders[0].failed + senders[1].failed}
+    if server is not None:
+        per_minute_rss = pd.Series({int(s["t"] // 60): s["rss_mib"] for s in samples})
+        lags = [s["step_lag_s"] for s in samples if s.get("step_lag_s") == s.get("step_lag_s") and s.get("step_lag_s")]
+        result.update(spans_received=final.get("melt_received_spans_total"), logs_received=final.get("melt_received_logs_total"),
+                      dropped=(senders[0].acked + senders[1].acked)
+                      - (final.get("melt_received_spans_total", 0) + final.get("melt_received_logs_total", 0)),
+                      step_lag_max_s=max(lags) if lags else None, step_lag_last_s=lags[-1] if lags else None,
+                      rss_peak_mib=max(s["rss_mib"] for s in samples),
+                      rss_minute_2_mib=float(per_minute_rss.get(1, float("nan"))),
+                      rss_last_minute_mib=float(per_minute_rss.iloc[-1]),
+                      server_cpu_share=samples[-1]["cpu_s"] / elapsed)
+    print(json.dumps(result, indent=2), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spans", type=float, default=20_000, help="spans per second to send")
+    parser.add_argument("--logs", type=float, default=20_000, help="log lines per second to send")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--services", type=int, default=12)
+    parser.add_argument("--template-minutes", type=int, default=20)
+    parser.add_argument("--rpm", type=float, default=600.0, help="requests per minute of the generated template")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--baseline", action="store_true", help="send to a server that only acknowledges")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

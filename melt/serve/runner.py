@@ -1,0 +1,276 @@
+"""The step loop of `melt serve`: stored segments -> :class:`StreamDetector` -> state -> sinks.
+
+A step ``[t, t + serve.step)`` is scored once data ``serve.lateness`` newer than its end has
+arrived (event time, as stream processors set a watermark), or once the feed has been idle for
+``serve.idle`` of wall time, when the steps up to the newest data are closed and as many empty ones
+as resolve the open incidents. Data that arrives later for a step already scored stays in the
+segments but is not scored.
+
+Each step is committed in one SQLite transaction (:meth:`StateDB.commit_step`: the new report
+versions, a pending delivery per sink, the stream position), after the detector's state was saved
+under the step's end; a restart loads the state saved for the committed position and goes on
+from there, so no step is scored twice and none is skipped. Deliveries are made from the pending
+rows after the commit and marked done one by one; a version that cannot be delivered stays
+pending and is tried again on the next step, with the same idempotency key
+(``<fingerprint>-v<version>``), so a ticketing system sees each version once.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from melt.core.bundle import MeltBundle
+from melt.core.errors import MeltError
+from melt.core.progress import log
+from melt.core.settings import Settings
+from melt.delivery.sinks import Sink
+from melt.pipeline.stream import StreamDetector
+from melt.serve.state import StateDB
+
+KEPT_SNAPSHOTS = 3
+
+
+class Runner:
+    """Scores every closed step in a background thread (:meth:`start`), or one call at a time (:meth:`tick`).
+
+    Args:
+        store: the segment store (:class:`melt.serve.segments.SegmentStore`).
+        state: the SQLite state.
+        detector: the fitted detectors, as a stream.
+        sinks: where report versions go (``serve.sinks``).
+        metrics: :class:`melt.serve.metrics.ServeMetrics`, or ``None``.
+        poll: seconds between looks at the store.
+        quiet: no log lines.
+    """
+
+    def __init__(self, store: Any, state: StateDB, detector: StreamDetector, sinks: list[Sink],
+                 metrics: Any | None = None, *, poll: float = 0.5, quiet: bool = False) -> None:
+        self.store, self.state, self.detector, self.sinks, self.metrics = store, state, detector, sinks, metrics
+        self.settings: Settings = detector.settings
+        self.poll, self.quiet = poll, quiet
+        self.snapshots = Path(self.settings.serve.data_dir) / "stream"
+        self.idle_after = self.settings.serve.idle.total_seconds()  # wall seconds without new data that close the feed
+        self.error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one step at a time (the thread, and tick() from tests)
+        self._newest: pd.Timestamp | None = None
+        self._newest_seen_at = time.monotonic()
+        self._restored = False
+
+    # ------------------------------------------------------------------ life cycle
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def position(self) -> pd.Timestamp | None:
+        return self.state.position()
+
+    def start(self) -> None:
+        self._restore()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="melt-serve-steps", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll):
+            try:
+                self.tick(self.idle_after)
+                self.error = None
+            except Exception as exc:  # the loop must outlive one bad step; /readyz shows the error
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                if reason != self.error:
+                    log(f"step failed, retrying: {reason}", self.quiet, stage="melt warning")
+                self.error = reason
+
+    # ------------------------------------------------------------------ steps
+    def tick(self, idle_after: float | None = None) -> int:
+        """Score every step that is closed now and deliver; the number of steps scored."""
+        with self._lock:
+            self._restore()
+            serve = self.settings.serve
+            newest = self.store.max_time()
+            if newest is None:
+                self._deliver()
+                return 0
+            if self._newest is None or newest > self._newest:
+                self._newest, self._newest_seen_at = newest, time.monotonic()
+            idle = time.monotonic() - self._newest_seen_at >= (self.idle_after if idle_after is None else idle_after)
+            position = self.state.position()
+            if position is None:
+                first = self.store.min_time()
+                position = first.floor(serve.step)
+            watermark = newest - serve.lateness
+            if idle:  # the feed stopped: close what it sent, and resolve what is open
+                watermark = newest.floor(serve.step) + serve.step + self.settings.ensemble.merge_gap + serve.step
+            steps = 0
+            while position + serve.step <= watermark and not self._stop.is_set():
+                self._step(position, position + serve.step, newest)
+                position += serve.step
+                steps += 1
+            self._deliver()
+            if steps:
+                self.store.sweep()
+            return steps
+
+    def _step(self, start: pd.Timestamp, end: pd.Timestamp, newest: pd.Timestamp) -> None:
+        bundle = self._bundle(start, end)
+        result = self.detector.step(bundle, start, end)
+        details = self._details(result.updates)
+        versions = [{"report": u.report, "status": u.status, "detail": details.get(u.incident_id)}
+                    for u in result.updates]
+        self._save(end)
+        self.state.commit_step(end, versions)
+        if self.metrics is not None:
+            for name, seconds in result.seconds.items():
+                if name != "step":
+                    self.metrics.scored(name, seconds)
+            self.metrics.step_done(end, newest)
+            self.metrics.incidents_open(self.state.open_count())
+        for update in result.updates:
+            log(f"{update.incident_id} {update.status}: {', '.join(update.incident.services[:3])}", self.quiet)
+
+    def _details(self, updates: list[Any]) -> dict[str, dict[str, Any]]:
+        """The incident page's detail of each changed incident, from the data of its window."""
+        if not updates:
+            return {}
+        from melt.reports.detail import incident_details
+
+        lookback = self.settings.rca.lookback
+        start = min(u.incident.start for u in updates) - lookback
+        end = max(u.incident.end for u in updates)
+        data = MeltBundle(**{signal: _present(self.store.read(signal, start, end))
+                             for signal in ("metrics", "logs", "traces", "events")}, validate=False)
+        return incident_details([u.incident for u in updates], [u.report for u in updates], self.detector.scores,
+                                data, self.detector.signal_of, self.detector.graph, self.settings)
+
+    def _bundle(self, start: pd.Timestamp, end: pd.Timestamp) -> MeltBundle:
+        """The step's data with its context: metrics and events from ``serve.context`` before it (the
+        detectors that smooth or read sequences need it), spans and logs from ``lateness`` before it
+        to ``lateness`` after it, so that a trace that starts in the step comes whole and one that
+        started in the step before is recognised as such."""
+        serve = self.settings.serve
+        frames: dict[str, pd.DataFrame | None] = {}
+        for signal in ("metrics", "events"):
+            frames[signal] = self.store.read(signal, start - serve.context, end)
+        for signal in ("traces", "logs"):
+            frames[signal] = self.store.read(signal, start - serve.lateness, end + serve.lateness)
+        present = {k: _present(v) for k, v in frames.items()}
+        return MeltBundle(**present, validate=False).slice_time(start - serve.context, end)
+
+    # ------------------------------------------------------------------ delivery
+    def _deliver(self) -> None:
+        pending = self.state.pending_deliveries()
+        if not pending:
+            return
+        by_name = {sink.name: sink for sink in self.sinks}
+        whole: dict[str, bool] = {}
+        for row in pending:
+            sink = by_name.get(row.sink)
+            if sink is None:  # a sink removed from the config since: nothing will deliver it
+                self.state.mark_delivered(row.incident_id, row.version, row.sink, ok=False,
+                                          error=f"sink '{row.sink}' is not configured")
+                continue
+            try:
+                if row.sink == "webhook":
+                    attempt = sink.webhook.send(row.report, key=row.idempotency_key)  # type: ignore[attr-defined]
+                    ok, error = attempt.ok, attempt.error
+                elif row.sink in ("files", "html"):  # they keep an index of every incident: rewrite it once
+                    if row.sink not in whole:
+                        reports = [r["report"] for r in self.state.latest_reports()]
+                        if row.sink == "html":
+                            sink.details = {r["incident_id"]: d for r in reports  # type: ignore[attr-defined]
+                                            if (d := self.state.detail(r["incident_id"])) is not None}
+                        sink.deliver(reports)
+                        whole[row.sink] = True
+                    ok, error = True, None
+                else:
+                    sink.deliver([row.report])
+                    ok, error = True, None
+            except (MeltError, OSError) as exc:
+                ok, error = False, str(exc).splitlines()[0][:300]
+            self.state.mark_delivered(row.incident_id, row.version, row.sink, ok=ok, error=error)
+
+    # ------------------------------------------------------------------ the detector's state
+    def _save(self, end: pd.Timestamp) -> None:
+        self.snapshots.mkdir(parents=True, exist_ok=True)
+        path = self.snapshots / f"{end.value}.pkl"
+        temporary = path.with_suffix(".tmp")
+        with temporary.open("wb") as handle:
+            pickle.dump(self.detector.snapshot(), handle, protocol=pickle.HIGHEST_PROTOCOL)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+        for old in sorted(self.snapshots.glob("*.pkl"), key=lambda p: int(p.stem))[:-KEPT_SNAPSHOTS]:
+            old.unlink(missing_ok=True)
+
+    def _restore(self) -> None:
+        if self._restored:
+            return
+        self._restored = True
+        position = self.state.position()
+        if position is None:
+            return
+        path = self.snapshots / f"{position.value}.pkl"
+        if not path.is_file():
+            log(f"no saved stream state for {position.isoformat()}: incidents open before it start afresh",
+                self.quiet, stage="melt warning")
+            return
+        with path.open("rb") as handle:
+            self.detector.restore(pickle.load(handle))
+
+    # ------------------------------------------------------------------ the API's requests
+    def explain(self, incident_id: str) -> dict[str, Any]:
+        """The incident's latest report with an explanation written now (``explain`` settings;
+        an LLM that fails falls back to the template, as in ``melt detect``)."""
+        import copy
+
+        from explain.explainer import Explainer
+        from explain.facts import build_facts
+        from melt.reports.report import validate_report, with_explanation
+
+        report = self.state.incident(incident_id)
+        if report is None:
+            raise KeyError(incident_id)
+        summary = {"id": report["incident_id"], "start": report["window"]["start"], "end": report["window"]["end"],
+                   "services": report["services"], "severity": report["anomaly_details"]["severity"],
+                   "confidence": report["anomaly_details"]["confidence"], "peak_score": None}
+        facts = build_facts(summary, report["root_cause_analysis"]["ranked_causes"], report["evidence"],
+                            self.settings.explain.max_fact_tokens)
+        explanation = Explainer(self.settings.explain).explain_all([facts], quiet=True)[0]
+        return validate_report(with_explanation(copy.deepcopy(report), explanation))
+
+    def detect_bundle(self, bundle: MeltBundle) -> list[dict[str, Any]]:
+        """The batch pipeline on an uploaded bundle with the served models: its reports, not stored."""
+        from melt.incidents.ensemble import group_incidents
+        from melt.pipeline.batch import report_incidents
+        from melt.pipeline.fitting import score_all
+        from rca.graph import dependency_graph
+
+        models = {n: m for n, m in self.detector.models.items() if m.signal in bundle.signals()}
+        if not models:
+            raise MeltError(f"the upload holds none of the signals the served models read "
+                            f"({', '.join(sorted({m.signal for m in self.detector.models.values()}))})")
+        scores = score_all(models, bundle, quiet=True)
+        signal_of = {name: model.signal for name, model in models.items()}
+        graph = dependency_graph(bundle.traces, self.settings.rca.topology_file)
+        incidents = group_incidents(scores, signal_of, self.settings.ensemble, graph)
+        return report_incidents(incidents, scores, bundle, signal_of, self.settings, graph, self.detector.explainer)
+
+
+def _present(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    return frame if frame is not None and len(frame) else None

@@ -1,0 +1,347 @@
+"""Durable parquet segments of received rows: group commit, backpressure, retention, reads by event time.
+
+``melt serve`` answers an OTLP sender only once its rows are on disk, so nothing acknowledged is
+lost to a crash (OTLP/HTTP: a 200 tells the sender it may drop its copy). Writing one file per
+request would cost an fsync each; instead a writer thread collects what arrives during
+``commit_interval`` and writes one segment per signal (group commit, as databases do with their
+log), then resolves the futures of every request in it.
+
+A segment is ``<data_dir>/segments/<signal>/<seq>-<min_ns>-<max_ns>.parquet``: a sequence number
+and the event-time bounds of its rows (nanoseconds since the epoch), so a read picks its files by
+name and a restart needs no other index. Each is written under a temporary name, fsynced, renamed
+into place and its directory fsynced: a segment either exists whole or not at all.
+
+Pending (received, not yet written) data is bounded: over ``max_pending_bytes`` :meth:`submit`
+raises :class:`Backpressure`, which the receiver answers with 429 and ``Retry-After`` (OTLP/HTTP:
+"retryable", and the SDKs and the collector wait that long and send again).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from melt.core.bundle import TIME_COLUMNS, MeltBundle
+from melt.core.progress import log
+from melt.core.schema import SCHEMAS, SIGNALS, validate_frame
+from melt.importers.writer import arrow_table
+
+SEGMENT_NAME = re.compile(r"^(?P<seq>\d+)-(?P<low>\d+)-(?P<high>\d+)\.parquet$")
+TEMP_SUFFIX = ".tmp"
+RETRY_AFTER = (1.0, 30.0)
+"""Bounds of the ``Retry-After`` advice, in seconds."""
+
+
+class Backpressure(Exception):
+    """More data is pending than the store may hold; the sender should retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float, message: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment file: its sequence number and the event-time bounds (ns) of its rows."""
+
+    seq: int
+    low: int
+    high: int
+    path: Path
+
+
+@dataclass
+class _Pending:
+    frames: dict[str, pd.DataFrame]
+    future: Future[None]
+    size: int
+
+
+class SegmentStore:
+    """Received rows as parquet segments under ``data_dir/segments``; recovers existing ones on start.
+
+    Args:
+        data_dir: the directory (created if missing).
+        retention: :meth:`sweep` deletes segments whose newest row is older than the newest row
+            stored less this.
+        commit_interval: how long the writer collects requests before writing them as one segment.
+        max_pending_bytes: received data (pandas memory) not yet written above which
+            :meth:`submit` refuses more.
+    """
+
+    def __init__(self, data_dir: Path, *, retention: pd.Timedelta, commit_interval: pd.Timedelta,
+                 max_pending_bytes: int) -> None:
+        self.root = Path(data_dir) / "segments"
+        self.retention = pd.Timedelta(retention)
+        self.commit_interval = max(pd.Timedelta(commit_interval).total_seconds(), 0.0)
+        self.max_pending_bytes = int(max_pending_bytes)
+        self._segments: dict[str, list[Segment]] = {signal: [] for signal in SIGNALS}
+        self._lock = threading.Lock()  # the segment index
+        self._wake = threading.Condition()  # the queue
+        self._queue: list[_Pending] = []
+        self._queued_since = 0.0
+        self._pending = 0
+        self._rows: dict[str, int] = dict.fromkeys(SIGNALS, 0)
+        self._rate = 0.0  # bytes written per second, smoothed: the Retry-After advice
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._seq = self._recover()
+
+    # ------------------------------------------------------------------ life cycle
+    def _recover(self) -> int:
+        """Index the segments on disk (temporary files of an interrupted write are removed); the next seq."""
+        last = 0
+        for signal in SIGNALS:
+            folder = self.root / signal
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in folder.iterdir():
+                match = SEGMENT_NAME.match(path.name)
+                if path.name.endswith(TEMP_SUFFIX):
+                    path.unlink(missing_ok=True)
+                elif match:
+                    segment = Segment(int(match["seq"]), int(match["low"]), int(match["high"]), path)
+                    self._segments[signal].append(segment)
+                    last = max(last, segment.seq)
+            self._segments[signal].sort(key=lambda s: s.seq)
+        return last + 1
+
+    def start(self) -> None:
+        """Start the group-commit writer thread."""
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, name="melt-segments", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Write what is pending, resolve its futures and stop the writer; later submits are refused."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._queue:  # submitted without a writer ever started
+            self._commit(self._take())
+
+    # ------------------------------------------------------------------ writing
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes (pandas memory of the frames) received and not yet in a segment."""
+        return self._pending
+
+    @property
+    def rows_written(self) -> dict[str, int]:
+        """Rows written per signal since this store opened."""
+        return dict(self._rows)
+
+    def retry_after(self) -> float:
+        """Seconds a refused sender should wait: the pending data at the recent write rate, bounded."""
+        if self._rate <= 0:
+            return RETRY_AFTER[0]
+        return min(max(self._pending / self._rate, RETRY_AFTER[0]), RETRY_AFTER[1])
+
+    def check_capacity(self) -> None:
+        """Refuse early, before a request is decoded, when the store is already full.
+
+        Raises:
+            Backpressure: pending data is at or over ``max_pending_bytes``, or the store is closing.
+        """
+        if self._closing:
+            raise Backpressure(RETRY_AFTER[0], "the receiver is shutting down")
+        if self._pending >= self.max_pending_bytes:
+            raise Backpressure(self.retry_after(), f"{self._pending / 2**20:.0f} MiB received and not yet written "
+                                                   f"(limit {self.max_pending_bytes / 2**20:.0f} MiB)")
+
+    def submit(self, frames: dict[str, pd.DataFrame]) -> Future[None]:
+        """Queue validated frames (signal -> rows in bundle columns, :mod:`melt.core.schema`).
+
+        The future resolves once they are in a segment on disk (or fails with the write's error).
+        A batch is refused only when something is already pending, so one batch larger than the
+        limit still gets through once the queue is empty.
+
+        Raises:
+            Backpressure: pending data would go over ``max_pending_bytes``, or the store is closing.
+            ValueError: a frame of an unknown signal, or with a row that has no event time.
+        """
+        for signal, frame in frames.items():
+            column = TIME_COLUMNS.get(signal)
+            if column is None:
+                raise ValueError(f"unknown signal {signal!r} (known: {', '.join(SIGNALS)})")
+            if len(frame) and (column not in frame.columns or frame[column].isna().any()):
+                raise ValueError(f"{signal}: every row needs its event time in '{column}'")
+        frames = {signal: frame for signal, frame in frames.items() if len(frame)}
+        size = sum(int(frame.memory_usage(index=False, deep=True).sum()) for frame in frames.values())
+        future: Future[None] = Future()
+        with self._wake:
+            if self._closing:
+                raise Backpressure(RETRY_AFTER[0], "the receiver is shutting down")
+            if self._pending and self._pending + size > self.max_pending_bytes:
+                raise Backpressure(self.retry_after(), f"{self._pending / 2**20:.0f} MiB received and not yet "
+                                                       f"written (limit {self.max_pending_bytes / 2**20:.0f} MiB)")
+            if not frames:
+                future.set_result(None)
+                return future
+            if not self._queue:
+                self._queued_since = time.monotonic()
+            self._queue.append(_Pending(frames, future, size))
+            self._pending += size
+            self._wake.notify_all()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                deadline = self._queued_since + self.commit_interval
+                while not self._closing and self._pending < self.max_pending_bytes // 2:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
+                batch = self._take()
+            self._commit(batch)
+
+    def _take(self) -> list[_Pending]:
+        batch, self._queue = self._queue, []
+        return batch
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """Write ``batch`` as one segment per signal, then resolve its futures (or fail them all)."""
+        began = time.perf_counter()
+        size = sum(item.size for item in batch)
+        try:
+            for signal in SIGNALS:
+                frames = [item.frames[signal] for item in batch if signal in item.frames]
+                if frames:
+                    self._write(signal, pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
+        except Exception as exc:  # a full disk, a permission, an unstorable value: every request in it fails
+            log(f"could not write a segment: {type(exc).__name__}: {exc}", stage="melt serve")
+            with self._wake:
+                self._pending -= size
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        seconds = max(time.perf_counter() - began, 1e-3)
+        with self._wake:
+            self._pending -= size
+            self._rate = size / seconds if self._rate == 0 else 0.8 * self._rate + 0.2 * size / seconds
+        for item in batch:
+            item.future.set_result(None)
+
+    def _write(self, signal: str, frame: pd.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        times = frame[TIME_COLUMNS[signal]]
+        low, high = int(times.min().value), int(times.max().value)
+        seq, self._seq = self._seq, self._seq + 1
+        folder = self.root / signal
+        final = folder / f"{seq:012d}-{low}-{high}.parquet"
+        temp = folder / f".{seq:012d}{TEMP_SUFFIX}"
+        pq.write_table(arrow_table(frame, signal), temp, compression="zstd")
+        _fsync(temp)
+        os.replace(temp, final)
+        _fsync(folder)
+        with self._lock:
+            self._segments[signal].append(Segment(seq, low, high, final))
+        self._rows[signal] += len(frame)
+
+    # ------------------------------------------------------------------ reading
+    def segments(self, signal: str) -> list[Segment]:
+        """The segments of ``signal`` on disk, oldest first."""
+        with self._lock:
+            return list(self._segments[signal])
+
+    def read(self, signal: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        """Rows of ``signal`` whose event time lies in ``[start, end)``, validated, in time order.
+
+        Spans stored twice (a sender that retried after a timeout) are kept once.
+        """
+        import pyarrow.parquet as pq
+
+        column = TIME_COLUMNS[signal]
+        low, high = _ns(start), _ns(end)
+        parts = []
+        for segment in self.segments(signal):
+            if segment.high < low or segment.low >= high:
+                continue
+            inside = low <= segment.low and segment.high < high
+            filters = None if inside else [(column, ">=", pd.Timestamp(low, tz="UTC")),
+                                           (column, "<", pd.Timestamp(high, tz="UTC"))]
+            try:
+                parts.append(pq.read_table(segment.path, filters=filters).to_pandas())
+            except FileNotFoundError:  # swept while being read
+                continue
+        parts = [part for part in parts if len(part)]
+        if not parts:
+            return _empty(signal)
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        if signal == "traces":
+            frame = frame.drop_duplicates(["trace_id", "span_id"], ignore_index=True)
+        frame = frame.sort_values(column, kind="stable", ignore_index=True)
+        return validate_frame(signal, frame, allow_empty=True)
+
+    def bundle(self, start: pd.Timestamp, end: pd.Timestamp) -> MeltBundle:
+        """Every signal ever received, rows in ``[start, end)``; a signal never received is absent."""
+        frames = {signal: self.read(signal, start, end) for signal in SIGNALS if self.segments(signal)}
+        return MeltBundle(**frames, validate=False)
+
+    def max_time(self) -> pd.Timestamp | None:
+        """The newest event time stored (any signal); ``None`` when nothing is."""
+        with self._lock:
+            highs = [s.high for segments in self._segments.values() for s in segments]
+        return pd.Timestamp(max(highs), tz="UTC") if highs else None
+
+    def min_time(self) -> pd.Timestamp | None:
+        """The oldest event time stored (any signal); ``None`` when nothing is."""
+        with self._lock:
+            lows = [s.low for segments in self._segments.values() for s in segments]
+        return pd.Timestamp(min(lows), tz="UTC") if lows else None
+
+    def sweep(self) -> int:
+        """Delete the segments whose newest row is older than ``max_time() - retention``; how many."""
+        newest = self.max_time()
+        if newest is None:
+            return 0
+        cutoff = _ns(newest - self.retention)
+        with self._lock:
+            old = {signal: [s for s in segments if s.high < cutoff] for signal, segments in self._segments.items()}
+            for signal, segments in self._segments.items():
+                self._segments[signal] = [s for s in segments if s.high >= cutoff]
+        for segment in (s for segments in old.values() for s in segments):
+            segment.path.unlink(missing_ok=True)
+        return sum(len(segments) for segments in old.values())
+
+
+def _ns(stamp: pd.Timestamp) -> int:
+    stamp = pd.Timestamp(stamp)
+    return int((stamp if stamp.tzinfo else stamp.tz_localize("UTC")).value)
+
+
+def _empty(signal: str) -> pd.DataFrame:
+    """An empty frame of ``signal`` with its required columns in their dtypes."""
+    columns = SCHEMAS[signal].required
+    kinds = {"time": "datetime64[ns, UTC]", "str": "string", "float": "float64", "int": "Int64"}
+    return validate_frame(signal, pd.DataFrame({c: pd.Series(dtype=kinds[k]) for c, k in columns.items()}),
+                          allow_empty=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a directory) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Backpressure", "Segment", "SegmentStore"]

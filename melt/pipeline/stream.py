@@ -8,16 +8,19 @@ batch run finds on the same data, and incidents are grouped from them by the ver
 uses (:func:`~melt.incidents.ensemble.incidents_from_alerts`). That is what makes the same data
 give the same incidents in batch and in stream.
 
-An incident is *resolved* once ``ensemble.merge_gap`` has passed after its last alert: no later
-alert can join it. Alert cells before a quiet stretch longer than ``merge_gap`` can no longer
+An incident is *resolved* once ``ensemble.merge_gap`` and one window have passed after its last
+alert: no later alert can join it. An open incident that a later grouping merges into another
+(an edge seen since links their services) is resolved with its last report. Alert cells before a quiet stretch longer than ``merge_gap`` can no longer
 change any group, so they are dropped, and the number of incidents they formed numbers the next
 ones, as a batch run would. Score rows are kept back to ``rca.lookback`` before the oldest cell
 still held, which is what a report needs.
 
 An incident keeps its id across steps: a new grouping that shares an alert cell with a published
-incident is that incident. (A batch run numbers incidents in start order over the whole day, so
-in the rare case where an earlier-starting group reaches ``ensemble.min_alerts`` only after a
-later one was published, the two runs number those two differently.)
+incident is that incident. Batch and stream agree when the dependency graph's edges have shown up
+before the incidents they link resolve, and traces are shorter than ``serve.lateness``. A batch
+run groups with the whole day's graph and numbers incidents in start order over the whole day:
+where an earlier-starting group reaches ``ensemble.min_alerts`` only after a later one was
+published, or an edge first seen later joins two groups, the two runs differ.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class IncidentUpdate:
     incident_id: str
     status: str  # "open" or "resolved"
     report: dict[str, Any]
-    incident: Incident = field(repr=False)
+    incident: Incident | None = field(repr=False)  # None: merged into another incident, closed with its last report
 
 
 @dataclass
@@ -70,6 +73,7 @@ class StepResult:
 class _Published:
     cells: set[tuple[str, int]]
     signature: tuple[Any, ...]
+    report: dict[str, Any] | None = None
 
 
 class StreamDetector:
@@ -133,7 +137,9 @@ class StreamDetector:
             incident.id = self._identity(incident, cells, taken)
             taken.add(incident.id)
             last_window = incident.end - ensemble.window
-            status = "resolved" if now - last_window > ensemble.merge_gap else "open"
+            # past merge_gap no alert can join it; one window more, and a cell at the gap's far end
+            # that was a blip while its next window was unknown cannot turn out to belong to it
+            status = "resolved" if now - last_window > ensemble.merge_gap + ensemble.window else "open"
             # a new version when the incident opens, gains or loses a service, changes severity, or resolves
             signature = (incident.start, tuple(sorted(incident.services)), incident.severity, status)
             known = self.published.get(incident.id)
@@ -146,7 +152,15 @@ class StreamDetector:
         for number, incident, status in changed:  # one report each: its position seeds the random baseline
             report = report_incidents([incident], self.scores, None, self.signal_of, self.settings, self.graph,
                                       self.explainer, first_number=number, serving=self._served)[0]
+            self.published[incident.id].report = report
             updates.append(IncidentUpdate(incident.id, status, report, incident))
+        for incident_id, known in self.published.items():
+            if incident_id in taken or known.signature[-1] != "open" or known.report is None:
+                continue
+            # an open incident no grouping returns any more: an edge seen since joined it to another
+            # one (which keeps the alerts); it is closed with its last report, never left open
+            known.signature = (*known.signature[:-1], "resolved")
+            updates.append(IncidentUpdate(incident_id, "resolved", known.report, None))
         return updates
 
     def _identity(self, incident: Incident, cells: set[tuple[str, int]], taken: set[str]) -> str:
@@ -201,9 +215,10 @@ class StreamDetector:
     def snapshot(self) -> dict[str, Any]:
         """The stream's state, to restore after a restart (:meth:`restore`): frames and plain values."""
         return {"alerts": self.alerts, "scores": self.scores, "closed": self.closed,
-                "edges": [list(e) for e in self.graph.edges()], "nodes": list(self.graph.nodes()),
+                "edges": [[a, b, data] for a, b, data in self.graph.edges(data=True)],
+                "nodes": list(self.graph.nodes()),
                 "serving": {w.isoformat(): sorted(s) for w, s in self.serving.items()},
-                "published": {i: {"cells": sorted([s, int(w)] for s, w in p.cells),
+                "published": {i: {"cells": sorted([s, int(w)] for s, w in p.cells), "report": p.report,
                                   "signature": [_plain(v) for v in p.signature]} for i, p in self.published.items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -213,14 +228,15 @@ class StreamDetector:
         self.closed = int(state["closed"])
         graph = nx.DiGraph()
         graph.add_nodes_from(state["nodes"])
-        graph.add_edges_from(tuple(e) for e in state["edges"])
+        graph.add_edges_from((a, b, data) for a, b, data in state["edges"])
         self.graph = canonical(graph)
         self.serving = {pd.Timestamp(w): set(s) for w, s in state["serving"].items()}
         self.published = {}
         for incident_id, p in state["published"].items():
             start, services, severity, status = p["signature"]
             self.published[incident_id] = _Published(
-                {(s, int(w)) for s, w in p["cells"]}, (pd.Timestamp(start), tuple(services), severity, status))
+                {(s, int(w)) for s, w in p["cells"]}, (pd.Timestamp(start), tuple(services), severity, status),
+                p.get("report"))
 
 
 def _cells(incident: Incident) -> set[tuple[str, int]]:

@@ -340,12 +340,13 @@ def _api_routes(app: FastAPI, parts: _Parts) -> None:
     @app.get("/readyz", tags=["operations"],
              summary="Ready to ingest and detect: models loaded, store writable, runner alive (503 otherwise)")
     def readyz() -> JSONResponse:
+        error = getattr(parts.runner, "error", None)
         checks = {"models": bool(parts.models), "store": _writable(parts.settings.serve.data_dir) and state.writable(),
-                  "runner": bool(parts.runner.alive)}
+                  "runner": bool(parts.runner.alive) and error is None}
         failing = [name for name, ok in checks.items() if not ok]
         if failing:
             why = {"models": "no models loaded", "store": f"{parts.settings.serve.data_dir} is not writable",
-                   "runner": "the runner is not running"}
+                   "runner": f"the last step failed: {error}" if error else "the runner is not running"}
             return JSONResponse({"error": "not ready: " + "; ".join(why[n] for n in failing), "checks": checks},
                                 status_code=503)
         return JSONResponse({"status": "ready", "checks": checks})

@@ -40,6 +40,8 @@ MAX_BODY_BYTES = 64 * 2**20
 """Largest body taken, before and after gzip (the collector's own OTLP/HTTP receiver has no lower default)."""
 MAX_BATCH = 64
 """Requests decoded together at most."""
+MAX_WAITING_BYTES = 256 * 2**20
+"""Bodies received but not yet decoded, at most; above it senders are told to retry later (429)."""
 
 
 @dataclass
@@ -57,6 +59,7 @@ class _Pipeline:
         self.store = store
         self.decoder = OtlpDecoder()
         self.waiting: list[_Waiting] = []
+        self.waiting_bytes = 0
         self.running = False
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -68,8 +71,11 @@ class _Pipeline:
             Backpressure: the store is full.
             Exception: the segment could not be written.
         """
+        if self.waiting_bytes + len(body) > MAX_WAITING_BYTES and self.waiting:
+            raise Backpressure(1.0, f"{len(self.waiting)} requests ({self.waiting_bytes / 2**20:.0f} MiB) wait to be decoded")
         answer: asyncio.Future[Decoded] = asyncio.get_running_loop().create_future()
         self.waiting.append(_Waiting(signal, body, content_type, answer))
+        self.waiting_bytes += len(body)
         if not self.running:
             self.running = True
             self._spawn(self._drain())
@@ -84,6 +90,7 @@ class _Pipeline:
         try:
             while self.waiting:
                 batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
+                self.waiting_bytes -= sum(len(item.body) for item in batch)
                 try:
                     decoded, written = await run_in_threadpool(self._decode_and_submit, batch)
                 except Exception as exc:  # Backpressure, or a bug: every request of the batch gets it
@@ -138,7 +145,7 @@ def ingest_router(store: SegmentStore, metrics: object | None = None, *,
             try:
                 kind = media_type(request.headers.get("content-type"))
                 body = await _body(request, max_body_bytes)
-                body = inflate(body, request.headers.get("content-encoding"), max_body_bytes)
+                body = await run_in_threadpool(inflate, body, request.headers.get("content-encoding"), max_body_bytes)
                 store.check_capacity()
                 decoded = await pipeline.take(signal, body, kind)
             except BodyError as exc:

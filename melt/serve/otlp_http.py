@@ -34,8 +34,12 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from melt.core.bundle import TIME_COLUMNS
+from melt.core.timeutil import format_duration
 from melt.importers.otlp import ITEM_ERRORS, flatten_request, json_kind, reason_of
 from melt.importers.writer import checked_rows, records_frame
+
+MAX_AHEAD = pd.Timedelta("1h")  # how far ahead of the server clock an event time may be
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -209,6 +213,7 @@ def _check(signal: str, records: list[dict[str, Any]], results: list[Decoded | B
     """Check ``records`` (``_line``: the index of their request) as an import would; count each
     request's good and bad rows in its result; return the good rows."""
     frame, lines, problems = records_frame(signal, records, time_unit="ns")
+    problems = _ahead_of_clock(signal, frame, problems)
     good, problems, _ = checked_rows(signal, frame, problems)
     bad = problems.notna().to_numpy()
     totals = lines.value_counts()
@@ -227,6 +232,21 @@ def _check(signal: str, records: list[dict[str, Any]], results: list[Decoded | B
         if len(errors) < 4:
             errors.append(f"bad {signal} row ({reason})")
     return good
+
+
+def _ahead_of_clock(signal: str, frame: pd.DataFrame, problems: pd.Series | None) -> pd.Series | None:
+    """Rows dated more than :data:`MAX_AHEAD` after this server's clock are bad: one sender with a
+    wrong clock would otherwise move the stream's watermark years ahead, and every real row after
+    it would be late (and swept as older than the retention)."""
+    column = TIME_COLUMNS[signal]
+    if column not in frame.columns or not len(frame):
+        return problems
+    ahead = (frame[column] > pd.Timestamp.now(tz="UTC") + MAX_AHEAD).fillna(False).to_numpy()
+    if not ahead.any():
+        return problems
+    reason = f"column '{column}' is more than {format_duration(MAX_AHEAD)} ahead of the server's clock"
+    base = problems if problems is not None else pd.Series(pd.NA, index=frame.index, dtype="string")
+    return base.mask(base.isna() & ahead, reason)
 
 
 def json_request(endpoint: Endpoint, body: bytes) -> dict[str, Any]:

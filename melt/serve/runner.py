@@ -27,9 +27,10 @@ from typing import Any
 import pandas as pd
 
 from melt.core.bundle import MeltBundle
-from melt.core.errors import MeltError
+from melt.core.errors import ConfigError, DeliveryError, MeltError
 from melt.core.progress import log
 from melt.core.settings import Settings
+from melt.core.timeutil import format_duration
 from melt.delivery.sinks import Sink
 from melt.pipeline.stream import StreamDetector
 from melt.serve.state import StateDB
@@ -64,6 +65,14 @@ class Runner:
         self._newest: pd.Timestamp | None = None
         self._newest_seen_at = time.monotonic()
         self._restored = False
+        self._deliverer: threading.Thread | None = None
+        self._delivery_lock = threading.Lock()
+        self._retry_at: dict[tuple[str, int, str], float] = {}  # a failed delivery waits before its next try
+        window = self.settings.ensemble.window
+        step = self.settings.serve.step
+        if step < window or step % window != pd.Timedelta(0):
+            raise ConfigError(f"serve.step ({format_duration(step)}) must be a whole number of ensemble.window "
+                              f"({format_duration(window)})")
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -78,18 +87,21 @@ class Runner:
         self._restore()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="melt-serve-steps", daemon=True)
+        self._deliverer = threading.Thread(target=self._deliver_loop, name="melt-serve-deliveries", daemon=True)
         self._thread.start()
+        self._deliverer.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._thread = None
+        for thread in (self._thread, self._deliverer):
+            if thread is not None:
+                thread.join()
+        self._thread = self._deliverer = None
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll):
             try:
-                self.tick(self.idle_after)
+                self.tick(self.idle_after, deliver=False)
                 self.error = None
             except Exception as exc:  # the loop must outlive one bad step; /readyz shows the error
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -97,15 +109,26 @@ class Runner:
                     log(f"step failed, retrying: {reason}", self.quiet, stage="melt warning")
                 self.error = reason
 
+    def _deliver_loop(self) -> None:
+        """Deliveries in their own thread: a slow or dead webhook never holds up scoring."""
+        while not self._stop.wait(self.poll):
+            try:
+                self.deliver()
+            except Exception as exc:  # a database hiccup: try again on the next round
+                log(f"delivery round failed: {type(exc).__name__}: {exc}".splitlines()[0][:300], self.quiet,
+                    stage="melt warning")
+
     # ------------------------------------------------------------------ steps
-    def tick(self, idle_after: float | None = None) -> int:
-        """Score every step that is closed now and deliver; the number of steps scored."""
+    def tick(self, idle_after: float | None = None, deliver: bool = True) -> int:
+        """Score every step that is closed now (and deliver, unless the delivery thread does); the
+        number of steps scored."""
         with self._lock:
             self._restore()
             serve = self.settings.serve
             newest = self.store.max_time()
             if newest is None:
-                self._deliver()
+                if deliver:
+                    self.deliver()
                 return 0
             if self._newest is None or newest > self._newest:
                 self._newest, self._newest_seen_at = newest, time.monotonic()
@@ -115,26 +138,55 @@ class Runner:
                 first = self.store.min_time()
                 position = first.floor(serve.step)
             watermark = newest - serve.lateness
-            if idle:  # the feed stopped: close what it sent, and resolve what is open
-                watermark = newest.floor(serve.step) + serve.step + self.settings.ensemble.merge_gap + serve.step
+            if idle:  # the feed paused: close the step that holds its newest data, no further
+                watermark = newest.floor(serve.step) + serve.step
             steps = 0
             while position + serve.step <= watermark and not self._stop.is_set():
+                position = self._skip_quiet(position, newest)
+                if position + serve.step > watermark:
+                    break
                 self._step(position, position + serve.step, newest)
                 position += serve.step
                 steps += 1
-            self._deliver()
+            if deliver:
+                self.deliver()
             if steps:
                 self.store.sweep()
             return steps
 
+    def _skip_quiet(self, position: pd.Timestamp, newest: pd.Timestamp) -> pd.Timestamp:
+        """Where the next step starts: ``position``, or past a stretch with no data at all when
+        nothing is open (a sender that was down for a day costs no empty steps)."""
+        ensemble, step = self.settings.ensemble, self.settings.serve.step
+        if self.detector.open_incidents():
+            return position
+        recent = self.detector.alerts["window"].max() if len(self.detector.alerts) else None
+        if recent is not None and position - recent <= ensemble.merge_gap + 2 * ensemble.window:
+            return position  # alerts that could still form an incident need their quiet steps
+        following = self.store.next_time(position)
+        if following is None:
+            return position
+        resume = following.floor(step)
+        if resume - position < 2 * step:
+            return position
+        self._save(resume)
+        self.state.commit_step(resume, [])
+        log(f"no data from {position.isoformat()} to {resume.isoformat()}: skipped", self.quiet)
+        return resume
+
     def _step(self, start: pd.Timestamp, end: pd.Timestamp, newest: pd.Timestamp) -> None:
         bundle = self._bundle(start, end)
-        result = self.detector.step(bundle, start, end)
-        details = self._details(result.updates)
-        versions = [{"report": u.report, "status": u.status, "detail": details.get(u.incident_id)}
-                    for u in result.updates]
-        self._save(end)
-        self.state.commit_step(end, versions)
+        before = self.detector.snapshot()
+        try:
+            result = self.detector.step(bundle, start, end)
+            details = self._details(result.updates)
+            versions = [{"report": u.report, "status": u.status, "detail": details.get(u.incident_id)}
+                        for u in result.updates]
+            self._save(end)
+            self.state.commit_step(end, versions)
+        except BaseException:
+            self.detector.restore(before)  # the step is tried again from the same state, never counted twice
+            raise
         if self.metrics is not None:
             for name, seconds in result.seconds.items():
                 if name != "step":
@@ -142,10 +194,11 @@ class Runner:
             self.metrics.step_done(end, newest)
             self.metrics.incidents_open(self.state.open_count())
         for update in result.updates:
-            log(f"{update.incident_id} {update.status}: {', '.join(update.incident.services[:3])}", self.quiet)
+            log(f"{update.incident_id} {update.status}: {', '.join(update.report['services'][:3])}", self.quiet)
 
     def _details(self, updates: list[Any]) -> dict[str, dict[str, Any]]:
         """The incident page's detail of each changed incident, from the data of its window."""
+        updates = [u for u in updates if u.incident is not None]
         if not updates:
             return {}
         from melt.reports.detail import incident_details
@@ -173,18 +226,25 @@ class Runner:
         return MeltBundle(**present, validate=False).slice_time(start - serve.context, end)
 
     # ------------------------------------------------------------------ delivery
-    def _deliver(self) -> None:
+    def deliver(self) -> int:
+        """Make every pending delivery that is due; the number made. A failed one waits (doubling
+        from ``poll`` up to 5 minutes) before it is tried again; its key stays the same."""
+        with self._delivery_lock:
+            return self._deliver()
+
+    def _deliver(self) -> int:
         pending = self.state.pending_deliveries()
         if not pending:
-            return
+            return 0
         by_name = {sink.name: sink for sink in self.sinks}
         whole: dict[str, bool] = {}
+        done = 0
+        now = time.monotonic()
         for row in pending:
             sink = by_name.get(row.sink)
-            if sink is None:  # a sink removed from the config since: nothing will deliver it
-                self.state.mark_delivered(row.incident_id, row.version, row.sink, ok=False,
-                                          error=f"sink '{row.sink}' is not configured")
-                continue
+            key = (row.incident_id, row.version, row.sink)
+            if sink is None or self._retry_at.get(key, 0.0) > now:
+                continue  # a sink no longer configured keeps its rows for when it is again
             try:
                 if row.sink == "webhook":
                     attempt = sink.webhook.send(row.report, key=row.idempotency_key)  # type: ignore[attr-defined]
@@ -195,15 +255,26 @@ class Runner:
                         if row.sink == "html":
                             sink.details = {r["incident_id"]: d for r in reports  # type: ignore[attr-defined]
                                             if (d := self.state.detail(r["incident_id"])) is not None}
-                        sink.deliver(reports)
-                        whole[row.sink] = True
+                        outcome = sink.deliver(reports)
+                        whole[row.sink] = outcome.error is None
+                        if outcome.error is not None:
+                            raise DeliveryError(outcome.error)
+                    elif not whole[row.sink]:
+                        raise DeliveryError(f"{row.sink}: the index could not be written")
                     ok, error = True, None
                 else:
                     sink.deliver([row.report])
                     ok, error = True, None
-            except (MeltError, OSError) as exc:
-                ok, error = False, str(exc).splitlines()[0][:300]
+            except Exception as exc:  # whatever a sink raises, the row stays pending with the reason
+                ok, error = False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             self.state.mark_delivered(row.incident_id, row.version, row.sink, ok=ok, error=error)
+            if ok:
+                done += 1
+                self._retry_at.pop(key, None)
+            else:
+                wait = min(self.poll * 2 ** min(row.attempts + 1, 16), 300.0)
+                self._retry_at[key] = time.monotonic() + wait
+        return done
 
     # ------------------------------------------------------------------ the detector's state
     def _save(self, end: pd.Timestamp) -> None:
@@ -215,6 +286,11 @@ class Runner:
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(path)
+        directory = os.open(self.snapshots, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename is durable before the step's commit names this file
+        finally:
+            os.close(directory)
         for old in sorted(self.snapshots.glob("*.pkl"), key=lambda p: int(p.stem))[:-KEPT_SNAPSHOTS]:
             old.unlink(missing_ok=True)
 

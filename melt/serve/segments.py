@@ -307,6 +307,14 @@ class SegmentStore:
             lows = [s.low for segments in self._segments.values() for s in segments]
         return pd.Timestamp(min(lows), tz="UTC") if lows else None
 
+    def next_time(self, at: pd.Timestamp) -> pd.Timestamp | None:
+        """About the first event time at or after ``at`` (from the segments' bounds: a segment that
+        spans ``at`` counts from ``at``); ``None`` when nothing is stored from then on."""
+        floor = _ns(at)
+        with self._lock:
+            starts = [max(s.low, floor) for segments in self._segments.values() for s in segments if s.high >= floor]
+        return pd.Timestamp(min(starts), tz="UTC") if starts else None
+
     def sweep(self) -> int:
         """Delete the segments whose newest row is older than ``max_time() - retention``; how many."""
         newest = self.max_time()

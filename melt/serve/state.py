@@ -178,7 +178,12 @@ class StateDB:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except BaseException:  # a COMMIT that fails (disk full, I/O error) must not leave the transaction open
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _migrate(self) -> None:
         with self._write() as conn:

@@ -2,9 +2,10 @@
 
 The server runs as `melt serve` (a child process, the real CLI) with models fitted on a generated
 bundle. The sender replays that bundle's spans and logs as OTLP/HTTP protobuf requests (512 items
-each, as the SDKs' batch processors send them), over and over, each pass shifted to the wall clock
-and with fresh trace and span ids, paced to ``--spans`` and ``--logs`` per second. It honours 429
-with ``Retry-After``. Every 5 s it reads the server's ``/metrics`` (received rows, step lag, queue
+each, as the SDKs' batch processors send them), over and over, with fresh trace ids each pass.
+The bundle's event time is compressed so that its spans arrive at ``--spans`` per second with
+event times that follow the wall clock (durations kept), and ``--threads`` senders per signal
+post concurrently, as a collector's sending queue does. It honours 429 with ``Retry-After``. Every 5 s it reads the server's ``/metrics`` (received rows, step lag, queue
 depth) and the server process's RSS and CPU time from ``/proc``.
 
 Reported: the rates sent and acknowledged, rows the server counted against rows acknowledged
@@ -14,7 +15,7 @@ CPU share. The baseline in the same run is the sender alone against a server tha
 (``--baseline``: a bare HTTP server that reads each body and answers 200), which bounds what the
 sender and the machine can push.
 
-    .venv/bin/python benchmarks/serve_load.py --spans 20000 --logs 20000 --minutes 10
+    .venv/bin/python benchmarks/serve_load.py --spans 20000 --minutes 10
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = "zscore,span_latency,call_edges,log_templates"
 
 
-def template(services: int, minutes: int, rpm: float, seed: int) -> tuple[list, list, object]:
+def template(services: int, minutes: int, rpm: float, seed: int, logs_per_minute: float) -> tuple[list, list, object]:
     """A generated bundle's spans and logs as parsed OTLP messages (one per 512 items), and the bundle."""
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -52,6 +53,7 @@ def template(services: int, minutes: int, rpm: float, seed: int) -> tuple[list, 
     from synth.generate import generate
 
     bundle = generate(SynthSettings.of(services=services, duration=f"{minutes}m", requests_per_minute=rpm, seed=seed,
+                                       background_logs_per_minute=logs_per_minute,
                                        faults=1, fault_types=["latency"], fault_duration="3m", warmup_fraction=0.5))
     spans, logs = [], []
     for request in otlp_requests(bundle):
@@ -62,8 +64,9 @@ def template(services: int, minutes: int, rpm: float, seed: int) -> tuple[list, 
     return spans, logs, bundle
 
 
-def shifted(message: object, kind: str, offset: int, salt: bytes) -> tuple[bytes, int]:
-    """The message with every time moved by ``offset`` ns and ids made new; its body and item count."""
+def shifted(message: object, kind: str, base: int, first: int, factor: float, salt: bytes) -> tuple[bytes, int]:
+    """The message with each time t moved to ``base + (t - first) * factor`` (a span's duration
+    kept) and trace ids made new; its body and item count."""
     copy = type(message)()
     copy.CopyFrom(message)
     items = 0
@@ -71,16 +74,17 @@ def shifted(message: object, kind: str, offset: int, salt: bytes) -> tuple[bytes
         for block in copy.resource_spans:
             for scope in block.scope_spans:
                 for span in scope.spans:
-                    span.start_time_unix_nano += offset
-                    span.end_time_unix_nano += offset
+                    duration = span.end_time_unix_nano - span.start_time_unix_nano
+                    span.start_time_unix_nano = base + int((span.start_time_unix_nano - first) * factor)
+                    span.end_time_unix_nano = span.start_time_unix_nano + duration
                     span.trace_id = salt + span.trace_id[len(salt):]
                     items += 1
     else:
         for block in copy.resource_logs:
             for scope in block.scope_logs:
                 for record in scope.log_records:
-                    record.time_unix_nano += offset
-                    record.observed_time_unix_nano += offset
+                    record.time_unix_nano = base + int((record.time_unix_nano - first) * factor)
+                    record.observed_time_unix_nano = record.time_unix_nano
                     if record.trace_id:
                         record.trace_id = salt + record.trace_id[len(salt):]
                     items += 1
@@ -88,47 +92,69 @@ def shifted(message: object, kind: str, offset: int, salt: bytes) -> tuple[bytes
 
 
 class Sender:
-    """Paced OTLP/HTTP sender: ``rate`` items per second of one signal, from pre-parsed messages."""
+    """Paced OTLP/HTTP sender of one signal: ``threads`` posters share one paced stream of requests
+    made from pre-parsed messages, their event times compressed by ``factor`` onto the wall clock."""
 
-    def __init__(self, url: str, kind: str, messages: list, rate: float, span_ns: int, first_ns: int) -> None:
+    def __init__(self, url: str, kind: str, messages: list, rate: float, first_ns: int, span_ns: int,
+                 factor: float, threads: int) -> None:
         self.url, self.kind, self.messages, self.rate = url, kind, messages, rate
-        self.span_ns, self.first_ns = span_ns, first_ns
+        self.first_ns, self.span_ns, self.factor, self.threads = first_ns, span_ns, factor, threads
         self.acked = self.throttled = self.failed = 0
         self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._next = 0  # index of the next message over all passes
+        self._items = 0  # items handed out so far, for the pacing
+        self._began = time.monotonic()
+        self._base = time.time_ns()
+
+    def _take(self) -> tuple[bytes, int] | None:
+        with self._lock:
+            index, self._next = self._next, self._next + 1
+            loop, position = divmod(index, len(self.messages))
+            due = self._items / self.rate - (time.monotonic() - self._began)
+            message = self.messages[position]
+            base = self._base + int(loop * self.span_ns * self.factor)
+            body, items = shifted(message, self.kind, base, self.first_ns, self.factor,
+                                  random.Random(loop).randbytes(4))
+            self._items += items
+        if due > 0:
+            time.sleep(due)
+        return None if self.stop.is_set() else (body, items)
 
     def run(self) -> None:
+        posters = [threading.Thread(target=self._post, daemon=True) for _ in range(self.threads)]
+        for poster in posters:
+            poster.start()
+        for poster in posters:
+            poster.join()
+
+    def _post(self) -> None:
         path = "/v1/traces" if self.kind == "traces" else "/v1/logs"
-        began = time.monotonic()
-        sent = 0
-        loop = 0
         while not self.stop.is_set():
-            offset = time.time_ns() - self.first_ns  # this pass's event times start now
-            salt = random.Random(loop).randbytes(4)
-            for message in self.messages:
-                if self.stop.is_set():
-                    return
-                body, items = shifted(message, self.kind, offset, salt)
-                ahead = sent / self.rate - (time.monotonic() - began)
-                if ahead > 0:
-                    time.sleep(ahead)
-                while not self.stop.is_set():
-                    try:
-                        request = urllib.request.Request(self.url + path, data=body, method="POST",
-                                                         headers={"Content-Type": "application/x-protobuf"})
-                        with urllib.request.urlopen(request, timeout=60):
+            taken = self._take()
+            if taken is None:
+                return
+            body, items = taken
+            while not self.stop.is_set():
+                try:
+                    request = urllib.request.Request(self.url + path, data=body, method="POST",
+                                                     headers={"Content-Type": "application/x-protobuf"})
+                    with urllib.request.urlopen(request, timeout=60):
+                        with self._lock:
                             self.acked += items
-                        break
-                    except urllib.error.HTTPError as exc:
-                        if exc.code not in (429, 503):
+                    break
+                except urllib.error.HTTPError as exc:
+                    if exc.code not in (429, 503):
+                        with self._lock:
                             self.failed += items
-                            break
-                        self.throttled += 1
-                        time.sleep(min(float(exc.headers.get("Retry-After") or 1), 5.0))
-                    except (urllib.error.URLError, OSError):
-                        self.failed += items
                         break
-                sent += items
-            loop += 1
+                    with self._lock:
+                        self.throttled += 1
+                    time.sleep(min(float(exc.headers.get("Retry-After") or 1), 5.0))
+                except (urllib.error.URLError, OSError):
+                    with self._lock:
+                        self.failed += items
+                    break
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -138,8 +164,8 @@ def scrape(url: str) -> dict[str, float]:
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if not sample.labels:
-                values[sample.name] = sample.value
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return values
 
 
@@ -174,8 +200,10 @@ def run(args: argparse.Namespace) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     began = time.perf_counter()
-    spans, logs, bundle = template(args.services, args.template_minutes, args.rpm, args.seed)
+    spans, logs, bundle = template(args.services, args.template_minutes, args.rpm, args.seed, args.logs_per_minute)
     first = int(min(bundle.traces["start_time"].min(), bundle.logs["timestamp"].min()).value)
+    span_ns = args.template_minutes * 60 * 10**9
+    factor = (len(bundle.traces) / (args.template_minutes * 60)) / args.spans  # event seconds per wall second
     per_minute = {"spans": len(bundle.traces) / args.template_minutes, "logs": len(bundle.logs) / args.template_minutes}
     print(f"template: {len(bundle.traces):,} spans, {len(bundle.logs):,} log lines over {args.template_minutes} min "
           f"({per_minute['spans'] / 60:,.0f} spans/s, {per_minute['logs'] / 60:,.0f} logs/s at its own pace) "
@@ -202,7 +230,11 @@ def run(args: argparse.Namespace) -> dict:
                 break
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
-    senders = [Sender(url, "traces", spans, args.spans, 0, first), Sender(url, "logs", logs, args.logs, 0, first)]
+    log_rate = len(bundle.logs) / (args.template_minutes * 60) / factor  # logs keep their pace beside the spans
+    print(f"event time runs at {factor:.4f}x the template's; logs at {log_rate:,.0f}/s beside {args.spans:,.0f} spans/s",
+          flush=True)
+    senders = [Sender(url, "traces", spans, args.spans, first, span_ns, factor, args.threads),
+               Sender(url, "logs", logs, log_rate, first, span_ns, factor, args.threads)]
     threads = [threading.Thread(target=s.run, daemon=True) for s in senders]
     start = time.monotonic()
     for thread in threads:
@@ -259,7 +291,11 @@ def run(args: argparse.Namespace) -> dict:
                       rss_peak_mib=max(s["rss_mib"] for s in samples),
                       rss_minute_2_mib=float(per_minute_rss.get(1, float("nan"))),
                       rss_last_minute_mib=float(per_minute_rss.iloc[-1]),
-                      server_cpu_share=samples[-1]["cpu_s"] / elapsed)
+                      server_cpu_share=samples[-1]["cpu_s"] / elapsed,
+                      steps_scored=final.get("melt_score_seconds_count{detector=span_latency}"),
+                      score_seconds_per_step={name.split("=")[1].rstrip("}"): round(value / max(
+                          final.get(name.replace("_sum", "_count"), 1), 1), 2)
+                          for name, value in final.items() if name.startswith("melt_score_seconds_sum{")})
     print(json.dumps(result, indent=2), flush=True)
     return result
 
@@ -267,7 +303,9 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=float, default=20_000, help="spans per second to send")
-    parser.add_argument("--logs", type=float, default=20_000, help="log lines per second to send")
+    parser.add_argument("--logs-per-minute", type=float, default=8_700.0,
+                        help="background log lines per minute of the template (sets logs per span)")
+    parser.add_argument("--threads", type=int, default=8, help="concurrent posters per signal")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--services", type=int, default=12)

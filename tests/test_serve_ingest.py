@@ -305,3 +305,13 @@ def test_protobuf_shortcut_matches_message_to_dict() -> None:
         assert rows[0] == rows[1], signal
         assert rows[0][signal]
     assert rows[0]["metrics"][-1]["metric"] == "gc.p99"
+
+
+def test_rows_far_ahead_of_the_server_clock_are_bad_rows() -> None:
+    """One sender with a wrong clock must not move event time (and the retention) years ahead."""
+    now = pd.Timestamp.now(tz="UTC").value
+    body = log_request([now, now + 2 * 3600 * SECOND, now + 10 * 365 * 24 * 3600 * SECOND]).SerializeToString()
+    decoded, frames = OtlpDecoder().decode("logs", body, PROTOBUF)
+    assert decoded.rows["logs"] == 1 and decoded.rejected == 2
+    assert "ahead of the server's clock" in decoded.error_message()
+    assert len(frames["logs"]) == 1

@@ -138,7 +138,8 @@ def client_calls(spans: pd.DataFrame, known_callees: pd.Series | None = None) ->
     duration = spans["duration"].to_numpy(dtype=float)
     calls = pd.DataFrame({
         "caller": s.service[rows], "callee": callee[rows], "operation": operation[rows],
-        "start_time": spans["start_time"].to_numpy()[rows] if "start_time" in spans.columns else pd.NaT,
+        # the datetime array itself: to_numpy() of a tz-aware column makes one Python object per span
+        "start_time": spans["start_time"].array[rows] if "start_time" in spans.columns else pd.NaT,
         "gap_ms": np.maximum(duration[rows] - s.child_ms[rows], 0.0), "server_missing": without_server[rows],
         "client_error": error[rows] & ~s.child_error[rows], "failed": error[rows], "parent": s.parent[rows],
     })

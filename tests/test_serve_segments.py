@@ -123,3 +123,16 @@ def test_sweep_deletes_segments_past_retention(tmp_path: Path) -> None:
     assert store.min_time() == T0 + pd.Timedelta(hours=2)
     assert store_at(tmp_path).sweep() == 0
     assert store_at(tmp_path / "empty").sweep() == 0
+
+
+def test_segments_with_different_attribute_columns_read_as_one_frame(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    store.start()
+    first = spans(T0, ["a1", "a2"]).assign(**{"attr.http.method": "GET"})
+    second = spans(T0 + pd.Timedelta("5s"), ["b1"]).assign(**{"attr.db.system": "postgresql"})
+    store.submit({"traces": first}).result(10)
+    store.submit({"traces": second}).result(10)  # a later segment of its own
+    store.close()
+    read = store.read("traces", T0, T0 + pd.Timedelta("1min"))
+    assert len(read) == 3 and len(store.segments("traces")) == 2
+    assert read["attr.http.method"].notna().sum() == 2 and read["attr.db.system"].notna().sum() == 1

@@ -27,13 +27,11 @@ import uvicorn
 
 from melt.core.config import load_settings
 from melt.core.settings import Settings
-from melt.incidents.ensemble import group_incidents
-from melt.pipeline.batch import report_incidents
+from melt.pipeline.batch import incidents_and_reports
 from melt.pipeline.fitting import fit_detectors, save_models, score_all, training_split
 from melt.serve.app import assemble, create_app
 from melt.serve.metrics import ServeMetrics
 from melt.serve.replay import otlp_requests, replay
-from rca.graph import dependency_graph
 
 MODELS = ["zscore", "span_latency", "call_edges", "log_templates"]
 EVER = (pd.Timestamp("2000-01-01", tz="UTC"), pd.Timestamp("2100-01-01", tz="UTC"))
@@ -98,11 +96,8 @@ def batch_reports(settings: Settings, model_dir: Path, bundle) -> list[dict]:
     from melt.pipeline.fitting import load_models
 
     models = load_models(model_dir)
-    signal_of = {name: model.signal for name, model in models.items()}
     scores = score_all(models, bundle, quiet=True)
-    graph = dependency_graph(bundle.traces, settings.rca.topology_file)
-    incidents = group_incidents(scores, signal_of, settings.ensemble, graph)
-    return report_incidents(incidents, scores, bundle, signal_of, settings, graph)
+    return incidents_and_reports(scores, {name: m.signal for name, m in models.items()}, bundle, settings)[1]
 
 
 def test_the_same_data_in_batch_and_in_stream_gives_the_same_incidents(tiny_bundle, model_dir, tmp_path) -> None:

@@ -53,6 +53,11 @@ class MeltBundle:
         """Names of the frames present (events may be present and empty)."""
         return [name for name in SIGNALS if getattr(self, name) is not None]
 
+    def rows(self, name: str) -> int:
+        """How many rows signal ``name`` holds (0 when it is absent)."""
+        frame = getattr(self, name)
+        return 0 if frame is None else len(frame)
+
     def frame(self, name: str) -> pd.DataFrame:
         """Return frame ``name`` or raise a one-line :class:`BundleError` if it is absent."""
         frame = getattr(self, name, None)

@@ -115,6 +115,17 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     return reports
 
 
+def incidents_and_reports(scores: pd.DataFrame, signal_of: dict[str, str], bundle: MeltBundle, settings: Settings,
+                          explainer: Explainer | None = None,
+                          quiet: bool = True) -> tuple[list[Incident], list[dict[str, Any]], nx.DiGraph]:
+    """The stages after scoring: the dependency graph of ``bundle``, incidents from ``scores``, one
+    report each. ``melt detect`` and `melt serve`'s ``POST /api/detect`` both end here."""
+    graph = dependency_graph(bundle.traces, settings.rca.topology_file)
+    incidents = group_incidents(scores, signal_of, settings.ensemble, graph)
+    log(f"{len(incidents)} incident(s)", quiet)
+    return incidents, report_incidents(incidents, scores, bundle, signal_of, settings, graph, explainer, quiet), graph
+
+
 def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings,
            train_dir: str | Path | None = None, model_dir: str | Path | None = None,
            sinks: list[str] | None = None, quiet: bool = False) -> DetectResult:
@@ -153,10 +164,7 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Se
             models = fit_detectors(fit_on, names, settings, quiet, skipped)
         signal_of = {name: model.signal for name, model in models.items()}
         scores = score_all(models, bundle, quiet, skipped)
-    graph = dependency_graph(bundle.traces, settings.rca.topology_file)
-    incidents = group_incidents(scores, signal_of, settings.ensemble, graph)
-    log(f"{len(incidents)} incident(s)", quiet)
-    reports = report_incidents(incidents, scores, bundle, signal_of, settings, graph, explainer, quiet)
+    incidents, reports, graph = incidents_and_reports(scores, signal_of, bundle, settings, explainer, quiet)
     pages = [sink for sink in outlets if isinstance(sink, HtmlSink)]
     if pages:  # the incident pages also draw the curves behind each report
         from melt.reports.detail import incident_details

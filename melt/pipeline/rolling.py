@@ -61,7 +61,7 @@ def rolling_scores(bundle: MeltBundle, names: list[str], settings: Settings, eve
         with_context = near.slice_time(start - every, None)
         fit_on = reference.union(history) if reference is not None else history
         usable = [name for name in names
-                  if _rows(period, signal_of[name]) and enough_training_data(fit_on, signal_of[name], settings)]
+                  if period.rows(signal_of[name]) and enough_training_data(fit_on, signal_of[name], settings)]
         if not usable:
             skipped += 1
             continue
@@ -80,7 +80,3 @@ def rolling_scores(bundle: MeltBundle, names: list[str], settings: Settings, eve
     frames = [p for p in parts if len(p)]
     return (pd.concat(frames, ignore_index=True) if frames else parts[0]), signal_of
 
-
-def _rows(bundle: MeltBundle, signal: str) -> int:
-    frame = getattr(bundle, signal)
-    return 0 if frame is None else len(frame)

@@ -106,7 +106,7 @@ class StreamDetector:
             raise ValueError(f"a step ({start} to {end}) must be whole ensemble windows ({window})")
         seconds: dict[str, float] = {}
         skipped: list[LeftOut] = []
-        usable = {name: model for name, model in self.models.items() if _rows(bundle, model.signal)}
+        usable = {name: model for name, model in self.models.items() if bundle.rows(model.signal)}
         scores = score_all(usable, bundle, quiet=True, skipped=skipped, seconds=seconds) if usable else \
             pd.DataFrame(columns=SCORE_COLUMNS)
         own = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
@@ -259,10 +259,6 @@ def _concat(base: pd.DataFrame, more: pd.DataFrame, columns: list[str]) -> pd.Da
     joined = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
     return joined.reindex(columns=[*columns, *[c for c in joined.columns if c not in columns]])
 
-
-def _rows(bundle: MeltBundle, signal: str) -> int:
-    frame = getattr(bundle, signal)
-    return 0 if frame is None else len(frame)
 
 
 def _plain(value: Any) -> Any:

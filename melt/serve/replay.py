@@ -100,9 +100,11 @@ def _spans(frame: pd.DataFrame) -> Request:
     pods = frame["attr.k8s.pod.name"] if "attr.k8s.pod.name" in frame.columns else pd.Series(None, index=frame.index)
     request = ExportTraceServiceRequest()
     groups: dict[tuple[str, object], list[Span]] = {}
-    for i, row in enumerate(frame.itertuples(index=False)):
-        record = row._asdict()
-        attributes = [KeyValue(key=c[5:], value=_any(frame[c].iat[i])) for c in attr_columns if pd.notna(frame[c].iat[i])]
+    attr_values = {c: frame[c].tolist() for c in attr_columns}  # one list per column, not a lookup per cell
+    pod_values = pods.tolist()
+    for i, record in enumerate(frame.to_dict("records")):
+        attributes = [KeyValue(key=c[5:], value=_any(values[i])) for c, values in attr_values.items()
+                      if pd.notna(values[i])]
         status_code = record.get("status_code")
         if pd.notna(status_code) and "attr.http.response.status_code" not in frame.columns:
             attributes.append(KeyValue(key="http.response.status_code", value=_any(int(status_code))))
@@ -113,7 +115,7 @@ def _spans(frame: pd.DataFrame) -> Request:
                     name=str(record.get("span_name") or ""), kind=SPAN_KIND.get(str(record.get("span_kind")), 0),
                     start_time_unix_nano=int(starts[i]), end_time_unix_nano=int(ends[i]), attributes=attributes,
                     status=Status(code=2 if failed else 0))
-        pod = pods.iat[i]
+        pod = pod_values[i]
         groups.setdefault((str(record["service_name"]), pod if pd.notna(pod) else None), []).append(span)
     for (service, pod), spans in groups.items():
         request.resource_spans.append(ResourceSpans(resource=_resource(service, pod), scope_spans=[ScopeSpans(spans=spans)]))

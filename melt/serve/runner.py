@@ -332,10 +332,8 @@ class Runner:
 
     def detect_bundle(self, bundle: MeltBundle) -> list[dict[str, Any]]:
         """The batch pipeline on an uploaded bundle with the served models: its reports, not stored."""
-        from melt.incidents.ensemble import group_incidents
-        from melt.pipeline.batch import report_incidents
+        from melt.pipeline.batch import incidents_and_reports
         from melt.pipeline.fitting import score_all
-        from rca.graph import dependency_graph
 
         models = {n: m for n, m in self.detector.models.items() if m.signal in bundle.signals()}
         if not models:
@@ -343,9 +341,7 @@ class Runner:
                             f"({', '.join(sorted({m.signal for m in self.detector.models.values()}))})")
         scores = score_all(models, bundle, quiet=True)
         signal_of = {name: model.signal for name, model in models.items()}
-        graph = dependency_graph(bundle.traces, self.settings.rca.topology_file)
-        incidents = group_incidents(scores, signal_of, self.settings.ensemble, graph)
-        return report_incidents(incidents, scores, bundle, signal_of, self.settings, graph, self.detector.explainer)
+        return incidents_and_reports(scores, signal_of, bundle, self.settings, self.detector.explainer)[1]
 
 
 def _present(frame: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -5,15 +5,21 @@ bundle. The sender replays that bundle's spans and logs as OTLP/HTTP protobuf re
 each, as the SDKs' batch processors send them), over and over, with fresh trace ids each pass.
 The bundle's event time is compressed so that its spans arrive at ``--spans`` per second with
 event times that follow the wall clock (durations kept), and ``--threads`` senders per signal
-post concurrently, as a collector's sending queue does. It honours 429 with ``Retry-After``. Every 5 s it reads the server's ``/metrics`` (received rows, step lag, queue
-depth) and the server process's RSS and CPU time from ``/proc``.
+post concurrently, as a collector's sending queue does (its default is 10 consumers sending
+batches of up to 8,192 items; 16 posters of 512 items is the same load in smaller pieces, and
+with the receiver's group commit a request waits about a commit interval for its answer, so 8
+posters cap a sender at about 13,000 items a second). It honours 429 with ``Retry-After``. Every
+5 s it reads the server's ``/metrics`` (received rows, step lag, queue depth) and the RSS and CPU
+time of the server's process tree (the receiver and its step process) from ``/proc``.
 
 Reported: the rates sent and acknowledged, rows the server counted against rows acknowledged
-(data dropped), the step lag (wall clock minus the end of the last scored step) over the run,
-peak and per-minute RSS (flat memory: the last minute within 10% of the second), and the server's
-CPU share. The baseline in the same run is the sender alone against a server that only acknowledges
-(``--baseline``: a bare HTTP server that reads each body and answers 200), which bounds what the
-sender and the machine can push.
+(data dropped), the step lag (``melt_step_lag_seconds``: event time due for scoring and not yet
+scored) and the position's age on the wall clock (which never falls under ``serve.step +
+serve.lateness``, 90 s by default) over the run, the mean and peak RSS of each minute (flat memory:
+the last minute's mean within 10% of the second's), and the CPU share of the receiver and of the
+whole tree. The baseline in the same run is the sender alone against a server that only
+acknowledges (``--baseline``: a bare HTTP server that reads each body and answers 200), which
+bounds what the sender and the machine can push.
 
     .venv/bin/python benchmarks/serve_load.py --spans 20000 --minutes 10
 """
@@ -24,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,11 +177,43 @@ def scrape(url: str) -> dict[str, float]:
 
 
 def proc_stats(pid: int) -> tuple[float, float]:
-    """(RSS MiB, CPU seconds) of a process, from /proc."""
-    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmRSS")) / 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """(RSS MiB, CPU seconds) of a process, from /proc; 0 for one that has exited."""
+    try:
+        rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS")) / 1024
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
+        return 0.0, 0.0
     return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (melt serve's step process, multiprocessing's resource tracker)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for task in tasks:  # a thread may end between the listing and the read
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return sorted(set(found))
+
+
+def tree_stats(pid: int, cpu_of_gone: dict[int, float]) -> dict[str, float]:
+    """RSS (MiB) and CPU seconds of the server's process tree, in all and per process; the CPU
+    of a process that has gone keeps counting with its last reading."""
+    per = {p: proc_stats(p) for p in tree(pid)}
+    for p, (_, cpu) in per.items():
+        cpu_of_gone[p] = max(cpu, cpu_of_gone.get(p, 0.0))
+    return {"rss_mib": sum(r for r, _ in per.values()), "cpu_s": sum(cpu_of_gone.values()),
+            "receiver_rss_mib": per[pid][0], "receiver_cpu_s": per[pid][1],
+            "scorer_rss_mib": max((r for p, (r, _) in per.items() if p != pid), default=0.0)}
 
 
 def free_port() -> int:
@@ -240,6 +279,7 @@ def run(args: argparse.Namespace) -> dict:
     for thread in threads:
         thread.start()
     samples: list[dict] = []
+    cpu_seen: dict[int, float] = {}
     window: deque = deque()
     try:
         while time.monotonic() - start < args.minutes * 60:
@@ -250,8 +290,8 @@ def run(args: argparse.Namespace) -> dict:
                 if server.poll() is not None:
                     raise SystemExit(f"melt serve exited: {(work / 'serve.log').read_text()[-2000:]}")
                 metrics = scrape(url)
-                rss, cpu = proc_stats(server.pid)
-                sample.update(rss_mib=rss, cpu_s=cpu, step_lag_s=metrics.get("melt_step_lag_seconds"),
+                sample.update(**tree_stats(server.pid, cpu_seen), step_lag_s=metrics.get("melt_step_lag_seconds"),
+                              position_age_s=metrics.get("melt_position_age_seconds"),
                               pending=metrics.get("melt_pending_bytes"),
                               spans_received=metrics.get("melt_received_spans_total"),
                               logs_received=metrics.get("melt_received_logs_total"))
@@ -263,7 +303,8 @@ def run(args: argparse.Namespace) -> dict:
                     for k in ("spans", "logs")}
             lag = sample.get("step_lag_s")
             print(f"{now:6.0f}s spans/s {rate['spans']:8,.0f} logs/s {rate['logs']:8,.0f}"
-                  + (f" step lag {lag:6.1f}s RSS {sample['rss_mib']:6.0f} MiB CPU {sample['cpu_s']:7.1f}s"
+                  + (f" step lag {lag:5.1f}s age {sample['position_age_s']:5.0f}s RSS {sample['rss_mib']:5.0f} MiB"
+                     f" (scorer {sample['scorer_rss_mib']:5.0f}) CPU {sample['cpu_s']:6.0f}s"
                      f" queue {sample['pending'] / 2**20:5.1f} MiB" if server is not None and lag is not None else ""),
                   flush=True)
     finally:
@@ -282,21 +323,37 @@ def run(args: argparse.Namespace) -> dict:
               "throttled": senders[0].throttled + senders[1].throttled,
               "failed": senders[0].failed + senders[1].failed}
     if server is not None:
-        per_minute_rss = pd.Series({int(s["t"] // 60): s["rss_mib"] for s in samples})
-        lags = [s["step_lag_s"] for s in samples if s.get("step_lag_s") == s.get("step_lag_s") and s.get("step_lag_s")]
+        by_minute = pd.DataFrame([{"minute": int(s["t"] // 60), "rss": s["rss_mib"]} for s in samples
+                                  if s["t"] < args.minutes * 60])  # whole minutes only: not the last sample's few seconds
+        per_minute_rss = by_minute.groupby("minute")["rss"].mean()  # a step's peak comes and goes within a minute
+        lags = [s["step_lag_s"] for s in samples if s.get("step_lag_s") == s.get("step_lag_s")
+                and s.get("step_lag_s") is not None]
+        ages = [s["position_age_s"] for s in samples if s.get("position_age_s") == s.get("position_age_s")
+                and s.get("position_age_s") is not None]
         result.update(spans_received=final.get("melt_received_spans_total"), logs_received=final.get("melt_received_logs_total"),
                       dropped=(senders[0].acked + senders[1].acked)
                       - (final.get("melt_received_spans_total", 0) + final.get("melt_received_logs_total", 0)),
                       step_lag_max_s=max(lags) if lags else None, step_lag_last_s=lags[-1] if lags else None,
+                      position_age_max_s=max(ages) if ages else None,
+                      position_age_last_minute_max_s=max((s["position_age_s"] for s in samples
+                                                          if s["t"] > elapsed - 60 and s.get("position_age_s")),
+                                                         default=None),
+                      rss_per_minute_mib=[round(float(v)) for v in per_minute_rss],
+                      rss_per_minute_peak_mib=[round(float(v)) for v in by_minute.groupby("minute")["rss"].max()],
                       rss_peak_mib=max(s["rss_mib"] for s in samples),
                       rss_minute_2_mib=float(per_minute_rss.get(1, float("nan"))),
                       rss_last_minute_mib=float(per_minute_rss.iloc[-1]),
                       server_cpu_share=samples[-1]["cpu_s"] / elapsed,
+                      receiver_cpu_share=samples[-1]["receiver_cpu_s"] / elapsed,
                       steps_scored=final.get("melt_score_seconds_count{detector=span_latency}"),
                       score_seconds_per_step={name.split("=")[1].rstrip("}"): round(value / max(
                           final.get(name.replace("_sum", "_count"), 1), 1), 2)
                           for name, value in final.items() if name.startswith("melt_score_seconds_sum{")})
     print(json.dumps(result, indent=2), flush=True)
+    if args.keep:
+        print(f"kept: {work}", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
@@ -305,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spans", type=float, default=20_000, help="spans per second to send")
     parser.add_argument("--logs-per-minute", type=float, default=8_700.0,
                         help="background log lines per minute of the template (sets logs per span)")
-    parser.add_argument("--threads", type=int, default=8, help="concurrent posters per signal")
+    parser.add_argument("--threads", type=int, default=16, help="concurrent posters per signal")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--services", type=int, default=12)
@@ -313,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rpm", type=float, default=600.0, help="requests per minute of the generated template")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--baseline", action="store_true", help="send to a server that only acknowledges")
+    parser.add_argument("--keep", action="store_true", help="keep the models and the server's data directory")
     run(parser.parse_args(argv))
 
 

@@ -199,7 +199,7 @@ def test_health_and_readiness(server) -> None:
 
 def test_metrics_parse_as_prometheus_exposition(server) -> None:
     client, _, _, metrics, *_ = server
-    now_ns = time.time_ns()
+    now_ns = pd.Timestamp("2024-05-01T11:12:30Z").value - 1  # the newest event time received
     logs = {"resourceLogs": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "cart"}}]},
                               "scopeLogs": [{"logRecords": [
                                   {"timeUnixNano": str(now_ns), "severityText": "ERROR", "body": {"stringValue": "boom"}},
@@ -226,8 +226,11 @@ def test_metrics_parse_as_prometheus_exposition(server) -> None:
     assert value("melt_incidents_open") == 1
     assert value("melt_pending_bytes") == 0
     assert value("melt_event_lag_seconds") == 150
+    assert value("melt_step_lag_seconds") == 150 - 30 - 60  # due, not scored: newest - lateness - next step's end
     wall_lag = time.time() - pd.Timestamp("2024-05-01T11:10:00Z").timestamp()
-    assert abs(value("melt_step_lag_seconds") - wall_lag) < 60
+    assert abs(value("melt_position_age_seconds") - wall_lag) < 60
+    metrics.step_done(pd.Timestamp("2024-05-01T11:12:00Z"), None)
+    assert client.get("/metrics").text.count("melt_step_lag_seconds 0.0") == 1  # keeping up
     assert value("melt_score_seconds_count", detector="zscore") == 1
     assert families["melt_score_seconds"].type == "histogram"
     assert {"melt_rejected_rows", "melt_position_timestamp_seconds"} <= set(families)

@@ -95,7 +95,7 @@ from melt.serve.segments import SegmentStore
 from melt.serve.state import StateDB
 from test_serve_api import FakeRunner
 
-def fake_assemble(settings, model_dir, metrics, state=None, store=None):
+def fake_assemble(settings, model_dir, metrics, state=None, store=None, **_):
     '''The real store and database; a fake step runner that says when it is stopped.'''
     state = state or StateDB(settings.serve.db, settings.serve.sinks)
     store = store or SegmentStore(settings.serve.data_dir, retention=settings.serve.retention,

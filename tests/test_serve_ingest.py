@@ -124,6 +124,9 @@ class Recorder:
     def request(self, path: str, code: int) -> None:
         self.calls.append(("request", path, code))
 
+    def duplicate(self, path: str) -> None:
+        self.calls.append(("duplicate", path, 1))
+
 
 @pytest.fixture
 def served(tmp_path: Path):
@@ -315,3 +318,49 @@ def test_rows_far_ahead_of_the_server_clock_are_bad_rows() -> None:
     assert decoded.rows["logs"] == 1 and decoded.rejected == 2
     assert "ahead of the server's clock" in decoded.error_message()
     assert len(frames["logs"]) == 1
+
+
+def test_a_request_sent_again_is_stored_once_also_across_a_restart_and_a_compaction(tmp_path: Path) -> None:
+    """Log records and metric points have no ids: a sender's retry of the same body must not store them twice."""
+    import asyncio
+
+    import httpx
+
+    def receiver() -> tuple[FastAPI, SegmentStore, Recorder]:
+        store = SegmentStore(tmp_path, retention=pd.Timedelta(days=1), commit_interval=pd.Timedelta("50ms"),
+                             max_pending_bytes=2**26)
+        store.start()
+        recorder = Recorder()
+        app = FastAPI()
+        app.include_router(ingest_router(store, recorder))
+        return app, store, recorder
+
+    body = log_request([T0 + i * SECOND for i in range(5)]).SerializeToString()
+    headers = {"Content-Type": PROTOBUF}
+
+    async def twice_at_once(app: FastAPI) -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://melt") as client:
+            answers = await asyncio.gather(*(client.post("/v1/logs", content=body, headers=headers) for _ in range(2)))
+        return [a.status_code for a in answers]
+
+    app, store, recorder = receiver()
+    assert asyncio.run(twice_at_once(app)) == [200, 200]  # the copy waits for the first and gets its answer
+    with TestClient(app) as client:
+        again = client.post("/v1/logs", content=body, headers=headers)  # a retry after the answer was lost
+        assert again.status_code == 200 and answer(again, "logs") == ExportLogsServiceResponse()
+        other = client.post("/v1/logs", content=log_request([T0 + 9 * SECOND]).SerializeToString(), headers=headers)
+        assert other.status_code == 200
+    store.close()
+    assert len(store.read("logs", *EVER)) == 6
+    assert [c for c in recorder.calls if c[0] == "duplicate"] == [("duplicate", "/v1/logs", 1)] * 2
+    assert ("received", "logs", 5) in recorder.calls and recorder.calls.count(("received", "logs", 5)) == 1
+
+    reader = SegmentStore(tmp_path, retention=pd.Timedelta(days=1), commit_interval=pd.Timedelta("50ms"),
+                          max_pending_bytes=2**26, read_only=True)
+    assert reader.compact(pd.Timestamp("2100-01-01", tz="UTC")) >= 2  # the keys travel into the merged file
+    app, store, recorder = receiver()  # a restart: the keys come back from the segments
+    with TestClient(app) as client:
+        assert client.post("/v1/logs", content=body, headers=headers).status_code == 200
+    store.close()
+    assert len(store.read("logs", *EVER)) == 6 and ("duplicate", "/v1/logs", 1) in recorder.calls

@@ -136,3 +136,48 @@ def test_segments_with_different_attribute_columns_read_as_one_frame(tmp_path: P
     read = store.read("traces", T0, T0 + pd.Timedelta("1min"))
     assert len(read) == 3 and len(store.segments("traces")) == 2
     assert read["attr.http.method"].notna().sum() == 2 and read["attr.db.system"].notna().sum() == 1
+
+
+def test_compaction_merges_small_segments_and_survives_a_crash_half_way(tmp_path: Path) -> None:
+    import json
+
+    from melt.serve import compaction
+
+    store = store_at(tmp_path, commit_interval=pd.Timedelta("1ms"))
+    store.start()
+    for minute in range(4):  # one segment per request
+        store.submit({"logs": logs(T0 + pd.Timedelta(minutes=minute), 60)}).result(10)
+    store.close()
+    before = store.read("logs", T0, T0 + pd.Timedelta(hours=1))
+    reader = store_at(tmp_path, read_only=True)
+    assert reader.compact(T0 + pd.Timedelta(minutes=2)) == 2  # the two segments wholly before it
+    reader.refresh()
+    names = sorted(s.path.name for s in reader.segments("logs"))
+    assert len(names) == 3 and sum(n.endswith(".c.parquet") for n in names) == 1
+    pd.testing.assert_frame_equal(reader.read("logs", T0, T0 + pd.Timedelta(hours=1)), before)
+    assert reader.compact(T0 + pd.Timedelta(minutes=2)) == 0  # a merged segment is not merged again
+
+    # a crash after the journal and the rename, before the parts were deleted: recovery finishes it
+    folder = tmp_path / "segments" / "logs"
+    parts = sorted(p for p in folder.glob("*.parquet") if not p.name.endswith(".c.parquet"))
+    copies = [folder / f"{p.stem}.bak" for p in parts]
+    for part, copy in zip(parts, copies, strict=True):
+        copy.write_bytes(part.read_bytes())
+    bounds = [[int(x) for x in p.name.removesuffix(".parquet").split("-")] for p in parts]
+    merged = compaction.merge(folder, parts, max(b[0] for b in bounds), min(b[1] for b in bounds),
+                              max(b[2] for b in bounds), "timestamp")
+    for part, copy in zip(parts, copies, strict=True):
+        copy.rename(part)
+    (folder / compaction.JOURNAL).write_text(json.dumps({"merged": merged.name, "temporary": "x.tmp",
+                                                         "parts": [p.name for p in parts]}))
+    restarted = store_at(tmp_path)
+    pd.testing.assert_frame_equal(restarted.read("logs", T0, T0 + pd.Timedelta(hours=1)), before)
+    assert not (folder / compaction.JOURNAL).exists()
+
+    # a crash before the rename: the parts stay, the temporary file goes
+    (folder / ".half.tmp").write_bytes(b"partial")
+    (folder / compaction.JOURNAL).write_text('{"merged": "never.c.parquet", "temporary": ".half.tmp", "parts": []}')
+    reader = store_at(tmp_path, read_only=True)
+    reader.compact(T0)
+    assert not (folder / ".half.tmp").exists() and not (folder / compaction.JOURNAL).exists()
+    pd.testing.assert_frame_equal(reader.read("logs", T0, T0 + pd.Timedelta(hours=1)), before)

@@ -145,6 +145,13 @@ def start_serve(model_dir: Path, config: Path, port: int) -> subprocess.Popen:
     raise AssertionError("melt serve did not start")
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (Linux /proc)."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from Linux /proc")
 def test_kill_9_during_ingest_loses_nothing_and_duplicates_nothing(tiny_bundle, model_dir, tmp_path) -> None:
     from melt.serve.replay import send
     from melt.serve.state import StateDB
@@ -165,8 +172,14 @@ def test_kill_9_during_ingest_loses_nothing_and_duplicates_nothing(tiny_bundle, 
         for number, request in enumerate(requests[:cut]):  # the runner scores and delivers meanwhile
             send(url, request)
             acknowledged.append(number)
+        scorers = children(server.pid)  # the step process
+        assert scorers, "melt serve scores in a child process"
         server.send_signal(signal.SIGKILL)
         server.wait(10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in scorers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in scorers), "the step process outlived melt serve"
         killed_at = StateDB(data_dir / "serve.db").position()
         assert killed_at is not None, "the kill should come after some steps were scored"
         server = start_serve(model_dir, config, port)

@@ -291,10 +291,13 @@ def plugins() -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on (default from config: 4318, OTLP/HTTP's).")
 @click.option("--data-dir", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Segments, state database and reports (default from config: serve.data_dir).")
+@click.option("--retrain-every", default=None,
+              help="Refit every period this long (e.g. 1h) of event time on the detect.train_window of stored "
+                   "data before it (default from config: off).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def serve(ctx: click.Context, model_dir: str, config_path: str | None, host: str | None, port: int | None,
-          data_dir: str | None, quiet: bool) -> None:
+          data_dir: str | None, retrain_every: str | None, quiet: bool) -> None:
     """Receive OTLP/HTTP, detect incidents step by step, and serve the REST API and incident page.
 
     Runs until Ctrl-C or SIGTERM, then stops the step runner and flushes what it stored. See
@@ -306,6 +309,7 @@ def serve(ctx: click.Context, model_dir: str, config_path: str | None, host: str
         ctx.find_root().obj["config_path"] = config_path
     settings = settings_of(ctx).with_overrides({"serve.host": host, "serve.port": port, "serve.data_dir": data_dir},
                                                "melt serve")
+    settings = settings.with_overrides({"detect.retrain_every": retrain_every}, "--retrain-every")
     run_serve(settings, model_dir, quiet=quiet)
 
 

@@ -444,6 +444,10 @@ class Settings:
                 override(config, dotted, value, source)
         return type(self).parse(config)
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled as the checked dict it was parsed from (``melt serve`` sends it to its step process)."""
+        return type(self).parse, (copy.deepcopy(dict(self.raw)),)
+
     def detector_params(self, name: str) -> Mapping[str, Any]:
         """``detectors.<name>`` of the config (empty when the file does not set it)."""
         return self.detectors.get(name) or {}

@@ -1,7 +1,8 @@
 """Incremental detection: the batch pipeline (:mod:`melt.pipeline.batch`), one closed step at a time.
 
-Each step is scored by the fitted detectors with ``context`` of data before it, as rolling refits
-score their periods (:mod:`melt.pipeline.rolling`), and only the step's own score rows are kept.
+Each step is scored by the fitted detectors with the context of data before it that the caller
+gives (``melt serve`` gives metrics and events ``serve.context`` before it, as rolling refits score
+their periods, :mod:`melt.pipeline.rolling`), and only the step's own score rows are kept.
 An alert cell depends on the score rows of its own ensemble window alone
 (:func:`~melt.incidents.ensemble.alert_cells`), so the cells of every step so far are those a
 batch run finds on the same data, and incidents are grouped from them by the very function batch
@@ -120,6 +121,11 @@ class StreamDetector:
         self._forget(end)
         seconds["step"] = time.perf_counter() - began
         return StepResult(start, end, len(own), len(cells), updates, seconds, skipped)
+
+    def use_models(self, models: dict[str, Detector]) -> None:
+        """Score the next steps with ``models`` (a periodic refit, :mod:`melt.serve.refit`)."""
+        self.models = models
+        self.signal_of = {name: model.signal for name, model in models.items()}
 
     def open_incidents(self) -> int:
         """Incidents published and not yet resolved."""

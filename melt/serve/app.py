@@ -90,32 +90,40 @@ def error_response(status: int, message: object, headers: dict[str, str] | None 
 
 
 def assemble(settings: Settings, model_dir: str | Path, metrics: ServeMetrics,
-             state: StateDB | None = None, store: Store | None = None) -> tuple[Runner, Store, StateDB]:
+             state: StateDB | None = None, store: Store | None = None, *,
+             step_process: bool = False, quiet: bool = False) -> tuple[Runner, Store, StateDB]:
     """The production parts: the fitted models of ``model_dir``, the segment store and state database
     under ``serve.data_dir`` / ``serve.db``, and the runner that scores each step with them and
     delivers through ``serve.sinks`` (reports of the files sink in ``<data_dir>/reports``).
+
+    With ``step_process`` (``melt serve``), the runner is a child process
+    (:class:`melt.serve.worker.StepProcess`) that reads the segments this store writes; the store
+    then keeps no index of them. Otherwise the runner is a thread of this process.
 
     Raises:
         BundleError | PluginError: the model directory is missing or holds a model that cannot load.
         ConfigError: the state database cannot be used.
     """
-    from melt.pipeline.fitting import load_models
-
-    models = load_models(model_dir)  # first: a model that cannot load is the likeliest mistake
-
-    from explain.explainer import Explainer
-    from melt.delivery.sinks import make_sinks
-    from melt.pipeline.stream import StreamDetector
-    from melt.serve.runner import Runner as StepRunner
     from melt.serve.segments import SegmentStore
 
     serve = settings.serve
-    sinks = make_sinks(serve.sinks, serve.data_dir / "reports", settings.report)
+    if step_process:
+        from melt.pipeline.fitting import load_models
+        from melt.serve.worker import StepProcess
+
+        models = load_models(model_dir)  # here too: a model that cannot load is one line before the child starts
+        state = state or StateDB(serve.db, serve.sinks)
+        store = store or SegmentStore(serve.data_dir, retention=serve.retention,
+                                      commit_interval=serve.commit_interval,
+                                      max_pending_bytes=int(serve.max_pending_mib * 2**20), index_writes=False)
+        return StepProcess(settings, model_dir, state, metrics, quiet, models=models), store, state
+
+    from melt.serve.runner import Runner as StepRunner
+
     state = state or StateDB(serve.db, serve.sinks)
     store = store or SegmentStore(serve.data_dir, retention=serve.retention, commit_interval=serve.commit_interval,
                                   max_pending_bytes=int(serve.max_pending_mib * 2**20))
-    detector = StreamDetector(models, settings, Explainer(settings.explain))
-    return StepRunner(store, state, detector, sinks, metrics), store, state
+    return StepRunner.build(settings, model_dir, store, state, metrics, quiet=quiet), store, state
 
 
 def create_app(settings: Settings, model_dir: str | Path, *, runner: Runner | None = None, store: Store | None = None,
@@ -133,7 +141,7 @@ def create_app(settings: Settings, model_dir: str | Path, *, runner: Runner | No
     from melt.serve.ingest import ingest_router
 
     models = model_names(model_dir)
-    metrics = metrics or ServeMetrics()
+    metrics = metrics or ServeMetrics(settings.serve.step, settings.serve.lateness)
     if runner is None:
         runner, store, state = assemble(settings, model_dir, metrics, state, store)
     elif store is None or state is None:
@@ -355,6 +363,7 @@ def _api_routes(app: FastAPI, parts: _Parts) -> None:
     def prometheus() -> Response:
         parts.metrics.incidents_open(state.open_count())
         parts.metrics.pending(parts.store.pending_bytes)
+        parts.metrics.received_until(getattr(parts.store, "newest_written", None))
         return Response(parts.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
@@ -484,7 +493,9 @@ def serve(settings: Settings, model_dir: str | Path, quiet: bool = False) -> Non
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     parts: _Parts | None = None
     try:
-        app = create_app(settings, model_dir)
+        metrics = ServeMetrics(serve_settings.step, serve_settings.lateness)
+        runner, store, state = assemble(settings, model_dir, metrics, step_process=True, quiet=quiet)
+        app = create_app(settings, model_dir, runner=runner, store=store, state=state, metrics=metrics)
         parts = app.state.parts
         parts.start()
         host, port = sock.getsockname()[:2]

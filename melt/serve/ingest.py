@@ -22,6 +22,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from melt.serve.dedup import WINDOW as DEDUP_WINDOW
+from melt.serve.dedup import RequestLedger, request_key
 from melt.serve.otlp_http import (
     ENDPOINTS,
     JSON,
@@ -50,6 +52,7 @@ class _Waiting:
     body: bytes
     content_type: str
     answer: asyncio.Future[Decoded]
+    key: str = ""
 
 
 class _Pipeline:
@@ -63,7 +66,7 @@ class _Pipeline:
         self.running = False
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def take(self, signal: str, body: bytes, content_type: str) -> Decoded:
+    async def take(self, signal: str, body: bytes, content_type: str, key: str = "") -> Decoded:
         """Decode and store one request; its result once its rows are on disk.
 
         Raises:
@@ -74,7 +77,7 @@ class _Pipeline:
         if self.waiting_bytes + len(body) > MAX_WAITING_BYTES and self.waiting:
             raise Backpressure(1.0, f"{len(self.waiting)} requests ({self.waiting_bytes / 2**20:.0f} MiB) wait to be decoded")
         answer: asyncio.Future[Decoded] = asyncio.get_running_loop().create_future()
-        self.waiting.append(_Waiting(signal, body, content_type, answer))
+        self.waiting.append(_Waiting(signal, body, content_type, answer, key))
         self.waiting_bytes += len(body)
         if not self.running:
             self.running = True
@@ -103,7 +106,9 @@ class _Pipeline:
 
     def _decode_and_submit(self, batch: list[_Waiting]) -> tuple[Batch, Any]:
         decoded = self.decoder.decode_batch([(item.signal, item.body, item.content_type) for item in batch])
-        written = self.store.submit(decoded.frames)
+        keys = [item.key for item, result in zip(batch, decoded.results, strict=True)
+                if item.key and not isinstance(result, BodyError)]
+        written = self.store.submit(decoded.frames, keys)
         self.decoder.commit(decoded)
         return decoded, written
 
@@ -135,7 +140,21 @@ def ingest_router(store: SegmentStore, metrics: object | None = None, *,
     per answer.
     """
     pipeline = _Pipeline(store)
+    ledger = RequestLedger(store.recent_request_keys(DEDUP_WINDOW) if hasattr(store, "recent_request_keys") else [])
+    storing: set[asyncio.Task[None]] = set()
     router = APIRouter(tags=["OTLP/HTTP"])
+
+    async def store_once(signal: str, key: str, body: bytes, encoding: str | None, kind: str) -> None:
+        """Inflate, decode and store one request; its outcome goes to the ledger, where the request
+        and any copy of it sent meanwhile wait (a client that goes away does not stop the write)."""
+        try:
+            body = await run_in_threadpool(inflate, body, encoding, max_body_bytes)
+            store.check_capacity()
+            decoded = await pipeline.take(signal, body, kind, key)
+        except BaseException as exc:  # noqa: BLE001 (every outcome is handed to the waiting requests)
+            ledger.end(key, error=exc)
+        else:
+            ledger.end(key, decoded)
 
     def endpoint(signal: str) -> Any:
         path = ENDPOINTS[signal].path
@@ -145,9 +164,22 @@ def ingest_router(store: SegmentStore, metrics: object | None = None, *,
             try:
                 kind = media_type(request.headers.get("content-type"))
                 body = await _body(request, max_body_bytes)
-                body = await run_in_threadpool(inflate, body, request.headers.get("content-encoding"), max_body_bytes)
-                store.check_capacity()
-                decoded = await pipeline.take(signal, body, kind)
+                encoding = request.headers.get("content-encoding")
+                key = request_key(path, kind, encoding, body)
+                known, answer = ledger.answered(key)
+                if known:  # sent again after it was stored: answered as before, stored once
+                    if metrics is not None:
+                        metrics.duplicate(path)  # type: ignore[attr-defined]
+                        metrics.request(path, 200)  # type: ignore[attr-defined]
+                    return Response(export_response(signal, answer or Decoded(), kind), media_type=kind)
+                outcome = ledger.in_flight(key)
+                duplicate = outcome is not None
+                if outcome is None:
+                    outcome = ledger.begin(key)
+                    task = asyncio.get_running_loop().create_task(store_once(signal, key, body, encoding, kind))
+                    storing.add(task)
+                    task.add_done_callback(storing.discard)
+                decoded = await asyncio.shield(outcome)
             except BodyError as exc:
                 return _failure(metrics, path, exc.status, exc.message, kind)
             except Backpressure as exc:
@@ -156,10 +188,13 @@ def ingest_router(store: SegmentStore, metrics: object | None = None, *,
                 return _failure(metrics, path, 503, f"could not store the data: {type(exc).__name__}: {exc}", kind,
                                 store.retry_after())
             if metrics is not None:
-                for name, rows in decoded.rows.items():
-                    metrics.received(name, rows)  # type: ignore[attr-defined]
-                for name, rows in decoded.rejected_rows.items():
-                    metrics.rejected(name, rows)  # type: ignore[attr-defined]
+                if duplicate:
+                    metrics.duplicate(path)  # type: ignore[attr-defined]
+                else:
+                    for name, rows in decoded.rows.items():
+                        metrics.received(name, rows)  # type: ignore[attr-defined]
+                    for name, rows in decoded.rejected_rows.items():
+                        metrics.rejected(name, rows)  # type: ignore[attr-defined]
                 metrics.request(path, 200)  # type: ignore[attr-defined]
             return Response(export_response(signal, decoded, kind), media_type=kind)
 

@@ -6,10 +6,19 @@ The body is the Prometheus text format 0.0.4
 (https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format).
 
 Series: ``melt_received_{spans,logs,points,events}_total``, ``melt_rejected_rows_total{signal}``,
-``melt_requests_total{path,code}``, ``melt_pending_bytes`` (the ingest queue), ``melt_step_lag_seconds``
-(wall clock now minus the end of the last scored step), ``melt_event_lag_seconds`` (newest event
-time minus that step end), ``melt_position_timestamp_seconds``, ``melt_score_seconds{detector}``
-(histogram), ``melt_incidents_open``.
+``melt_requests_total{path,code}``, ``melt_duplicate_requests_total{path}``, ``melt_pending_bytes`` (the ingest queue), ``melt_step_lag_seconds``
+(how far scoring is behind the steps that are due), ``melt_event_lag_seconds`` (newest event time
+minus the end of the last scored step), ``melt_position_age_seconds`` (wall clock minus that step
+end), ``melt_position_timestamp_seconds``, ``melt_score_seconds{detector}`` (histogram),
+``melt_incidents_open``.
+
+The step lag is measured the way stream processors measure a consumer's lag behind its watermark:
+a step ``[t, t + step)`` is due once data ``serve.lateness`` newer than its end has arrived, and
+the lag is how much event time is due and not yet scored, ``newest - lateness - (position + step)``,
+floored at 0. It is 0 while scoring keeps up (between two steps, and while a step is being scored
+it grows by no more than that step's scoring time) and grows without bound when it does not. The
+position's age on the wall clock also counts the step and the lateness that every step waits for
+by design, so it never falls under ``step + lateness``.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 class ServeMetrics:
     """The counters, gauges and histograms of one `melt serve` process."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: pd.Timedelta | str = "1min", lateness: pd.Timedelta | str = "30s") -> None:
+        self.step, self.lateness = pd.Timedelta(step), pd.Timedelta(lateness)  # serve.step, serve.lateness
         self.registry = CollectorRegistry(auto_describe=True)
         self._received = {unit: Counter(f"melt_received_{unit}", f"OTLP {unit} received and stored",
                                         registry=self.registry) for unit in sorted(set(RECEIVED.values()))}
@@ -38,15 +48,21 @@ class ServeMetrics:
                                  ["signal"], registry=self.registry)
         self._requests = Counter("melt_requests", "HTTP requests answered, by route and status code",
                                  ["path", "code"], registry=self.registry)
+        self._duplicates = Counter("melt_duplicate_requests", "Requests sent again after they were stored "
+                                   "(answered as the first, stored once)", ["path"], registry=self.registry)
         self._pending = Gauge("melt_pending_bytes", "Bytes received but not yet in a parquet segment",
                               registry=self.registry)
         self._lock = threading.Lock()
         self._position: pd.Timestamp | None = None
         self._newest: pd.Timestamp | None = None
-        Gauge("melt_step_lag_seconds", "Wall clock now minus the end of the last scored step (event time); NaN before it",
+        Gauge("melt_step_lag_seconds", "Event time due for scoring and not yet scored: newest event time less "
+              "serve.lateness less the end of the next step; 0 while scoring keeps up; NaN before the first step",
               registry=self.registry).set_function(self._step_lag)
         Gauge("melt_event_lag_seconds", "Newest event time received minus the end of the last scored step",
               registry=self.registry).set_function(self._event_lag)
+        Gauge("melt_position_age_seconds", "Wall clock now minus the end of the last scored step (never under "
+              "serve.step + serve.lateness while the feed follows the clock)",
+              registry=self.registry).set_function(self._position_age)
         Gauge("melt_position_timestamp_seconds", "End of the last scored step, Unix seconds (event time)",
               registry=self.registry).set_function(self._position_seconds)
         self._score = Histogram("melt_score_seconds", "Time one detector took to score one step", ["detector"],
@@ -67,6 +83,10 @@ class ServeMetrics:
         """Count one answered request; ``path`` is the route template (``/api/incidents/{incident_id}``)."""
         self._requests.labels(path=path, code=str(code)).inc()
 
+    def duplicate(self, path: str) -> None:
+        """Count one request that was a copy of one already stored or being stored."""
+        self._duplicates.labels(path=path).inc()
+
     def pending(self, nbytes: int) -> None:
         """The ingest queue depth now, in bytes."""
         self._pending.set(nbytes)
@@ -75,7 +95,15 @@ class ServeMetrics:
         """A step was scored and committed: its end and the newest event time stored then."""
         with self._lock:
             self._position = pd.Timestamp(position)
-            self._newest = None if newest_event_time is None else pd.Timestamp(newest_event_time)
+        self.received_until(newest_event_time)
+
+    def received_until(self, newest_event_time: pd.Timestamp | None) -> None:
+        """The newest event time received so far (the receiver says it as it writes)."""
+        if newest_event_time is None:
+            return
+        with self._lock:
+            newest = pd.Timestamp(newest_event_time)
+            self._newest = newest if self._newest is None else max(self._newest, newest)
 
     def scored(self, detector: str, seconds: float) -> None:
         """One detector scored one step in ``seconds``."""
@@ -91,6 +119,13 @@ class ServeMetrics:
         return generate_latest(self.registry)
 
     def _step_lag(self) -> float:
+        with self._lock:
+            position, newest = self._position, self._newest
+        if position is None or newest is None:
+            return math.nan
+        return max((newest - self.lateness - (position + self.step)).total_seconds(), 0.0)
+
+    def _position_age(self) -> float:
         with self._lock:
             position = self._position
         return math.nan if position is None else time.time() - position.timestamp()

@@ -6,6 +6,11 @@ arrived (event time, as stream processors set a watermark), or once the feed has
 as resolve the open incidents. Data that arrives later for a step already scored stays in the
 segments but is not scored.
 
+With ``detect.retrain_every``, the first step of each period is scored with detectors fitted
+again on the stored history before it (:mod:`melt.serve.refit`). After the steps of a tick, the
+segments past retention are deleted and the small ones wholly before the new position merged
+(:mod:`melt.serve.compaction`).
+
 Each step is committed in one SQLite transaction (:meth:`StateDB.commit_step`: the new report
 versions, a pending delivery per sink, the stream position), after the detector's state was saved
 under the step's end; a restart loads the state saved for the committed position and goes on
@@ -28,11 +33,14 @@ import pandas as pd
 
 from melt.core.bundle import MeltBundle
 from melt.core.errors import ConfigError, DeliveryError, MeltError
+from melt.core.memory import release_memory
 from melt.core.progress import log
 from melt.core.settings import Settings
 from melt.core.timeutil import format_duration
 from melt.delivery.sinks import Sink
 from melt.pipeline.stream import StreamDetector
+from melt.serve.durable import fsync_path
+from melt.serve.refit import Refitter
 from melt.serve.state import StateDB
 
 KEPT_SNAPSHOTS = 3
@@ -68,11 +76,30 @@ class Runner:
         self._deliverer: threading.Thread | None = None
         self._delivery_lock = threading.Lock()
         self._retry_at: dict[tuple[str, int, str], float] = {}  # a failed delivery waits before its next try
+        self.refitter = Refitter(self.settings, store, quiet)
         window = self.settings.ensemble.window
         step = self.settings.serve.step
         if step < window or step % window != pd.Timedelta(0):
             raise ConfigError(f"serve.step ({format_duration(step)}) must be a whole number of ensemble.window "
                               f"({format_duration(window)})")
+
+    @classmethod
+    def build(cls, settings: Settings, model_dir: str | Path, store: Any, state: StateDB, metrics: Any | None = None,
+              quiet: bool = False) -> Runner:
+        """The production runner: the fitted models of ``model_dir`` as a stream, delivering through
+        ``serve.sinks`` (reports of the files sink in ``<data_dir>/reports``).
+
+        Raises:
+            BundleError | PluginError: the model directory is missing or holds a model that cannot load.
+        """
+        from explain.explainer import Explainer
+        from melt.delivery.sinks import make_sinks
+        from melt.pipeline.fitting import load_models
+
+        models = load_models(model_dir)  # first: a model that cannot load is the likeliest mistake
+        sinks = make_sinks(settings.serve.sinks, settings.serve.data_dir / "reports", settings.report)
+        detector = StreamDetector(models, settings, Explainer(settings.explain))
+        return cls(store, state, detector, sinks, metrics, quiet=quiet)
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -125,6 +152,7 @@ class Runner:
         with self._lock:
             self._restore()
             serve = self.settings.serve
+            self.store.refresh()  # a reader beside the receiver's process sees its new segments
             newest = self.store.max_time()
             if newest is None:
                 if deliver:
@@ -152,6 +180,8 @@ class Runner:
                 self.deliver()
             if steps:
                 self.store.sweep()
+                self.store.compact(position)  # the small files of the steps scored, one per signal
+                release_memory()  # the merge's arrow buffers too
             return steps
 
     def _skip_quiet(self, position: pd.Timestamp, newest: pd.Timestamp) -> pd.Timestamp:
@@ -171,10 +201,15 @@ class Runner:
             return position
         self._save(resume)
         self.state.commit_step(resume, [])
+        if self.metrics is not None:
+            self.metrics.step_done(resume, newest)
         log(f"no data from {position.isoformat()} to {resume.isoformat()}: skipped", self.quiet)
         return resume
 
     def _step(self, start: pd.Timestamp, end: pd.Timestamp, newest: pd.Timestamp) -> None:
+        period = self.refitter.due(start)
+        if period is not None:  # the first step of a new period: refit on the window before it first
+            self.detector.use_models(self.refitter.refit(period, self.detector.models))
         bundle = self._bundle(start, end)
         before = self.detector.snapshot()
         try:
@@ -195,6 +230,8 @@ class Runner:
             self.metrics.incidents_open(self.state.open_count())
         for update in result.updates:
             log(f"{update.incident_id} {update.status}: {', '.join(update.report['services'][:3])}", self.quiet)
+        del bundle, result
+        release_memory()  # the step's frames are gone: RSS falls back before the next one
 
     def _details(self, updates: list[Any]) -> dict[str, dict[str, Any]]:
         """The incident page's detail of each changed incident, from the data of its window."""
@@ -213,9 +250,11 @@ class Runner:
 
     def _bundle(self, start: pd.Timestamp, end: pd.Timestamp) -> MeltBundle:
         """The step's data with its context: metrics and events from ``serve.context`` before it (the
-        detectors that smooth or read sequences need it), spans and logs from ``lateness`` before it
-        to ``lateness`` after it, so that a trace that starts in the step comes whole and one that
-        started in the step before is recognised as such."""
+        detectors that smooth or read sequences need it), and the traces that start in the step,
+        whole, with their log lines. Spans and lines are read from ``lateness`` before the step to
+        ``lateness`` after it, so that a trace that starts in the step comes whole and the late
+        spans of one that started in the step before are known as such and left out (the trace
+        and log detectors score each window on its own: they need no earlier windows)."""
         serve = self.settings.serve
         frames: dict[str, pd.DataFrame | None] = {}
         for signal in ("metrics", "events"):
@@ -223,7 +262,13 @@ class Runner:
         for signal in ("traces", "logs"):
             frames[signal] = self.store.read(signal, start - serve.lateness, end + serve.lateness)
         present = {k: _present(v) for k, v in frames.items()}
-        return MeltBundle(**present, validate=False).slice_time(start - serve.context, end)
+        read = MeltBundle(**present, validate=False)
+        # the traces that start in the step, whole, with their lines: a trace that began in the step
+        # before was scored there (the lateness read before the step tells the two apart)
+        own = read.slice_time(start, end)
+        context = read.slice_time(start - serve.context, end)
+        return MeltBundle(metrics=context.metrics, events=context.events, traces=own.traces, logs=own.logs,
+                          validate=False)
 
     # ------------------------------------------------------------------ delivery
     def deliver(self) -> int:
@@ -286,11 +331,7 @@ class Runner:
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(path)
-        directory = os.open(self.snapshots, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename is durable before the step's commit names this file
-        finally:
-            os.close(directory)
+        fsync_path(self.snapshots)  # the rename is durable before the step's commit names this file
         for old in sorted(self.snapshots.glob("*.pkl"), key=lambda p: int(p.stem))[:-KEPT_SNAPSHOTS]:
             old.unlink(missing_ok=True)
 
@@ -301,6 +342,9 @@ class Runner:
         position = self.state.position()
         if position is None:
             return
+        refitted = self.refitter.restore(position)
+        if refitted is not None:
+            self.detector.use_models(refitted)
         path = self.snapshots / f"{position.value}.pkl"
         if not path.is_file():
             log(f"no saved stream state for {position.isoformat()}: incidents open before it start afresh",
@@ -311,37 +355,56 @@ class Runner:
 
     # ------------------------------------------------------------------ the API's requests
     def explain(self, incident_id: str) -> dict[str, Any]:
-        """The incident's latest report with an explanation written now (``explain`` settings;
-        an LLM that fails falls back to the template, as in ``melt detect``)."""
-        import copy
-
-        from explain.explainer import Explainer
-        from explain.facts import build_facts
-        from melt.reports.report import validate_report, with_explanation
-
-        report = self.state.incident(incident_id)
-        if report is None:
-            raise KeyError(incident_id)
-        summary = {"id": report["incident_id"], "start": report["window"]["start"], "end": report["window"]["end"],
-                   "services": report["services"], "severity": report["anomaly_details"]["severity"],
-                   "confidence": report["anomaly_details"]["confidence"], "peak_score": None}
-        facts = build_facts(summary, report["root_cause_analysis"]["ranked_causes"], report["evidence"],
-                            self.settings.explain.max_fact_tokens)
-        explanation = Explainer(self.settings.explain).explain_all([facts], quiet=True)[0]
-        return validate_report(with_explanation(copy.deepcopy(report), explanation))
+        """The incident's latest report with an explanation written now (:func:`explain_incident`)."""
+        return explain_incident(self.state, self.settings, incident_id)
 
     def detect_bundle(self, bundle: MeltBundle) -> list[dict[str, Any]]:
-        """The batch pipeline on an uploaded bundle with the served models: its reports, not stored."""
-        from melt.pipeline.batch import incidents_and_reports
-        from melt.pipeline.fitting import score_all
+        """The batch pipeline on an uploaded bundle with the served models (:func:`detect_bundle`)."""
+        return detect_bundle(self.detector.models, self.settings, bundle, self.detector.explainer)
 
-        models = {n: m for n, m in self.detector.models.items() if m.signal in bundle.signals()}
-        if not models:
-            raise MeltError(f"the upload holds none of the signals the served models read "
-                            f"({', '.join(sorted({m.signal for m in self.detector.models.values()}))})")
-        scores = score_all(models, bundle, quiet=True)
-        signal_of = {name: model.signal for name, model in models.items()}
-        return incidents_and_reports(scores, signal_of, bundle, self.settings, self.detector.explainer)[1]
+
+def explain_incident(state: StateDB, settings: Settings, incident_id: str) -> dict[str, Any]:
+    """The incident's latest report with an explanation written now (``explain`` settings; an LLM
+    that fails falls back to the template, as in ``melt detect``).
+
+    Raises:
+        KeyError: no such incident.
+    """
+    import copy
+
+    from explain.explainer import Explainer
+    from explain.facts import build_facts
+    from melt.reports.report import validate_report, with_explanation
+
+    report = state.incident(incident_id)
+    if report is None:
+        raise KeyError(incident_id)
+    summary = {"id": report["incident_id"], "start": report["window"]["start"], "end": report["window"]["end"],
+               "services": report["services"], "severity": report["anomaly_details"]["severity"],
+               "confidence": report["anomaly_details"]["confidence"], "peak_score": None}
+    facts = build_facts(summary, report["root_cause_analysis"]["ranked_causes"], report["evidence"],
+                        settings.explain.max_fact_tokens)
+    explanation = Explainer(settings.explain).explain_all([facts], quiet=True)[0]
+    return validate_report(with_explanation(copy.deepcopy(report), explanation))
+
+
+def detect_bundle(models: dict[str, Any], settings: Settings, bundle: MeltBundle,
+                  explainer: Any | None = None) -> list[dict[str, Any]]:
+    """The batch pipeline on ``bundle`` with the served ``models``: its reports, not stored.
+
+    Raises:
+        MeltError: the bundle holds none of the signals the models read.
+    """
+    from melt.pipeline.batch import incidents_and_reports
+    from melt.pipeline.fitting import score_all
+
+    usable = {n: m for n, m in models.items() if m.signal in bundle.signals()}
+    if not usable:
+        raise MeltError(f"the upload holds none of the signals the served models read "
+                        f"({', '.join(sorted({m.signal for m in models.values()}))})")
+    scores = score_all(usable, bundle, quiet=True)
+    signal_of = {name: model.signal for name, model in usable.items()}
+    return incidents_and_reports(scores, signal_of, bundle, settings, explainer)[1]
 
 
 def _present(frame: pd.DataFrame | None) -> pd.DataFrame | None:

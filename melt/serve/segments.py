@@ -22,6 +22,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ from melt.core.bundle import TIME_COLUMNS, MeltBundle
 from melt.core.progress import log
 from melt.core.schema import SCHEMAS, SIGNALS, validate_frame
 from melt.importers.writer import arrow_table
+from melt.serve import compaction
+from melt.serve.durable import fsync_path
 
-SEGMENT_NAME = re.compile(r"^(?P<seq>\d+)-(?P<low>\d+)-(?P<high>\d+)\.parquet$")
+SEGMENT_NAME = re.compile(r"^(?P<seq>\d+)-(?P<low>\d+)-(?P<high>\d+)(?P<compacted>\.c)?\.parquet$")
 TEMP_SUFFIX = ".tmp"
 RETRY_AFTER = (1.0, 30.0)
 """Bounds of the ``Retry-After`` advice, in seconds."""
@@ -57,6 +60,7 @@ class Segment:
     low: int
     high: int
     path: Path
+    compacted: bool = False  # merged from smaller ones (:mod:`melt.serve.compaction`)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class _Pending:
     frames: dict[str, pd.DataFrame]
     future: Future[None]
     size: int
+    keys: tuple[str, ...] = ()
 
 
 class SegmentStore:
@@ -76,14 +81,21 @@ class SegmentStore:
         commit_interval: how long the writer collects requests before writing them as one segment.
         max_pending_bytes: received data (pandas memory) not yet written above which
             :meth:`submit` refuses more.
+        read_only: a reader beside the writing process (``melt serve``'s step process): it never
+            writes or removes a temporary file, and :meth:`refresh` picks up the segments written
+            since it looked.
+        index_writes: keep the segments written in the index; a writer that never reads (``melt
+            serve``'s receiver) does without, so its index does not grow with every segment.
     """
 
     def __init__(self, data_dir: Path, *, retention: pd.Timedelta, commit_interval: pd.Timedelta,
-                 max_pending_bytes: int) -> None:
+                 max_pending_bytes: int, read_only: bool = False, index_writes: bool = True) -> None:
         self.root = Path(data_dir) / "segments"
         self.retention = pd.Timedelta(retention)
         self.commit_interval = max(pd.Timedelta(commit_interval).total_seconds(), 0.0)
         self.max_pending_bytes = int(max_pending_bytes)
+        self.read_only, self.index_writes = read_only, index_writes
+        self._newest_written: int | None = None
         self._segments: dict[str, list[Segment]] = {signal: [] for signal in SIGNALS}
         self._schemas: dict[Path, pa.Schema] = {}  # each segment file's schema, read once
         self._lock = threading.Lock()  # the segment index
@@ -99,24 +111,36 @@ class SegmentStore:
 
     # ------------------------------------------------------------------ life cycle
     def _recover(self) -> int:
-        """Index the segments on disk (temporary files of an interrupted write are removed); the next seq."""
+        """Index the segments on disk (a writer removes the temporary files of an interrupted
+        write); the next seq."""
         last = 0
         for signal in SIGNALS:
             folder = self.root / signal
             folder.mkdir(parents=True, exist_ok=True)
-            for path in folder.iterdir():
-                match = SEGMENT_NAME.match(path.name)
-                if path.name.endswith(TEMP_SUFFIX):
+            if not self.read_only:
+                compaction.recover(folder)
+                for path in [p for p in folder.iterdir() if p.name.endswith(TEMP_SUFFIX)]:
                     path.unlink(missing_ok=True)
-                elif match:
-                    segment = Segment(int(match["seq"]), int(match["low"]), int(match["high"]), path)
-                    self._segments[signal].append(segment)
-                    last = max(last, segment.seq)
-            self._segments[signal].sort(key=lambda s: s.seq)
+            self._segments[signal] = _listed(folder)
+            last = max([last, *(s.seq for s in self._segments[signal])])
         return last + 1
+
+    def refresh(self) -> None:
+        """Index the segments on disk now (a reader's view of what the writing process wrote since;
+        a store that writes and indexes its own segments needs no refresh)."""
+        if not self.read_only:
+            return
+        listed = {signal: _listed(self.root / signal) for signal in SIGNALS}
+        with self._lock:
+            self._segments = listed
+        present = {s.path for segments in listed.values() for s in segments}
+        for path in [p for p in self._schemas if p not in present]:
+            del self._schemas[path]
 
     def start(self) -> None:
         """Start the group-commit writer thread."""
+        if self.read_only:
+            raise RuntimeError("a read-only segment store does not write")
         if self._thread is None:
             self._closing = False
             self._thread = threading.Thread(target=self._run, name="melt-segments", daemon=True)
@@ -140,6 +164,11 @@ class SegmentStore:
         return self._pending
 
     @property
+    def newest_written(self) -> pd.Timestamp | None:
+        """The newest event time this store has written (any signal) since it opened."""
+        return None if self._newest_written is None else pd.Timestamp(self._newest_written, tz="UTC")
+
+    @property
     def rows_written(self) -> dict[str, int]:
         """Rows written per signal since this store opened."""
         return dict(self._rows)
@@ -156,16 +185,19 @@ class SegmentStore:
         Raises:
             Backpressure: pending data is at or over ``max_pending_bytes``, or the store is closing.
         """
-        if self._closing:
+        if self._closing or self.read_only:
             raise Backpressure(RETRY_AFTER[0], "the receiver is shutting down")
         if self._pending >= self.max_pending_bytes:
             raise Backpressure(self.retry_after(), f"{self._pending / 2**20:.0f} MiB received and not yet written "
                                                    f"(limit {self.max_pending_bytes / 2**20:.0f} MiB)")
 
-    def submit(self, frames: dict[str, pd.DataFrame]) -> Future[None]:
+    def submit(self, frames: dict[str, pd.DataFrame], keys: Sequence[str] = ()) -> Future[None]:
         """Queue validated frames (signal -> rows in bundle columns, :mod:`melt.core.schema`).
 
         The future resolves once they are in a segment on disk (or fails with the write's error).
+        ``keys`` (the requests' keys, :mod:`melt.serve.dedup`) are stored with them: in the
+        metadata of the last segment their group commit writes, so a key on disk means all of its
+        rows are.
         A batch is refused only when something is already pending, so one batch larger than the
         limit still gets through once the queue is empty.
 
@@ -183,7 +215,7 @@ class SegmentStore:
         size = sum(int(frame.memory_usage(index=False, deep=True).sum()) for frame in frames.values())
         future: Future[None] = Future()
         with self._wake:
-            if self._closing:
+            if self._closing or self.read_only:
                 raise Backpressure(RETRY_AFTER[0], "the receiver is shutting down")
             if self._pending and self._pending + size > self.max_pending_bytes:
                 raise Backpressure(self.retry_after(), f"{self._pending / 2**20:.0f} MiB received and not yet "
@@ -193,7 +225,7 @@ class SegmentStore:
                 return future
             if not self._queue:
                 self._queued_since = time.monotonic()
-            self._queue.append(_Pending(frames, future, size))
+            self._queue.append(_Pending(frames, future, size, tuple(keys)))
             self._pending += size
             self._wake.notify_all()
         return future
@@ -222,11 +254,13 @@ class SegmentStore:
         """Write ``batch`` as one segment per signal, then resolve its futures (or fail them all)."""
         began = time.perf_counter()
         size = sum(item.size for item in batch)
+        keys = [key for item in batch for key in item.keys]
         try:
-            for signal in SIGNALS:
+            signals = [signal for signal in SIGNALS if any(signal in item.frames for item in batch)]
+            for signal in signals:
                 frames = [item.frames[signal] for item in batch if signal in item.frames]
-                if frames:
-                    self._write(signal, pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
+                self._write(signal, pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0],
+                            keys if signal == signals[-1] else ())
         except Exception as exc:  # a full disk, a permission, an unstorable value: every request in it fails
             log(f"could not write a segment: {type(exc).__name__}: {exc}", stage="melt serve")
             with self._wake:
@@ -241,7 +275,7 @@ class SegmentStore:
         for item in batch:
             item.future.set_result(None)
 
-    def _write(self, signal: str, frame: pd.DataFrame) -> None:
+    def _write(self, signal: str, frame: pd.DataFrame, keys: Sequence[str] = ()) -> None:
         import pyarrow.parquet as pq
 
         times = frame[TIME_COLUMNS[signal]]
@@ -250,13 +284,19 @@ class SegmentStore:
         folder = self.root / signal
         final = folder / f"{seq:012d}-{low}-{high}.parquet"
         temp = folder / f".{seq:012d}{TEMP_SUFFIX}"
-        pq.write_table(arrow_table(frame, signal), temp, compression="zstd")
-        _fsync(temp)
+        table = arrow_table(frame, signal)
+        if keys:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   compaction.REQUESTS_KEY: ",".join(keys).encode()})
+        pq.write_table(table, temp, compression="zstd")
+        fsync_path(temp)
         os.replace(temp, final)
-        _fsync(folder)
-        with self._lock:
-            self._segments[signal].append(Segment(seq, low, high, final))
+        fsync_path(folder)
+        if self.index_writes:
+            with self._lock:
+                self._segments[signal].append(Segment(seq, low, high, final))
         self._rows[signal] += len(frame)
+        self._newest_written = high if self._newest_written is None else max(self._newest_written, high)
 
     # ------------------------------------------------------------------ reading
     def segments(self, signal: str) -> list[Segment]:
@@ -334,6 +374,50 @@ class SegmentStore:
             starts = [max(s.low, floor) for segments in self._segments.values() for s in segments if s.high >= floor]
         return pd.Timestamp(min(starts), tz="UTC") if starts else None
 
+    def recent_request_keys(self, seconds: float) -> list[str]:
+        """The request keys stored in the segments written in the last ``seconds`` (by file time)."""
+        import pyarrow.parquet as pq
+
+        cutoff = time.time() - seconds
+        keys: list[str] = []
+        for signal in SIGNALS:
+            for segment in _listed(self.root / signal):
+                try:
+                    if segment.path.stat().st_mtime < cutoff:
+                        continue
+                    metadata = pq.read_schema(segment.path).metadata or {}
+                except (OSError, pa.ArrowException):
+                    continue
+                if metadata.get(compaction.REQUESTS_KEY):
+                    keys += metadata[compaction.REQUESTS_KEY].decode().split(",")
+        return keys
+
+    def compact(self, before: pd.Timestamp, min_parts: int = 2) -> int:
+        """Merge, per signal, the segments not yet merged whose rows all lie before ``before`` into
+        one (:mod:`melt.serve.compaction`); how many files were merged. Only the process that reads
+        (the step process, or a store that both writes and reads) compacts."""
+        cutoff = _ns(before)
+        merged = 0
+        for signal in SIGNALS:
+            folder = self.root / signal
+            compaction.recover(folder)  # a merge a crash interrupted: finished or undone first
+            with self._lock:
+                parts = [s for s in self._segments[signal] if not s.compacted and s.high < cutoff]
+            if len(parts) < min_parts:
+                continue
+            path = compaction.merge(folder, [p.path for p in parts], max(p.seq for p in parts),
+                                    min(p.low for p in parts), max(p.high for p in parts), TIME_COLUMNS[signal])
+            segment = Segment(max(p.seq for p in parts), min(p.low for p in parts), max(p.high for p in parts), path,
+                              compacted=True)
+            gone = {p.path for p in parts}
+            with self._lock:
+                self._segments[signal] = sorted([s for s in self._segments[signal] if s.path not in gone] + [segment],
+                                                key=lambda s: s.seq)
+            for path in gone:
+                self._schemas.pop(path, None)
+            merged += len(parts)
+        return merged
+
     def sweep(self) -> int:
         """Delete the segments whose newest row is older than ``max_time() - retention``; how many."""
         newest = self.max_time()
@@ -350,6 +434,18 @@ class SegmentStore:
         return sum(len(segments) for segments in old.values())
 
 
+def _listed(folder: Path) -> list[Segment]:
+    """The segments in ``folder`` by their names, oldest first (temporary files are not segments)."""
+    segments = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = SEGMENT_NAME.match(entry.name)
+            if match:
+                segments.append(Segment(int(match["seq"]), int(match["low"]), int(match["high"]), Path(entry.path),
+                                        bool(match["compacted"])))
+    return sorted(segments, key=lambda s: s.seq)
+
+
 def _ns(stamp: pd.Timestamp) -> int:
     stamp = pd.Timestamp(stamp)
     return int((stamp if stamp.tzinfo else stamp.tz_localize("UTC")).value)
@@ -361,15 +457,6 @@ def _empty(signal: str) -> pd.DataFrame:
     kinds = {"time": "datetime64[ns, UTC]", "str": "string", "float": "float64", "int": "Int64"}
     return validate_frame(signal, pd.DataFrame({c: pd.Series(dtype=kinds[k]) for c, k in columns.items()}),
                           allow_empty=True)
-
-
-def _fsync(path: Path) -> None:
-    """Flush ``path`` (a file or a directory) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["Backpressure", "Segment", "SegmentStore"]

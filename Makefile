@@ -9,7 +9,7 @@ DATA   ?= ../shared/data
 BOUTIQUE_TAR := $(DATA)/nezha-onlineboutique/nezha-onlineboutique.tar.xz
 BOUTIQUE := data/real/nezha-onlineboutique# unpacked once from BOUTIQUE_TAR (git-ignored)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics_synth.py speed
 	$(BIN)/python benchmarks/teg_synth.py
 	$(BIN)/python benchmarks/gat_synth.py
+	$(BIN)/python benchmarks/serve_ingest.py
+	$(BIN)/python benchmarks/serve_load.py --spans 20000 --minutes 10
 	@if [ -d "$(DATA)/skab" ]; then $(BIN)/python benchmarks/metrics_skab.py $(DATA)/skab; \
 	else echo "skipping SKAB: no $(DATA)/skab (set DATA=path/to/shared/data)"; fi
 	@if [ -d "$(DATA)/loghub-2k" ]; then $(BIN)/python benchmarks/logs_loghub.py $(DATA)/loghub-2k; \
@@ -51,6 +53,9 @@ bench: $(STAMP)
 	@systems=""; for d in $(DATA)/nezha-trainticket $(BOUTIQUE); do [ -d "$$d" ] && systems="$$systems $$d"; done; \
 	if [ -n "$$systems" ]; then $(BIN)/python benchmarks/rca_nezha.py $$systems; \
 	else echo "skipping root-cause ranking on Nezha: no TrainTicket or OnlineBoutique data"; fi
+
+screenshot: $(STAMP)  # docs/img/incident-page.png (docs/serve.md), drawn by headless chromium from the current code
+	MELT_SCREENSHOT=docs/img/incident-page.png $(BIN)/pytest -q tests/test_page.py -k chromium
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,10 +14,11 @@ time of the server's process tree (the receiver and its step process) from ``/pr
 
 Reported: the rates sent and acknowledged, rows the server counted against rows acknowledged
 (data dropped), the step lag (``melt_step_lag_seconds``: event time due for scoring and not yet
-scored) and the position's age on the wall clock (which never falls under ``serve.step +
-serve.lateness``, 90 s by default) over the run, the mean and peak RSS of each minute (flat memory:
-the last minute's mean within 10% of the second's), and the CPU share of the receiver and of the
-whole tree. The baseline in the same run is the sender alone against a server that only
+scored) and the position's age on the wall clock (between ``serve.lateness`` and ``serve.step +
+serve.lateness`` plus a step's scoring time while scoring keeps up) over the run, the mean and
+the peak RSS of each whole minute (the issue's flat memory: the last minute within 10% of the
+second; a step's peak comes and goes within a minute, so both are reported), and the CPU share of
+the receiver and of the whole tree. The baseline in the same run is the sender alone against a server that only
 acknowledges (``--baseline``: a bare HTTP server that reads each body and answers 200), which
 bounds what the sender and the machine can push.
 

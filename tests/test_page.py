@@ -329,3 +329,5 @@ def test_chromium_draws_the_pages(pages: Path, tmp_path: Path) -> None:
     browse((html_dir / f"{ident}.html").as_uri(), tmp_path / "profile", f"--screenshot={shot}",
            "--window-size=1280,1600")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+    if os.environ.get("MELT_SCREENSHOT"):  # `make screenshot`: the picture docs/serve.md shows
+        shutil.copyfile(shot, os.environ["MELT_SCREENSHOT"])

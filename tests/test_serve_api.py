@@ -188,7 +188,7 @@ def test_health_and_readiness(server) -> None:
     runner.alive = False
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503
-    assert not_ready.json()["error"] == "not ready: the runner is not running"
+    assert not_ready.json()["error"] == "not ready: the step runner is not running"
     assert not_ready.json()["checks"]["runner"] is False
     runner.alive = True
     settings.serve.data_dir.rename(settings.serve.data_dir.with_name("moved"))

@@ -364,3 +364,30 @@ def test_a_request_sent_again_is_stored_once_also_across_a_restart_and_a_compact
         assert client.post("/v1/logs", content=body, headers=headers).status_code == 200
     store.close()
     assert len(store.read("logs", *EVER)) == 6 and ("duplicate", "/v1/logs", 1) in recorder.calls
+
+
+def test_the_request_ledger_remembers_answers_for_a_while_and_passes_failures_on() -> None:
+    import asyncio
+
+    from melt.serve.dedup import RequestLedger, request_key
+
+    assert request_key("/v1/logs", PROTOBUF, None, b"x") != request_key("/v1/logs", PROTOBUF, "gzip", b"x")
+
+    async def scenario() -> None:
+        ledger = RequestLedger(known=[("old", 700.0), ("recent", 5.0)], window=600.0, max_keys=3)
+        assert ledger.answered("recent") == (True, None) and ledger.answered("old") == (False, None)
+        first = ledger.begin("a")
+        assert ledger.in_flight("a") is first
+        ledger.end("a", outcome="decoded", answer=b"encoded")
+        assert await first == "decoded" and ledger.answered("a") == (True, b"encoded")
+        failing = ledger.begin("b")
+        ledger.end("b", error=RuntimeError("disk full"))
+        with pytest.raises(RuntimeError):
+            await failing
+        assert ledger.answered("b") == (False, None) and ledger.in_flight("b") is None  # a retry is stored
+        for key in ("c", "d", "e"):
+            ledger.begin(key)
+            ledger.end(key, answer=b"")
+        assert len(ledger) == 3 and ledger.answered("recent") == (False, None)  # the oldest went first
+
+    asyncio.run(scenario())

@@ -101,3 +101,25 @@ def test_too_little_history_keeps_the_current_fit(tmp_path, initial) -> None:
     assert refitter.refit(start + pd.Timedelta("10min"), initial) is initial  # nothing stored: nothing to fit on
     assert refitter.due(start + pd.Timedelta("11min")) is None
     assert not (tmp_path / "models").exists()
+
+
+def test_a_failing_refit_keeps_the_current_fit_and_the_stream_goes_on(tmp_path, initial, monkeypatch) -> None:
+    settings = settings_for(tmp_path)
+    refitter = Refitter(settings, store=None, quiet=True)  # no store: reading the history raises
+    start = pd.Timestamp("2026-01-01 10:00", tz="UTC")
+    refitter.due(start)
+    period = refitter.due(start + pd.Timedelta("10min"))
+    assert refitter.refit(period, initial) is initial
+    assert refitter.period == period and "AttributeError" in refitter.error
+    assert refitter.due(start + pd.Timedelta("11min")) is None  # not tried again for every step
+
+
+def test_a_restart_at_a_period_boundary_still_refits_that_period(tmp_path) -> None:
+    settings = settings_for(tmp_path)
+    boundary = pd.Timestamp("2026-01-01 10:10", tz="UTC")
+    refitter = Refitter(settings, store=None, quiet=True)
+    assert refitter.restore(boundary, settings.serve.step) is None  # nothing saved yet
+    assert refitter.due(boundary) == boundary  # the step that starts the period is refitted, as without the restart
+    refitter = Refitter(settings, store=None, quiet=True)
+    refitter.restore(boundary + pd.Timedelta("3min"), settings.serve.step)
+    assert refitter.due(boundary + pd.Timedelta("3min")) is None  # mid-period: the period's fit (or lack) goes on

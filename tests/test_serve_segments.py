@@ -175,9 +175,26 @@ def test_compaction_merges_small_segments_and_survives_a_crash_half_way(tmp_path
     assert not (folder / compaction.JOURNAL).exists()
 
     # a crash before the rename: the parts stay, the temporary file goes
+    present = sorted(p.name for p in folder.glob("*.parquet"))
     (folder / ".half.tmp").write_bytes(b"partial")
-    (folder / compaction.JOURNAL).write_text('{"merged": "never.c.parquet", "temporary": ".half.tmp", "parts": []}')
+    (folder / compaction.JOURNAL).write_text(json.dumps({"merged": "000000000099-1-2.c.parquet",
+                                                         "temporary": ".half.tmp", "parts": present}))
     reader = store_at(tmp_path, read_only=True)
     reader.compact(T0)
     assert not (folder / ".half.tmp").exists() and not (folder / compaction.JOURNAL).exists()
+    assert sorted(p.name for p in folder.glob("*.parquet")) == present  # every part kept
     pd.testing.assert_frame_equal(reader.read("logs", T0, T0 + pd.Timedelta(hours=1)), before)
+
+
+def test_compaction_after_a_backlog_merges_one_file_per_step(tmp_path: Path) -> None:
+    store = store_at(tmp_path, commit_interval=pd.Timedelta("1ms"))
+    store.start()
+    for second in range(0, 240, 20):  # four minutes, three segments a minute
+        store.submit({"logs": logs(T0 + pd.Timedelta(seconds=second), 5)}).result(10)
+    store.close()
+    reader = store_at(tmp_path, read_only=True)
+    assert reader.compact(T0 + pd.Timedelta(minutes=4), pd.Timedelta("1min")) == 12
+    merged = [s for s in reader.segments("logs") if s.compacted]
+    assert len(merged) == 4 and all(pd.Timestamp(s.high, tz="UTC") - pd.Timestamp(s.low, tz="UTC")
+                                    < pd.Timedelta("1min") for s in merged)
+    assert len(reader.read("logs", T0, T0 + pd.Timedelta(hours=1))) == 60

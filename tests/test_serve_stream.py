@@ -145,10 +145,26 @@ def start_serve(model_dir: Path, config: Path, port: int) -> subprocess.Popen:
     raise AssertionError("melt serve did not start")
 
 
-def children(pid: int) -> list[int]:
-    """The pids of a process's children (Linux /proc)."""
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
+def step_processes(pid: int) -> list[int]:
+    """The pids of `melt serve`'s step processes among its children (Linux /proc): multiprocessing's
+    ``spawn_main`` children, not its resource tracker."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for child in (task / "children").read_text().split():
+                if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text():
+                    found.append(int(child))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from Linux /proc")
@@ -172,18 +188,19 @@ def test_kill_9_during_ingest_loses_nothing_and_duplicates_nothing(tiny_bundle, 
         for number, request in enumerate(requests[:cut]):  # the runner scores and delivers meanwhile
             send(url, request)
             acknowledged.append(number)
-        scorers = children(server.pid)  # the step process
-        assert scorers, "melt serve scores in a child process"
+        scorers = step_processes(server.pid)
+        assert len(scorers) == 1, "melt serve scores in one child process"
         server.send_signal(signal.SIGKILL)
         server.wait(10)
         deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{pid}").exists() for pid in scorers) and time.monotonic() < deadline:
+        while running(scorers[0]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(Path(f"/proc/{pid}").exists() for pid in scorers), "the step process outlived melt serve"
+        assert not running(scorers[0]), "the step process outlived melt serve"
         killed_at = StateDB(data_dir / "serve.db").position()
         assert killed_at is not None, "the kill should come after some steps were scored"
         server = start_serve(model_dir, config, port)
         try:
+            send(url, requests[cut - 1])  # the last answer before the kill was lost: the sender retries it
             for request in requests[cut:]:  # a sender goes on with what was not acknowledged
                 send(url, request)
             state = StateDB(data_dir / "serve.db")
@@ -220,3 +237,37 @@ def test_kill_9_during_ingest_loses_nothing_and_duplicates_nothing(tiny_bundle, 
     # record of it, and then with the same idempotency key
     assert len(receiver.tickets) == len(versions)
     print(f"killed at step {killed_at}; {len(reports)} incident(s), {len(versions)} version(s), {len(keys)} POSTs")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from Linux /proc")
+def test_a_step_process_that_dies_is_started_again(model_dir, tmp_path) -> None:
+    import httpx
+
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"serve": {"data_dir": str(tmp_path / "serve"), "idle": "1s"}}))
+    port = free_port()
+    server = start_serve(model_dir, config, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = step_processes(server.pid)
+        assert len(first) == 1
+        os.kill(first[0], signal.SIGKILL)  # as the kernel's OOM killer would
+        down = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = httpx.get(url + "/readyz")
+            down = down or (ready.json()["error"] if ready.status_code == 503 else None)
+            again = [pid for pid in step_processes(server.pid) if pid != first[0] and running(pid)]
+            if again and ready.status_code == 200:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the step process was not started again")
+        assert down is not None and "step runner" in down  # /readyz said so meanwhile
+        assert server.poll() is None
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0

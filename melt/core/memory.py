@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import gc
 import sys
+from collections.abc import Callable
 
 _LIBC: ctypes.CDLL | None = None
 
@@ -32,7 +33,7 @@ def release_memory() -> None:
         trim(0)
 
 
-def _malloc_trim():  # noqa: ANN202 (a ctypes function)
+def _malloc_trim() -> Callable[[int], int] | None:
     global _LIBC
     if not sys.platform.startswith("linux"):
         return None

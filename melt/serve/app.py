@@ -107,22 +107,15 @@ def assemble(settings: Settings, model_dir: str | Path, metrics: ServeMetrics,
     from melt.serve.segments import SegmentStore
 
     serve = settings.serve
+    state = state or StateDB(serve.db, serve.sinks)
+    store = store or SegmentStore.of(serve, index_writes=not step_process)
     if step_process:
-        from melt.pipeline.fitting import load_models
         from melt.serve.worker import StepProcess
 
-        models = load_models(model_dir)  # here too: a model that cannot load is one line before the child starts
-        state = state or StateDB(serve.db, serve.sinks)
-        store = store or SegmentStore(serve.data_dir, retention=serve.retention,
-                                      commit_interval=serve.commit_interval,
-                                      max_pending_bytes=int(serve.max_pending_mib * 2**20), index_writes=False)
-        return StepProcess(settings, model_dir, state, metrics, quiet, models=models), store, state
+        return StepProcess(settings, model_dir, state, metrics, quiet), store, state
 
     from melt.serve.runner import Runner as StepRunner
 
-    state = state or StateDB(serve.db, serve.sinks)
-    store = store or SegmentStore(serve.data_dir, retention=serve.retention, commit_interval=serve.commit_interval,
-                                  max_pending_bytes=int(serve.max_pending_mib * 2**20))
     return StepRunner.build(settings, model_dir, store, state, metrics, quiet=quiet), store, state
 
 
@@ -354,7 +347,7 @@ def _api_routes(app: FastAPI, parts: _Parts) -> None:
         failing = [name for name, ok in checks.items() if not ok]
         if failing:
             why = {"models": "no models loaded", "store": f"{parts.settings.serve.data_dir} is not writable",
-                   "runner": f"the last step failed: {error}" if error else "the runner is not running"}
+                   "runner": f"the step runner: {error}" if error else "the step runner is not running"}
             return JSONResponse({"error": "not ready: " + "; ".join(why[n] for n in failing), "checks": checks},
                                 status_code=503)
         return JSONResponse({"status": "ready", "checks": checks})

@@ -3,8 +3,8 @@
 At a 200 ms commit interval a busy feed writes up to five files a second per signal: 2.6 million
 files in two days of retention, too many to list, index or read. Once a step has been scored,
 ``melt serve``'s step process merges the small segments that lie wholly before it into one file per
-signal (arrow tables concatenated and rewritten, no pandas), as log-structured stores compact their
-flushed runs. Reads by event time are unchanged: the rows are the same, only the files differ.
+signal and step (arrow tables concatenated, sorted by event time and rewritten, no pandas), as
+log-structured stores compact their flushed runs. Reads by event time are unchanged: the rows are the same, only the files differ.
 
 A merge is crash-safe with a journal, as databases make a multi-file change atomic: the names of the
 parts and of the merged file are written (and fsynced) to ``compaction.json`` in the signal's
@@ -22,11 +22,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from melt.serve.dedup import REQUESTS_KEY
 from melt.serve.durable import fsync_path
 
 JOURNAL = "compaction.json"
-REQUESTS_KEY = b"melt.requests"
-"""Parquet metadata key of the request keys a segment holds (the receiver's de-duplication)."""
 COMPACTED_MARK = ".c"
 """A merged segment is named ``<seq>-<low>-<high>.c.parquet``; it is never merged again."""
 

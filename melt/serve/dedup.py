@@ -25,6 +25,10 @@ from typing import Any
 
 WINDOW = 600.0
 """Seconds a request key is remembered."""
+MAX_KEYS = 200_000
+"""Keys remembered at most (the oldest go first): 80 requests a second for ten minutes is 48,000."""
+REQUESTS_KEY = b"melt.requests"
+"""Parquet metadata key of the request keys a segment holds (written by :mod:`melt.serve.segments`)."""
 
 
 def request_key(path: str, content_type: str, encoding: str | None, body: bytes) -> str:
@@ -39,24 +43,29 @@ class RequestLedger:
     """The keys of the requests acknowledged in the last :data:`WINDOW` seconds, and those in flight.
 
     Args:
-        known: keys stored before this process started (read back from the segments).
+        known: keys stored before this process started, with their age in seconds (read back from
+            the segments: the age of the file that holds them).
         window: seconds a key is remembered.
+        max_keys: keys remembered at most.
     """
 
-    def __init__(self, known: list[str] | None = None, window: float = WINDOW) -> None:
-        self.window = window
+    def __init__(self, known: list[tuple[str, float]] | None = None, window: float = WINDOW,
+                 max_keys: int = MAX_KEYS) -> None:
+        self.window, self.max_keys = window, max_keys
         self._done: OrderedDict[str, tuple[float, Any]] = OrderedDict()  # key -> (when, the answer given)
         self._flight: dict[str, asyncio.Future[Any]] = {}
         now = time.monotonic()
-        for key in known or []:
-            self._done[key] = (now, None)
+        for key, age in sorted(known or [], key=lambda pair: -pair[1]):  # oldest first
+            if age < window:
+                self._done[key] = (now - age, None)
+        self._prune()
 
     def __len__(self) -> int:
         return len(self._done)
 
     def answered(self, key: str) -> tuple[bool, Any]:
-        """``(True, answer)`` for a key acknowledged within the window (``answer`` is ``None`` when
-        it was acknowledged before a restart), else ``(False, None)``."""
+        """``(True, answer)`` for a key acknowledged within the window (``answer``, the encoded
+        response, is ``None`` when it was acknowledged before a restart), else ``(False, None)``."""
         self._prune()
         if key in self._done:
             return True, self._done[key][1]
@@ -72,21 +81,26 @@ class RequestLedger:
         self._flight[key] = future
         return future
 
-    def end(self, key: str, answer: Any | None = None, error: BaseException | None = None) -> None:
-        """The request of ``key`` was acknowledged with ``answer``, or failed with ``error`` (its
-        duplicates then fail alike, and a later retry is stored)."""
+    def end(self, key: str, outcome: Any | None = None, answer: bytes | None = None,
+            error: BaseException | None = None) -> None:
+        """The request of ``key`` was acknowledged: its copies waiting now get ``outcome``, later
+        ones are answered with ``answer`` (the encoded response: what is remembered stays small).
+        Or it failed with ``error``: the waiting copies fail alike, and a later retry is stored."""
         future = self._flight.pop(key, None)
         if error is None:
             self._done[key] = (time.monotonic(), answer)
             self._done.move_to_end(key)
+            self._prune()
         if future is not None and not future.done():
             if error is None:
-                future.set_result(answer)
+                future.set_result(outcome)
             else:
                 future.set_exception(error)
                 future.exception()  # retrieved: no "never retrieved" warning when nobody waited
 
     def _prune(self) -> None:
+        while len(self._done) > self.max_keys:
+            self._done.popitem(last=False)
         cutoff = time.monotonic() - self.window
         while self._done:
             key, (when, _) = next(iter(self._done.items()))

@@ -151,10 +151,14 @@ def ingest_router(store: SegmentStore, metrics: object | None = None, *,
             body = await run_in_threadpool(inflate, body, encoding, max_body_bytes)
             store.check_capacity()
             decoded = await pipeline.take(signal, body, kind, key)
-        except BaseException as exc:  # noqa: BLE001 (every outcome is handed to the waiting requests)
+        except asyncio.CancelledError as exc:  # the server is stopping: the waiting requests end too
+            ledger.end(key, error=exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 (every outcome is handed to the waiting requests)
             ledger.end(key, error=exc)
         else:
-            ledger.end(key, decoded)
+            encoded = export_response(signal, decoded, kind)
+            ledger.end(key, (decoded, encoded), encoded)
 
     def endpoint(signal: str) -> Any:
         path = ENDPOINTS[signal].path
@@ -171,7 +175,7 @@ def ingest_router(store: SegmentStore, metrics: object | None = None, *,
                     if metrics is not None:
                         metrics.duplicate(path)  # type: ignore[attr-defined]
                         metrics.request(path, 200)  # type: ignore[attr-defined]
-                    return Response(export_response(signal, answer or Decoded(), kind), media_type=kind)
+                    return Response(answer or export_response(signal, Decoded(), kind), media_type=kind)
                 outcome = ledger.in_flight(key)
                 duplicate = outcome is not None
                 if outcome is None:
@@ -179,7 +183,7 @@ def ingest_router(store: SegmentStore, metrics: object | None = None, *,
                     task = asyncio.get_running_loop().create_task(store_once(signal, key, body, encoding, kind))
                     storing.add(task)
                     task.add_done_callback(storing.discard)
-                decoded = await asyncio.shield(outcome)
+                decoded, encoded = await asyncio.shield(outcome)
             except BodyError as exc:
                 return _failure(metrics, path, exc.status, exc.message, kind)
             except Backpressure as exc:
@@ -196,7 +200,7 @@ def ingest_router(store: SegmentStore, metrics: object | None = None, *,
                     for name, rows in decoded.rejected_rows.items():
                         metrics.rejected(name, rows)  # type: ignore[attr-defined]
                 metrics.request(path, 200)  # type: ignore[attr-defined]
-            return Response(export_response(signal, decoded, kind), media_type=kind)
+            return Response(encoded, media_type=kind)
 
         receive.__name__ = f"export_{signal}"
         receive.__doc__ = (f"OTLP/HTTP export of {signal} (protobuf or JSON, gzip allowed); answered once "

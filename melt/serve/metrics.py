@@ -15,10 +15,12 @@ end), ``melt_position_timestamp_seconds``, ``melt_score_seconds{detector}`` (his
 The step lag is measured the way stream processors measure a consumer's lag behind its watermark:
 a step ``[t, t + step)`` is due once data ``serve.lateness`` newer than its end has arrived, and
 the lag is how much event time is due and not yet scored, ``newest - lateness - (position + step)``,
-floored at 0. It is 0 while scoring keeps up (between two steps, and while a step is being scored
-it grows by no more than that step's scoring time) and grows without bound when it does not. The
-position's age on the wall clock also counts the step and the lateness that every step waits for
-by design, so it never falls under ``step + lateness``.
+floored at 0: how long (in event time) the oldest step that is due has waited to be scored. It is
+0 while scoring keeps up (between two steps, and while a step is being scored it grows by no more
+than that step's scoring time) and grows without bound when it does not. The position's age on
+the wall clock also counts the lateness and the step that every step waits for by design: with a
+feed that follows the clock it moves between ``lateness`` and ``step + lateness`` plus the scoring
+time.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class ServeMetrics:
               registry=self.registry).set_function(self._step_lag)
         Gauge("melt_event_lag_seconds", "Newest event time received minus the end of the last scored step",
               registry=self.registry).set_function(self._event_lag)
-        Gauge("melt_position_age_seconds", "Wall clock now minus the end of the last scored step (never under "
-              "serve.step + serve.lateness while the feed follows the clock)",
+        Gauge("melt_position_age_seconds", "Wall clock now minus the end of the last scored step (between "
+              "serve.lateness and serve.step + serve.lateness plus a step's scoring time while keeping up)",
               registry=self.registry).set_function(self._position_age)
         Gauge("melt_position_timestamp_seconds", "End of the last scored step, Unix seconds (event time)",
               registry=self.registry).set_function(self._position_seconds)

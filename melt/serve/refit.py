@@ -52,9 +52,15 @@ class Refitter:
         self.root = Path(settings.serve.data_dir) / "models"
         self.period: pd.Timestamp | None = None  # the period the current fit serves
         self.seconds: float | None = None  # how long the last refit took
-        step = settings.serve.step
-        if self.every is not None and (self.every < step or self.every % step != pd.Timedelta(0)):
-            raise ConfigError(f"detect.retrain_every ({format_duration(self.every)}) must be a whole number of "
+        self.error: str | None = None  # why the last refit failed
+        self.check(settings)
+
+    @staticmethod
+    def check(settings: Settings) -> None:
+        """Raises ConfigError: ``detect.retrain_every`` is not a whole number of ``serve.step``."""
+        every, step = settings.detect.retrain_every, settings.serve.step
+        if every is not None and (every < step or every % step != pd.Timedelta(0)):
+            raise ConfigError(f"detect.retrain_every ({format_duration(every)}) must be a whole number of "
                               f"serve.step ({format_duration(step)}) in melt serve")
 
     @property
@@ -77,8 +83,21 @@ class Refitter:
 
     def refit(self, period: pd.Timestamp, models: dict[str, Detector]) -> dict[str, Detector]:
         """Models for ``period``: each detector refitted on the window before it, or kept as it is
-        where that window holds too little of its signal; saved before they are returned."""
+        where that window holds too little of its signal; saved before they are returned. A refit
+        that fails (a plugin's error, memory, a full disk) is logged and the current fit goes on:
+        the stream must not stop on it."""
+        try:
+            return self._refit(period, models)
+        except Exception as exc:  # noqa: BLE001 (any failure: keep scoring with what works)
+            self.period = period
+            self.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            log(f"refit for {period.isoformat()} failed, the current fit goes on: {self.error}", self.quiet,
+                stage="melt warning")
+            return models
+
+    def _refit(self, period: pd.Timestamp, models: dict[str, Detector]) -> dict[str, Detector]:
         began = time.perf_counter()
+        self.error = None
         history = self.store.bundle(period - self.window, period)
         names = [name for name, model in models.items() if enough_training_data(history, model.signal, self.settings)]
         if not names:
@@ -98,12 +117,16 @@ class Refitter:
             + (f"; {', '.join(kept)} kept" if kept else ""), self.quiet, stage="melt serve")
         return merged
 
-    def restore(self, position: pd.Timestamp | None) -> dict[str, Detector] | None:
-        """The newest saved fit whose period began at or before ``position``, or ``None``."""
-        if self.every is None or position is None or not self.root.is_dir():
+    def restore(self, position: pd.Timestamp | None, step: pd.Timedelta) -> dict[str, Detector] | None:
+        """After a restart at ``position`` (the end of the last committed step): the newest saved fit
+        whose period began at or before it, or ``None`` when the models the server starts with
+        serve on. Either way the next step is refitted for exactly when it would have been without
+        the restart: when it starts a period after the one its predecessor was scored in."""
+        if self.every is None or position is None:
             return None
+        self.period = (position - step).floor(self.every)  # the period of the last step scored
         saved = sorted((int(p.name), p) for p in self.root.iterdir() if p.is_dir() and p.name.isdigit()
-                       and int(p.name) <= position.value)
+                       and int(p.name) <= position.value) if self.root.is_dir() else []
         if not saved:
             return None
         ns, path = saved[-1]
@@ -113,7 +136,7 @@ class Refitter:
             log(f"the saved fit {path} cannot be loaded ({exc}); the models the server started with go on",
                 self.quiet, stage="melt warning")
             return None
-        self.period = pd.Timestamp(ns, tz="UTC")
+        self.period = max(self.period, pd.Timestamp(ns, tz="UTC"))  # a fit saved for the next step's period
         return models
 
     def _save(self, period: pd.Timestamp, models: dict[str, Detector]) -> None:

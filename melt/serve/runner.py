@@ -76,12 +76,22 @@ class Runner:
         self._deliverer: threading.Thread | None = None
         self._delivery_lock = threading.Lock()
         self._retry_at: dict[tuple[str, int, str], float] = {}  # a failed delivery waits before its next try
+        self.check(self.settings)
         self.refitter = Refitter(self.settings, store, quiet)
-        window = self.settings.ensemble.window
-        step = self.settings.serve.step
+
+    @staticmethod
+    def check(settings: Settings) -> None:
+        """Refuse settings a stream cannot run with.
+
+        Raises:
+            ConfigError: ``serve.step`` is not whole ensemble windows, or ``detect.retrain_every``
+                not whole steps.
+        """
+        window, step = settings.ensemble.window, settings.serve.step
         if step < window or step % window != pd.Timedelta(0):
             raise ConfigError(f"serve.step ({format_duration(step)}) must be a whole number of ensemble.window "
                               f"({format_duration(window)})")
+        Refitter.check(settings)
 
     @classmethod
     def build(cls, settings: Settings, model_dir: str | Path, store: Any, state: StateDB, metrics: Any | None = None,
@@ -180,7 +190,7 @@ class Runner:
                 self.deliver()
             if steps:
                 self.store.sweep()
-                self.store.compact(position)  # the small files of the steps scored, one per signal
+                self.store.compact(position, serve.step)  # the small files of each step scored: one per signal
                 release_memory()  # the merge's arrow buffers too
             return steps
 
@@ -342,7 +352,7 @@ class Runner:
         position = self.state.position()
         if position is None:
             return
-        refitted = self.refitter.restore(position)
+        refitted = self.refitter.restore(position, self.settings.serve.step)
         if refitted is not None:
             self.detector.use_models(refitted)
         path = self.snapshots / f"{position.value}.pkl"

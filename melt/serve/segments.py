@@ -36,6 +36,7 @@ from melt.core.progress import log
 from melt.core.schema import SCHEMAS, SIGNALS, validate_frame
 from melt.importers.writer import arrow_table
 from melt.serve import compaction
+from melt.serve.dedup import REQUESTS_KEY
 from melt.serve.durable import fsync_path
 
 SEGMENT_NAME = re.compile(r"^(?P<seq>\d+)-(?P<low>\d+)-(?P<high>\d+)(?P<compacted>\.c)?\.parquet$")
@@ -108,6 +109,14 @@ class SegmentStore:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._seq = self._recover()
+
+    @classmethod
+    def of(cls, serve: Any, *, read_only: bool = False, index_writes: bool = True) -> SegmentStore:
+        """The store of ``melt serve``'s settings (``serve.data_dir``, ``retention``,
+        ``commit_interval``, ``max_pending_mib``)."""
+        return cls(serve.data_dir, retention=serve.retention, commit_interval=serve.commit_interval,
+                   max_pending_bytes=int(serve.max_pending_mib * 2**20), read_only=read_only,
+                   index_writes=index_writes)
 
     # ------------------------------------------------------------------ life cycle
     def _recover(self) -> int:
@@ -287,7 +296,7 @@ class SegmentStore:
         table = arrow_table(frame, signal)
         if keys:
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                                   compaction.REQUESTS_KEY: ",".join(keys).encode()})
+                                                   REQUESTS_KEY: ",".join(keys).encode()})
         pq.write_table(table, temp, compression="zstd")
         fsync_path(temp)
         os.replace(temp, final)
@@ -374,49 +383,58 @@ class SegmentStore:
             starts = [max(s.low, floor) for segments in self._segments.values() for s in segments if s.high >= floor]
         return pd.Timestamp(min(starts), tz="UTC") if starts else None
 
-    def recent_request_keys(self, seconds: float) -> list[str]:
-        """The request keys stored in the segments written in the last ``seconds`` (by file time)."""
+    def recent_request_keys(self, seconds: float) -> list[tuple[str, float]]:
+        """The request keys stored in the segments written in the last ``seconds`` (by file time),
+        each with the age of its file in seconds."""
         import pyarrow.parquet as pq
 
-        cutoff = time.time() - seconds
-        keys: list[str] = []
+        now = time.time()
+        keys: list[tuple[str, float]] = []
         for signal in SIGNALS:
             for segment in _listed(self.root / signal):
                 try:
-                    if segment.path.stat().st_mtime < cutoff:
+                    age = now - segment.path.stat().st_mtime
+                    if age > seconds:
                         continue
                     metadata = pq.read_schema(segment.path).metadata or {}
                 except (OSError, pa.ArrowException):
                     continue
-                if metadata.get(compaction.REQUESTS_KEY):
-                    keys += metadata[compaction.REQUESTS_KEY].decode().split(",")
+                if metadata.get(REQUESTS_KEY):
+                    keys += [(key, max(age, 0.0)) for key in metadata[REQUESTS_KEY].decode().split(",")]
         return keys
 
-    def compact(self, before: pd.Timestamp, min_parts: int = 2) -> int:
-        """Merge, per signal, the segments not yet merged whose rows all lie before ``before`` into
-        one (:mod:`melt.serve.compaction`); how many files were merged. Only the process that reads
-        (the step process, or a store that both writes and reads) compacts."""
+    def compact(self, before: pd.Timestamp, every: pd.Timedelta | None = None, min_parts: int = 2) -> int:
+        """Merge, per signal and per ``every`` of event time (by each segment's newest row), the
+        segments not yet merged whose rows all lie before ``before`` (:mod:`melt.serve.compaction`);
+        how many files were merged. One merge holds at most ``every`` of data, also after a backlog
+        of many steps. Only the process that reads (the step process, or a store that both writes
+        and reads) compacts."""
         cutoff = _ns(before)
+        width = max(int(pd.Timedelta(every).value), 1) if every is not None else None
         merged = 0
         for signal in SIGNALS:
             folder = self.root / signal
             compaction.recover(folder)  # a merge a crash interrupted: finished or undone first
             with self._lock:
                 parts = [s for s in self._segments[signal] if not s.compacted and s.high < cutoff]
-            if len(parts) < min_parts:
-                continue
-            path = compaction.merge(folder, [p.path for p in parts], max(p.seq for p in parts),
-                                    min(p.low for p in parts), max(p.high for p in parts), TIME_COLUMNS[signal])
-            segment = Segment(max(p.seq for p in parts), min(p.low for p in parts), max(p.high for p in parts), path,
-                              compacted=True)
-            gone = {p.path for p in parts}
-            with self._lock:
-                self._segments[signal] = sorted([s for s in self._segments[signal] if s.path not in gone] + [segment],
-                                                key=lambda s: s.seq)
-            for path in gone:
-                self._schemas.pop(path, None)
-            merged += len(parts)
+            groups: dict[int, list[Segment]] = {}
+            for part in parts:
+                groups.setdefault(part.high // width if width else 0, []).append(part)
+            for group in groups.values():
+                if len(group) >= min_parts:
+                    merged += self._merge(signal, folder, group)
         return merged
+
+    def _merge(self, signal: str, folder: Path, parts: list[Segment]) -> int:
+        seq, low, high = max(p.seq for p in parts), min(p.low for p in parts), max(p.high for p in parts)
+        path = compaction.merge(folder, [p.path for p in parts], seq, low, high, TIME_COLUMNS[signal])
+        gone = {p.path for p in parts}
+        with self._lock:
+            self._segments[signal] = sorted([s for s in self._segments[signal] if s.path not in gone]
+                                            + [Segment(seq, low, high, path, compacted=True)], key=lambda s: s.seq)
+        for path in gone:
+            self._schemas.pop(path, None)
+        return len(parts)
 
     def sweep(self) -> int:
         """Delete the segments whose newest row is older than ``max_time() - retention``; how many."""

@@ -34,11 +34,13 @@ from melt.core.bundle import MeltBundle
 from melt.core.errors import MeltError
 from melt.core.progress import log
 from melt.core.settings import Settings
-from melt.serve.runner import detect_bundle, explain_incident
+from melt.serve.runner import Runner, detect_bundle, explain_incident
 from melt.serve.state import StateDB
 
 START_TIMEOUT = 600.0
 """Seconds the child may take to load its models before ``melt serve`` gives up."""
+MAX_RESTART_WAIT = 60.0
+"""The longest wait before a dead step process is started again."""
 STATUS_EVERY = 0.5
 """Seconds between the child's reports of its state."""
 
@@ -46,113 +48,162 @@ STATUS_EVERY = 0.5
 class StepProcess:
     """A :class:`~melt.serve.runner.Runner` in a child process, behind the interface the app needs.
 
+    A child that dies (killed for memory, say) is started again after a wait that doubles from 1 s
+    to :data:`MAX_RESTART_WAIT`; it goes on from the committed position, as after any crash, and
+    ``/readyz`` says it is down meanwhile.
+
     Args:
         settings: the typed settings (sent to the child).
         model_dir: the ``melt train`` output the child loads.
         state: the parent's handle on the state database (the API reads it; the child writes it).
         metrics: :class:`melt.serve.metrics.ServeMetrics` that the child's reports update.
         quiet: no log lines from the child.
-        models: the models loaded here, for ``POST /api/detect`` (loaded on its first call if not given).
     """
 
     def __init__(self, settings: Settings, model_dir: str | Path, state: StateDB, metrics: Any,
-                 quiet: bool = False, models: dict[str, Any] | None = None) -> None:
+                 quiet: bool = False) -> None:
         self.settings, self.model_dir, self.state, self.metrics, self.quiet = (
             settings, Path(model_dir), state, metrics, quiet)
         self.error: str | None = None
+        self.restarts = 0
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._events: Any = None
         self._stop: Any = None
-        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
         self._child_alive = False
-        self._models = models
+        self._models: dict[str, Any] | None = None
         self._models_lock = threading.Lock()
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive() and self._child_alive
+        process = self._process
+        return process is not None and process.is_alive() and self._child_alive
 
     @property
     def position(self) -> pd.Timestamp | None:
         return self.state.position()
 
     def start(self) -> None:
-        """Start the child and wait until it has loaded its models and started its loop.
+        """Check the settings, start the child and wait until it has loaded its models and started
+        its loop; then watch it from a thread.
 
         Raises:
+            ConfigError: a setting the runner refuses (checked here, before the child starts).
             MeltError: the child failed to start (its reason, one line) or took over
                 :data:`START_TIMEOUT` seconds.
         """
+        Runner.check(self.settings)
+        position = self.state.position()
+        if position is not None and self.metrics is not None:  # /metrics knows where a restart goes on from
+            self.metrics.step_done(position, None)
+        self._stopping.clear()
+        self._spawn()
+        self._supervisor = threading.Thread(target=self._supervise, name="melt-serve-step-events", daemon=True)
+        self._supervisor.start()
+
+    def _spawn(self) -> None:
         self._events, self._stop = self._context.Queue(), self._context.Event()
-        self._process = self._context.Process(target=_child, name="melt-serve-steps", daemon=True,
-                                              args=(self.settings, str(self.model_dir), self._events, self._stop,
-                                                    self.quiet, os.getpid()))
-        try:
-            self._process.start()
-        except BaseException:
-            self._process = None
-            raise
+        process = self._context.Process(target=_child, name="melt-serve-steps", daemon=True,
+                                        args=(self.settings, str(self.model_dir), self._events, self._stop,
+                                              self.quiet, os.getpid()))
+        process.start()
+        self._process = process
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
                 event = self._events.get(timeout=0.5)
             except queue.Empty:
-                if not self._process.is_alive():
-                    raise MeltError(f"the step process exited at start (code {self._process.exitcode})") from None
+                if not process.is_alive():
+                    raise MeltError(f"the step process exited at start (code {process.exitcode})") from None
                 if time.monotonic() > deadline:
-                    self.stop()
+                    self._end_child()
                     raise MeltError(f"the step process did not start within {START_TIMEOUT:.0f}s") from None
                 continue
             if event[0] == "failed":
-                self._process.join(10)
+                process.join(10)
                 raise MeltError(event[1])
             if event[0] == "started":
                 break
         self._child_alive = True
-        self._reader = threading.Thread(target=self._read_events, name="melt-serve-step-events", daemon=True)
-        self._reader.start()
 
     def stop(self) -> None:
         """Ask the child to finish its step and stop; kill it if it has not within a minute."""
-        if self._process is None:
+        self._stopping.set()
+        self._end_child()
+        if self._supervisor is not None:
+            self._supervisor.join(10)
+            self._supervisor = None
+
+    def _end_child(self) -> None:
+        process = self._process
+        if process is None:
             return
         self._stop.set()
-        self._process.join(60)
-        if self._process.is_alive():
+        process.join(60)
+        if process.is_alive():
             log("the step process did not stop within 60s: killed", self.quiet, stage="melt warning")
-            self._process.kill()
-            self._process.join(10)
+            process.kill()
+            process.join(10)
         self._child_alive = False
-        if self._reader is not None:
-            self._reader.join(5)
-        self._process = self._reader = None
 
-    def _read_events(self) -> None:
-        """Apply the child's reports to the metrics and the health state until it stops."""
-        while self._process is not None:
+    def _supervise(self) -> None:
+        """Apply the child's reports to the metrics and the health state; start it again if it dies."""
+        wait = 1.0
+        while not self._stopping.is_set():
+            if self._read_until_gone():
+                return
+            if self._stopping.is_set():
+                return
+            code = self._process.exitcode if self._process is not None else None
+            self.error = f"the step process died (exit code {code}); restarting in {wait:.0f}s"
+            log(self.error, self.quiet, stage="melt warning")
+            if self._stopping.wait(wait):
+                return
             try:
-                event = self._events.get(timeout=1.0)
+                self._spawn()
+                self.restarts += 1
+                self.error, wait = None, 1.0
+            except Exception as exc:  # noqa: BLE001 (tried again after a longer wait)
+                self.error = f"the step process could not restart: {' '.join(str(exc).split())[:300]}"
+                log(self.error, self.quiet, stage="melt warning")
+                wait = min(wait * 2, MAX_RESTART_WAIT)
+
+    def _read_until_gone(self) -> bool:
+        """Read the child's reports until it exits; whether it stopped because it was asked to."""
+        events, process = self._events, self._process
+        while True:
+            try:
+                event = events.get(timeout=1.0)
             except queue.Empty:
-                if self._process is None or not self._process.is_alive():
-                    self._child_alive = False
-                    return
-                continue
+                if process.is_alive():
+                    continue
+                self._child_alive = False
+                return self._stopping.is_set()
             except (EOFError, OSError):
                 self._child_alive = False
-                return
-            kind = event[0]
-            if kind == "status":
-                self.error, self._child_alive = event[1], event[2]
-            elif kind == "scored" and self.metrics is not None:
-                self.metrics.scored(event[1], event[2])
-            elif kind == "step_done" and self.metrics is not None:
-                self.metrics.step_done(event[1], event[2])
-            elif kind == "incidents_open" and self.metrics is not None:
-                self.metrics.incidents_open(event[1])
-            elif kind == "stopped":
+                return self._stopping.is_set()
+            if event[0] == "stopped":
                 self._child_alive = False
-                return
+                return True
+            try:
+                self._apply(event)
+            except Exception as exc:  # noqa: BLE001 (a bad report must not stop the watch)
+                log(f"step process report {event[0]!r} not applied: {exc}", self.quiet, stage="melt warning")
+
+    def _apply(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "status":
+            self.error, self._child_alive = event[1], event[2]
+        elif self.metrics is None:
+            return
+        elif kind == "scored":
+            self.metrics.scored(event[1], event[2])
+        elif kind == "step_done":
+            self.metrics.step_done(event[1], event[2])
+        elif kind == "incidents_open":
+            self.metrics.incidents_open(event[1])
 
     # ------------------------------------------------------------------ the API's requests
     def explain(self, incident_id: str) -> dict[str, Any]:
@@ -190,12 +241,10 @@ def _child(settings: Settings, model_dir: str, events: Any, stop: Any, quiet: bo
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent says when to stop
     try:
-        from melt.serve.runner import Runner
         from melt.serve.segments import SegmentStore
 
         serve = settings.serve
-        store = SegmentStore(serve.data_dir, retention=serve.retention, commit_interval=serve.commit_interval,
-                             max_pending_bytes=int(serve.max_pending_mib * 2**20), read_only=True)
+        store = SegmentStore.of(serve, read_only=True)
         state = StateDB(serve.db, serve.sinks)
         runner = Runner.build(settings, model_dir, store, state, _Relay(events), quiet=quiet)
         runner.start()

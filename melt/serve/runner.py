@@ -266,19 +266,15 @@ class Runner:
         spans of one that started in the step before are known as such and left out (the trace
         and log detectors score each window on its own: they need no earlier windows)."""
         serve = self.settings.serve
-        frames: dict[str, pd.DataFrame | None] = {}
-        for signal in ("metrics", "events"):
-            frames[signal] = self.store.read(signal, start - serve.context, end)
-        for signal in ("traces", "logs"):
-            frames[signal] = self.store.read(signal, start - serve.lateness, end + serve.lateness)
-        present = {k: _present(v) for k, v in frames.items()}
-        read = MeltBundle(**present, validate=False)
+        context = {signal: _present(self.store.read(signal, start - serve.context, end))  # read by time already
+                   for signal in ("metrics", "events")}
+        spans_and_lines = MeltBundle(**{signal: _present(self.store.read(signal, start - serve.lateness,
+                                                                          end + serve.lateness))
+                                        for signal in ("traces", "logs")}, validate=False)
         # the traces that start in the step, whole, with their lines: a trace that began in the step
         # before was scored there (the lateness read before the step tells the two apart)
-        own = read.slice_time(start, end)
-        context = read.slice_time(start - serve.context, end)
-        return MeltBundle(metrics=context.metrics, events=context.events, traces=own.traces, logs=own.logs,
-                          validate=False)
+        own = spans_and_lines.slice_time(start, end)
+        return MeltBundle(**context, traces=own.traces, logs=own.logs, validate=False)
 
     # ------------------------------------------------------------------ delivery
     def deliver(self) -> int:

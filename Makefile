@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gat_synth.py
 	$(BIN)/python benchmarks/serve_ingest.py
 	$(BIN)/python benchmarks/serve_load.py --spans 20000 --minutes 10
+	@if [ -d "$(DATA)/nab-dev" ]; then $(BIN)/python benchmarks/metrics_nab.py $(DATA)/nab-dev --detectors zscore,iforest,lstm_ae,changepoint && \
+	$(BIN)/python benchmarks/forecast_backtest.py $(DATA)/nab-dev; \
+	else echo "skipping NAB and the forecast backtest: no $(DATA)/nab-dev (set DATA=path/to/shared/data)"; fi
 	@if [ -d "$(DATA)/skab" ]; then $(BIN)/python benchmarks/metrics_skab.py $(DATA)/skab; \
 	else echo "skipping SKAB: no $(DATA)/skab (set DATA=path/to/shared/data)"; fi
 	@if [ -d "$(DATA)/loghub-2k" ]; then $(BIN)/python benchmarks/logs_loghub.py $(DATA)/loghub-2k; \

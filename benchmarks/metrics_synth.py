@@ -38,11 +38,11 @@ from melt.evaluation.scoring import eventwise, pointwise
 from melt.pipeline.fitting import training_split
 from synth.generate import generate
 
-DETECTORS = ["zscore", "iforest", "lstm_ae"]
+DETECTORS = ["zscore", "iforest", "lstm_ae", "changepoint"]
 METRIC_FAULTS = ["latency", "cpu_saturation", "memory_leak", "pool_exhaustion"]
 
 
-def quality(seeds: list[int], thresholds: list[float]) -> None:
+def quality(seeds: list[int], thresholds: list[float], names: list[str]) -> None:
     rows: dict[tuple[str, float], dict] = {}
     service_days = 0.0
     for seed in seeds:
@@ -52,7 +52,7 @@ def quality(seeds: list[int], thresholds: list[float]) -> None:
         test = MeltBundle(metrics=bundle.metrics[bundle.metrics["timestamp"] > test_start])
         service_days += test.metrics["service"].nunique() * (test.metrics["timestamp"].max() - test_start) / pd.Timedelta("1D")
         labels = test.metrics.groupby(["service", "timestamp"])["label"].max()
-        for name in DETECTORS:
+        for name in names:
             scores = build_detector(name).fit_calibrated(train).detect(test)
             per_minute = scores.groupby(["service", "timestamp"])["score"].max()
             for threshold in thresholds:
@@ -121,13 +121,15 @@ def main() -> None:
     q = sub.add_parser("quality")
     q.add_argument("--seeds", default="1,2,3,4,5,6,7,8,9,10")
     q.add_argument("--thresholds", default="4,6,8", help="calibrated-score alert thresholds to report")
+    q.add_argument("--detectors", default=",".join(DETECTORS))
     s = sub.add_parser("speed")
     s.add_argument("--services", type=int, default=50)
     s.add_argument("--duration", default="24h")
     s.add_argument("--requests-per-minute", type=float, default=40.0)
     args = parser.parse_args()
     if args.mode == "quality":
-        quality([int(x) for x in args.seeds.split(",")], [float(x) for x in args.thresholds.split(",")])
+        quality([int(x) for x in args.seeds.split(",")], [float(x) for x in args.thresholds.split(",")],
+                args.detectors.split(","))
     else:
         speed(args)
 

@@ -2,7 +2,8 @@
 
 Each evidence item of the top cause is mapped to a suggested cause by its signature (what kind
 of anomaly, on which signal, in which feature), the way an SRE runbook reads symptoms. The text
-cites evidence ids only from the facts, like the LLM provider must.
+cites evidence ids only from the facts, like the LLM provider must. When the facts hold a forecast
+of the top cause's metric, a sentence says where it is heading and when it reaches its limit.
 """
 
 from __future__ import annotations
@@ -131,6 +132,17 @@ def recommendations(facts: dict[str, Any]) -> list[str]:
     return out
 
 
+def forecast_sentence(forecast: dict[str, Any]) -> str:
+    """Where the top cause's metric is heading, in words (``forecast``: :func:`explain.facts.forecast_facts`)."""
+    low, high = forecast["range_95"]
+    text = (f"Forecast: {forecast['metric']} of {forecast['service']} is {forecast['direction']}, expected at "
+            f"{forecast['expected']:.4g} (95% {low:.4g} to {high:.4g}) {forecast['horizon_min']:.0f} min after the incident")
+    if forecast.get("time_to_limit"):
+        text += (f"; it reaches its limit of {forecast['limit']:g} at {forecast['time_to_limit']} "
+                 f"(in about {forecast['minutes_to_limit']:.0f} min)")
+    return text + "."
+
+
 class TemplateExplainer:
     """The offline provider: ``explain(facts)`` gives text, causes, recommendations and its source."""
 
@@ -157,6 +169,8 @@ class TemplateExplainer:
                 text += f" The fault propagates to callers along {' -> '.join(top['path'])}."
             if others:
                 text += f" Next candidates: {', '.join(others)}."
+            if facts.get("forecast"):
+                text += " " + forecast_sentence(facts["forecast"])
         advice = recommendations(facts)
         return {"text": text, "suggested_causes": causes, "recommendations": advice, "source": self.source,
                 "cites": cited_ids({"text": text, "causes": causes, "advice": advice})}

@@ -74,7 +74,7 @@ CONFIG_CASES = [
     ("detectors:\n  zscroe:\n    min_points: 3\n", "'detectors.zscroe' names no installed detector (did you mean"),
     ("detectors:\n  zscore: [1, 2]\n", "'detectors.zscore' must be a mapping of parameters"),
     ("detectors:\n  zscore:\n    min_points: -5\n", "'detectors.zscore.min_points' must be >= 1"),
-    ("detectors:\n  zscore:\n    season: 1x\n", "'detectors.zscore.season': '1x' is not a duration"),
+    ("detectors:\n  zscore:\n    adapt: 1x\n", "'detectors.zscore.adapt': '1x' is not a duration"),
     ("detectors:\n  zscore:\n    expected_sigma: 2\n", "unknown key 'detectors.zscore.expected_sigma'"),
     ("detectors:\n  iforest:\n    n_estimators: 0\n", "'detectors.iforest.n_estimators' must be >= 1"),
     ("detectors:\n  lstm_ae:\n    device: tpu\n", "'detectors.lstm_ae.device' must be one of auto, cpu, cuda"),

@@ -155,13 +155,16 @@ def _cpu(minutes: int, seed: int, jump: dict[int, tuple[int, float]] | None = No
 def test_a_point_far_out_alerts_even_after_a_wilder_history() -> None:
     """The 10 h history held an earlier fault 232 sigma out, so calibration tops out there and a CPU
     hog at 100 sigma calibrates under the threshold; past ``alert_z`` a point keeps a score in
-    proportion to its own z. Ordinary points keep their calibrated score."""
+    proportion to its own z. Ordinary points keep their calibrated score. (Scored as plain |z|,
+    ``history`` off: against its own calm history the hog's surprise alerts anyway.)"""
     train = MeltBundle(metrics=_cpu(600, seed=0, jump={3: (300, 232.0)}))
     test_frame = _cpu(30, seed=1, jump={7: (10, 100.0)}).assign(timestamp=lambda f: f["timestamp"] + pd.Timedelta("10h"))
-    scores = {z: build_detector("zscore", {"alert_z": z}).fit_calibrated(train).detect(MeltBundle(metrics=test_frame))
-              for z in (0.0, 20.0)}
+    scores = {z: build_detector("zscore", {"alert_z": z, "history": False}).fit_calibrated(train).detect(
+        MeltBundle(metrics=test_frame)) for z in (0.0, 20.0)}
     hog = {z: float(s.loc[s["service"] == "svc7", "score"].max()) for z, s in scores.items()}
     assert hog[0.0] < 4.0
     assert hog[20.0] >= 4.0 * 90 / 20
     calm = {z: s.loc[s["service"] != "svc7", "score"].to_numpy() for z, s in scores.items()}
     np.testing.assert_allclose(calm[0.0], calm[20.0])
+    surprised = build_detector("zscore").fit_calibrated(train).detect(MeltBundle(metrics=test_frame))
+    assert float(surprised.loc[surprised["service"] == "svc7", "score"].max()) >= 4.0

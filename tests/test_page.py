@@ -165,7 +165,12 @@ def test_report_alone_renders_graph_timeline_and_evidence(tiny_report: dict) -> 
     assert '<script src="plotly.min.js"></script>' in html
     assert not re.search(r"<script[^>]+src=\"(?:https?:)?//", html), "no CDN"
     figs = figures(html)
-    assert set(figs) == {"fig-graph", "fig-timeline"}
+    assert "forecast" in tiny_report  # the top cause's metric forecast, drawn from the report alone
+    assert set(figs) == {"fig-graph", "fig-timeline", "fig-forecast"}
+    bands = [t.get("name") for t in figs["fig-forecast"]["data"]]
+    assert {"forecast", "80% interval", "95% interval"} <= set(bands)
+    forecast_x = next(t for t in figs["fig-forecast"]["data"] if t.get("name") == "forecast")["x"]
+    assert list(forecast_x) == [p["timestamp"] for p in tiny_report["forecast"]["path"]]
     nodes = [t for trace in figs["fig-graph"]["data"] if trace.get("mode") == "markers+text" for t in trace["text"]]
     assert f"#1 {tiny_report['service']}" in nodes
     path = tiny_report["root_cause_analysis"]["ranked_causes"][0]["path"]

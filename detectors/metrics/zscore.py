@@ -2,10 +2,14 @@
 
 The classic robust outlier rule (Hampel 1974; Iglewicz & Hoaglin's modified z-score): median and
 MAD are not dragged by the outliers they must find. The score is |x - expected| / (1.4826 MAD).
-When the training data covers at least ``min_seasons`` seasons (days, by default), the expected
-value is a seasonal profile, the median of the series at the same time of day (the robust
-profile behind STL's seasonal step, Cleveland et al. 1990), and the MAD is taken of the residuals,
-so a daily peak is not an anomaly. With less history, the expected value is the series median.
+When the training data covers at least ``min_seasons`` days, the expected value is a seasonal
+profile from an STL decomposition, daily, and weekly as well from ``min_seasons`` weeks on
+(:mod:`detectors.metrics.seasonal`), and the MAD is taken of the residuals, so a daily peak or a
+quiet Sunday is not an anomaly. With less history, the expected value is the series median. A level
+shift that has held for ``adapt`` becomes the new expected value (:mod:`detectors.metrics.level_shift`),
+and with ``history`` the score is how unusual the recent |z| is against the series' own |z| so far
+(:mod:`detectors.metrics.surprise`, after Numenta's anomaly likelihood), so a bursty series needs a
+bigger burst to alert than a calm one.
 No series' scale falls below ``fleet_floor`` (half) of its metric's typical scale across the
 fleet, an empirical-Bayes style shrinkage (:func:`detectors.robust.fleet_floored`). A point
 ``alert_z`` robust sigmas out scores at least the alert threshold whatever the training history
@@ -14,17 +18,33 @@ held (:meth:`RobustZScore.score_floor`).
 
 from __future__ import annotations
 
-from typing import Self
+from typing import NamedTuple, Self
 
 import numpy as np
 import pandas as pd
 
+from detectors.metrics.level_shift import shift_level
 from detectors.metrics.matrix import series_metric, smooth
+from detectors.metrics.seasonal import DAY, stl_profiles, week_phase
+from detectors.metrics.surprise import deviation_history, surprise
 from detectors.robust import fleet_floored, robust_baseline, severity_direction
 from melt.core.bundle import MeltBundle
-from melt.core.calibration import effect_size_floor
+from melt.core.calibration import ALERT_SIGMAS, effect_size_floor
 from melt.core.detector import Detector, empty_scores
 from melt.core.timeutil import parse_duration
+
+SERIES_KEYS = ("service", "instance", "metric")
+
+
+class Deviations(NamedTuple):
+    """Rows of known series and how far each is from its expected value."""
+
+    frame: pd.DataFrame
+    keys: list[np.ndarray]
+    series: np.ndarray
+    expected: np.ndarray
+    sigma: np.ndarray
+    z: np.ndarray
 
 
 class RobustZScore(Detector):
@@ -34,8 +54,8 @@ class RobustZScore(Detector):
         expected_sigmas: half-width of ``expected_range`` in robust sigmas.
         min_points: series with fewer training points are not scored.
         rel_floor: scale floor as a share of the median, so near-constant series do not explode.
-        season: length of the seasonal cycle; ``profile_bucket`` the time-of-day resolution of the profile.
-        min_seasons: seasons of training data needed before the seasonal profile is used.
+        profile_bucket: the time-of-week resolution of the seasonal profile.
+        min_seasons: days of training data before the daily profile is used (weeks, for the weekly one).
         smooth_window: the score is the trailing median of |z| over this many points of the series,
             so a lone one-point blip (a p99 of three requests) does not alert; 1 = off.
         fleet_floor: no series' sigma falls below this share of the typical sigma of its metric
@@ -49,23 +69,24 @@ class RobustZScore(Detector):
     signal = "metrics"
 
     def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
-                 season: str = "1d", profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3,
-                 fleet_floor: float = 0.5, alert_z: float = 20.0) -> None:
+                 profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3,
+                 fleet_floor: float = 0.5, alert_z: float = 20.0, adapt: str | None = "1d", history: bool = True,
+                 weekly: bool = True) -> None:
         self.expected_sigmas = expected_sigmas
         self.min_points = min_points
         self.rel_floor = rel_floor
-        self.season = season
         self.profile_bucket = profile_bucket
         self.min_seasons = min_seasons
         self.smooth_window = smooth_window
         self.fleet_floor = fleet_floor
         self.alert_z = alert_z
+        self.adapt = adapt
+        self.history = history
+        self.weekly = weekly
 
     def _phase(self, timestamps: pd.Series) -> np.ndarray:
-        """Index of each time's bucket within the season (e.g. the half hour of the day)."""
-        ns = pd.to_datetime(timestamps, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
-        season, bucket = parse_duration(self.season).value, parse_duration(self.profile_bucket).value
-        return (ns % season) // bucket
+        """Index of each time's bucket within the week (the profile's phase, :mod:`detectors.metrics.seasonal`)."""
+        return week_phase(timestamps, parse_duration(self.profile_bucket))
 
     @staticmethod
     def _keys(frame: pd.DataFrame) -> list[pd.Series]:
@@ -78,17 +99,38 @@ class RobustZScore(Detector):
         baseline = robust_baseline(frame["value"], keys, rel_floor=self.rel_floor, tail_quantile=0.99)
         self.profile_: pd.Series | None = None
         span = frame["timestamp"].max() - frame["timestamp"].min() if len(frame) else pd.Timedelta(0)
-        if len(frame) and span >= parse_duration(self.season) * self.min_seasons:
+        if len(frame) and span >= DAY * self.min_seasons:
+            named = frame.assign(**{k.name: k.to_numpy() for k in keys})
+            profile = stl_profiles(named, list(SERIES_KEYS), parse_duration(self.profile_bucket), self.weekly,
+                                   self.min_seasons)
             phase = pd.Series(self._phase(frame["timestamp"]), index=frame.index, name="phase")
-            profile = frame["value"].groupby([*keys, phase], observed=True).median()
             expected = profile.reindex(pd.MultiIndex.from_arrays([*keys, phase])).to_numpy()
+            expected = np.where(np.isnan(expected), baseline["median"].reindex(
+                pd.MultiIndex.from_arrays(keys)).to_numpy(), expected)
             residual = robust_baseline(pd.Series(frame["value"].to_numpy() - expected), keys, rel_floor=0.0, tail_quantile=0.99)
             floor = np.maximum(baseline["median"].abs() * self.rel_floor, 1e-6)
             baseline["sigma"] = np.maximum(residual["sigma"].reindex(baseline.index).to_numpy(), floor)
-            self.profile_ = profile
+            self.profile_ = profile if len(profile) else None
         baseline["sigma"] = fleet_floored(baseline, self.fleet_floor, self.rel_floor)
         self.baseline_ = baseline[baseline["count"] >= self.min_points]
+        self.history_: pd.DataFrame | None = None
+        if self.history:
+            trained = self._deviations(frame.sort_values("timestamp", kind="stable"))
+            if trained is not None:
+                keys = [pd.Series(k, name=n) for k, n in zip(trained.keys, SERIES_KEYS, strict=True)]
+                self.history_ = deviation_history(pd.Series(np.abs(trained.z)), keys)
         return self
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """With ``history`` the raw score is already a standardised surprise: it is the calibrated score.
+
+        The quantile map would stretch the training's own surprises (in-sample, so mostly 0) onto
+        the normal's tail, and a mild surprise later would score like a fault.
+        """
+        if not self.history:
+            return super().calibrate(raw)
+        self.check_is_fitted()
+        return np.asarray(raw, dtype=float)
 
     def score_floor(self, raw: np.ndarray) -> np.ndarray | None:
         """A point ``alert_z`` of its series' own robust sigmas out is anomalous, however wild the pooled history was.
@@ -100,24 +142,39 @@ class RobustZScore(Detector):
         """
         return effect_size_floor(raw, self.alert_z)
 
-    def score(self, bundle: MeltBundle) -> pd.DataFrame:
-        frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
-        if frame.empty:
-            return empty_scores()
+    def _deviations(self, frame: pd.DataFrame) -> Deviations | None:
+        """Each row of a known series against its expected value (``None``: no row is of a known series).
+
+        ``frame`` is in time order. The expected value is the series' median, or its seasonal
+        profile, moved by a level shift that has held for ``adapt`` (:mod:`detectors.metrics.level_shift`).
+        """
         key_arrays = [k.to_numpy() for k in self._keys(frame)]
-        stats = self.baseline_.reindex(pd.MultiIndex.from_arrays(key_arrays, names=["service", "instance", "metric"]))
+        stats = self.baseline_.reindex(pd.MultiIndex.from_arrays(key_arrays, names=list(SERIES_KEYS)))
         known = stats["median"].notna().to_numpy()
+        if not known.any():
+            return None
         frame = frame[known]
         key_arrays = [k[known] for k in key_arrays]
-        median = stats["median"].to_numpy()[known]
+        expected = stats["median"].to_numpy()[known]
         sigma = stats["sigma"].to_numpy()[known]
         if self.profile_ is not None:
             index = pd.MultiIndex.from_arrays([*key_arrays, self._phase(frame["timestamp"])])
             seasonal = self.profile_.reindex(index).to_numpy()
-            median = np.where(np.isnan(seasonal), median, seasonal)
+            expected = np.where(np.isnan(seasonal), expected, seasonal)
         value = frame["value"].to_numpy()
-        z = (value - median) / sigma
         series = pd.MultiIndex.from_arrays(key_arrays).factorize()[0]
+        if self.adapt:
+            expected = expected + shift_level(value - expected, sigma, series, frame["timestamp"].to_numpy(),
+                                              parse_duration(self.adapt), min_sigmas=self.expected_sigmas)
+        return Deviations(frame, key_arrays, series, expected, sigma, (value - expected) / sigma)
+
+    def score(self, bundle: MeltBundle) -> pd.DataFrame:
+        frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
+        deviations = self._deviations(frame) if len(frame) else None
+        if deviations is None:
+            return empty_scores()
+        frame, key_arrays, series, median, sigma, z = deviations
+        value = frame["value"].to_numpy()
         low, high = median - self.expected_sigmas * sigma, median + self.expected_sigmas * sigma
         direction = severity_direction(z)
         instance = frame["instance"].fillna("").to_numpy() if "instance" in frame.columns else np.full(len(frame), "")
@@ -132,6 +189,20 @@ class RobustZScore(Detector):
             "service": frame["service"].to_numpy(),
             "detector": self.name,
             "entity": key_arrays[2],
-            "score": smooth(np.abs(z), series, self.smooth_window, how="median"),
+            "score": self._raw_score(np.abs(z), series, key_arrays),
             "evidence": evidence,
         })
+
+    def _raw_score(self, deviation: np.ndarray, series: np.ndarray, key_arrays: list[np.ndarray]) -> np.ndarray:
+        """The smoothed |z|; with ``history``, its surprise against the series' own deviations so far
+        (:mod:`detectors.metrics.surprise`), raised so that an ``alert_z`` |z| still alerts."""
+        recent = smooth(deviation, series, self.smooth_window, how="median")
+        if self.history_ is None:
+            return recent
+        prior = self.history_.reindex(pd.MultiIndex.from_arrays(key_arrays, names=list(SERIES_KEYS)))
+        prior = prior.fillna({"count": 0.0, "mean": 0.0, "var": 0.0})
+        short_mean = smooth(deviation, series, self.smooth_window, how="mean")
+        unusual = surprise(short_mean, deviation, series, prior, lag=self.smooth_window)
+        if self.alert_z <= 0:
+            return unusual
+        return np.fmax(unusual, np.where(recent >= self.alert_z, ALERT_SIGMAS * recent / self.alert_z, 0.0))

@@ -21,10 +21,11 @@ class Duration(str):
 
 
 class Nullable:
-    """Marks a default of ``None`` that may be set to a value of ``kind``."""
+    """Marks a setting that may be ``None`` or a value of ``kind``; its default is ``default`` (``None``)."""
 
-    def __init__(self, kind: type) -> None:
+    def __init__(self, kind: type, default: Any = None) -> None:
         self.kind = kind
+        self.default = default
 
 
 class FreeMap(dict):
@@ -62,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "window": Duration("1m"),
         "threshold": 4.0,
         "combiner": "max",
-        "weights": FreeMap({"zscore": 0.67, "iforest": 0.67, "lstm_ae": 0.5}),
+        "weights": FreeMap({"zscore": 0.67, "iforest": 0.67, "lstm_ae": 0.5, "changepoint": 0.5}),
         "min_signals": 1,
         "merge_gap": Duration("3m"),
         "connect_hops": 2,
@@ -105,6 +106,8 @@ DEFAULTS: dict[str, Any] = {
     "report": {
         "sinks": ["files"],
         "max_evidence": 20,
+        "forecast_horizon": Nullable(Duration, "30m"),
+        "forecast_history": Duration("2d"),
         "spool_dir": Nullable(str),
         "webhook": {
             "url": Nullable(str),
@@ -176,7 +179,7 @@ ENV_OVERRIDES: dict[str, str] = {
 def _plain(spec: Any) -> Any:
     """The default value behind a spec marker."""
     if isinstance(spec, Nullable):
-        return None
+        return None if spec.default is None else _plain(spec.kind(spec.default))
     if isinstance(spec, Duration):
         return str(spec)
     if isinstance(spec, dict):

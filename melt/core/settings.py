@@ -298,6 +298,8 @@ class ReportSettings:
 
     sinks: tuple[str, ...]
     max_evidence: int
+    forecast_horizon: pd.Timedelta | None  # None: reports carry no forecast
+    forecast_history: pd.Timedelta
     spool_dir: Path | None
     webhook: WebhookSettings
 
@@ -306,7 +308,14 @@ class ReportSettings:
         unknown = [s for s in v["sinks"] if s not in SINKS]
         if unknown:
             raise _fail(f"{key}.sinks", f"has an unknown sink '{unknown[0]}' (use {', '.join(SINKS)})")
+        horizon = optional_duration(v["forecast_horizon"], f"{key}.forecast_horizon")
+        history = duration(v["forecast_history"], f"{key}.forecast_history")
+        if horizon is not None and horizon <= pd.Timedelta(0):
+            raise _fail(f"{key}.forecast_horizon", f"must be positive or null, got {v['forecast_horizon']!r}")
+        if history <= pd.Timedelta(0):
+            raise _fail(f"{key}.forecast_history", f"must be positive, got {v['forecast_history']!r}")
         return cls(sinks=tuple(v["sinks"]), max_evidence=integer(v["max_evidence"], f"{key}.max_evidence", 1),
+                   forecast_horizon=horizon, forecast_history=history,
                    spool_dir=optional_path(v["spool_dir"]), webhook=WebhookSettings.parse(v["webhook"], f"{key}.webhook"))
 
 

@@ -61,7 +61,8 @@ def train(data: str | Path, models_spec: str, out_dir: str | Path, settings: Set
 def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: MeltBundle | None,
                      signal_of: dict[str, str], settings: Settings, graph: nx.DiGraph | None = None,
                      explainer: Explainer | None = None, quiet: bool = True, first_number: int = 0,
-                     serving: Callable[[pd.Timestamp, pd.Timestamp], set[str]] | None = None) -> list[dict[str, Any]]:
+                     serving: Callable[[pd.Timestamp, pd.Timestamp], set[str]] | None = None,
+                     metrics: pd.DataFrame | None = None) -> list[dict[str, Any]]:
     """Rank root causes, pick evidence and explain each incident: one validated report per incident.
 
     Explanations come from ``explainer`` (default: the offline template), all incidents at once so
@@ -69,10 +70,14 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     position in the run (it seeds the random baseline; a stream passes its running count).
     ``serving(start, end)`` names the services that served requests then; by default they are read
     from ``bundle``'s spans and logs (a stream that no longer holds them keeps the names instead).
+    The forecast of the top cause's metric (``report.forecast_horizon``) is made from ``metrics``,
+    by default ``bundle``'s (a stream keeps a bounded history instead); a failed forecast costs a
+    warning line and the forecast block, never the report.
     """
     from explain.facts import build_facts
     from melt.reports.evidence import select_evidence
     from melt.reports.report import build_report, validate_report
+    from melt.reports.report_forecast import report_forecast
     from rca.attribution import attribute_to_peers
     from rca.baselines import baseline_rankings
     from rca.rank import evidence_window, rank_root_causes
@@ -84,6 +89,8 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
         def serving(start: pd.Timestamp, end: pd.Timestamp) -> set[str]:
             return involved(bundle.traces, bundle.logs, start, end) if bundle is not None else set()
 
+    if metrics is None and bundle is not None:
+        metrics = bundle.metrics
     explainer = explainer or Explainer(replace(settings.explain, provider="template"))
     threshold, rca = settings.ensemble.threshold, settings.rca
     parts = []
@@ -100,16 +107,22 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
         ranked = rank_root_causes(incident, attributed, graph, signal_of, rca, threshold, on_path)
         candidates = [c.__dict__ for c in ranked]
         ranked_services = [c["service"] for c in candidates] or incident.services
-        evidence = select_evidence(attributed, ranked_services, signal_of, settings.report.max_evidence)
+        evidence = select_evidence(attributed, ranked_services, signal_of, settings.report.max_evidence, threshold)
         for candidate in candidates:
             candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
-        facts = build_facts(incident.summary(), candidates, evidence, settings.explain.max_fact_tokens)
+        try:
+            forecast = report_forecast(candidates, evidence, metrics, incident.end, settings.report)
+        except Exception as exc:  # noqa: BLE001 - a forecast is an extra: its failure never costs the report
+            log(f"{incident.id}: no forecast ({type(exc).__name__}: {exc})", quiet, stage="melt warning")
+            forecast = None
+        facts = build_facts(incident.summary(), candidates, evidence, settings.explain.max_fact_tokens, forecast)
         own = nearby[nearby["detector"].map(signal_of).isin(ALERT_SIGNALS)]
-        parts.append((incident, candidates, evidence, facts, baseline_rankings(own, graph, on_path, number, rca.top_k)))
-    explanations = explainer.explain_all([facts for *_, facts, _ in parts], quiet)
+        parts.append((incident, candidates, evidence, facts, forecast,
+                      baseline_rankings(own, graph, on_path, number, rca.top_k)))
+    explanations = explainer.explain_all([part[3] for part in parts], quiet)
     reports = []
-    for (incident, candidates, evidence, _, baselines), explanation in zip(parts, explanations, strict=True):
-        report = build_report(incident, candidates, evidence, explanation)
+    for (incident, candidates, evidence, _, forecast, baselines), explanation in zip(parts, explanations, strict=True):
+        report = build_report(incident, candidates, evidence, explanation, forecast=forecast)
         report["root_cause_analysis"]["baselines"] = baselines
         reports.append(validate_report(report))
     return reports

@@ -14,7 +14,9 @@ alert: no later alert can join it. An open incident that a later grouping merges
 (an edge seen since links their services) is resolved with its last report. Alert cells before a quiet stretch longer than ``merge_gap`` can no longer
 change any group, so they are dropped, and the number of incidents they formed numbers the next
 ones, as a batch run would. Score rows are kept back to ``rca.lookback`` before the oldest cell
-still held, which is what a report needs.
+still held, which is what a report needs. Metric rows are kept back ``report.forecast_history``
+before that (rows of each step, and the context before the first one): the history the forecast
+of a report's top metric is made from, the rows a batch run would use.
 
 An incident keeps its id across steps: a new grouping that shares an alert cell with a published
 incident is that incident. Batch and stream agree when the dependency graph's edges have shown up
@@ -45,6 +47,8 @@ from rca.graph import canonical, dependency_graph
 
 ALERT_COLUMNS = ["service", "window", "fused", "signals"]
 SCORE_COLUMNS = ["timestamp", "service", "detector", "entity", "score", "evidence", "raw_score"]
+METRIC_COLUMNS = ["timestamp", "service", "metric", "value"]
+METRIC_EXTRA = ["instance", "peer", "limit"]  # optional metric columns a forecast reads
 
 
 @dataclass
@@ -97,6 +101,8 @@ class StreamDetector:
         self.serving: dict[pd.Timestamp, set[str]] = {}  # services with spans or logs, per ensemble window
         self.closed = 0  # incidents formed by the alert cells already dropped
         self.published: dict[str, _Published] = {}
+        self.metrics = pd.DataFrame(columns=METRIC_COLUMNS)  # the history forecasts are made from
+        self.metrics_until: pd.Timestamp | None = None  # metric rows before this are held already
 
     def step(self, bundle: MeltBundle, start: pd.Timestamp, end: pd.Timestamp) -> StepResult:
         """Score ``[start, end)`` of ``bundle`` (which may hold context before ``start``), and
@@ -114,6 +120,7 @@ class StreamDetector:
         if bundle.traces is not None and len(bundle.traces):
             self.graph = canonical(nx.compose(self.graph, dependency_graph(bundle.traces)))
         self._note_serving(bundle, start, end)
+        self._note_metrics(bundle, end)
         cells = alert_cells(own, self.signal_of, self.settings.ensemble)
         self.alerts = _concat(self.alerts, cells, ALERT_COLUMNS)
         self.scores = _concat(self.scores, own.reset_index(drop=True), SCORE_COLUMNS)
@@ -157,7 +164,8 @@ class StreamDetector:
         updates = []
         for number, incident, status in changed:  # one report each: its position seeds the random baseline
             report = report_incidents([incident], self.scores, None, self.signal_of, self.settings, self.graph,
-                                      self.explainer, first_number=number, serving=self._served)[0]
+                                      self.explainer, first_number=number, serving=self._served,
+                                      metrics=self.metrics)[0]
             self.published[incident.id].report = report
             updates.append(IncidentUpdate(incident.id, status, report, incident))
         for incident_id, known in self.published.items():
@@ -199,6 +207,9 @@ class StreamDetector:
         keep_from = min(oldest, now) - self.settings.rca.lookback - ensemble.window
         self.scores = self.scores[self.scores["timestamp"] >= keep_from].reset_index(drop=True)
         self.serving = {w: s for w, s in self.serving.items() if w >= keep_from.floor(ensemble.window)}
+        if len(self.metrics):
+            history_from = min(oldest, now) - self.settings.report.forecast_history - ensemble.window
+            self.metrics = self.metrics[self.metrics["timestamp"] >= history_from].reset_index(drop=True)
 
     # ------------------------------------------------------------------ the services that served requests
     def _note_serving(self, bundle: MeltBundle, start: pd.Timestamp, end: pd.Timestamp) -> None:
@@ -212,6 +223,18 @@ class StreamDetector:
             for w, names in pairs.groupby("w")[service]:
                 self.serving.setdefault(w, set()).update(names.tolist())
 
+    def _note_metrics(self, bundle: MeltBundle, end: pd.Timestamp) -> None:
+        """Add the metric rows before ``end`` not held yet (none when reports carry no forecast)."""
+        frame = bundle.metrics
+        if self.settings.report.forecast_horizon is None or frame is None or not len(frame):
+            return
+        new = frame["timestamp"] < end
+        if self.metrics_until is not None:
+            new &= frame["timestamp"] >= self.metrics_until
+        rows = frame.loc[new, [*METRIC_COLUMNS, *[c for c in METRIC_EXTRA if c in frame.columns]]]
+        self.metrics = _concat(self.metrics, rows.reset_index(drop=True), METRIC_COLUMNS)
+        self.metrics_until = end if self.metrics_until is None else max(self.metrics_until, end)
+
     def _served(self, start: pd.Timestamp, end: pd.Timestamp) -> set[str]:
         window = self.settings.ensemble.window
         first = start.floor(window)
@@ -224,6 +247,7 @@ class StreamDetector:
                 "edges": [[a, b, data] for a, b, data in self.graph.edges(data=True)],
                 "nodes": list(self.graph.nodes()),
                 "serving": {w.isoformat(): sorted(s) for w, s in self.serving.items()},
+                "metrics": self.metrics, "metrics_until": self.metrics_until,
                 "published": {i: {"cells": sorted([s, int(w)] for s, w in p.cells), "report": p.report,
                                   "signature": [_plain(v) for v in p.signature]} for i, p in self.published.items()}}
 
@@ -237,6 +261,9 @@ class StreamDetector:
         graph.add_edges_from((a, b, data) for a, b, data in state["edges"])
         self.graph = canonical(graph)
         self.serving = {pd.Timestamp(w): set(s) for w, s in state["serving"].items()}
+        self.metrics = _concat(pd.DataFrame(columns=METRIC_COLUMNS), state.get("metrics", pd.DataFrame()),
+                               METRIC_COLUMNS)  # a snapshot from before forecasts holds none
+        self.metrics_until = state.get("metrics_until")
         self.published = {}
         for incident_id, p in state["published"].items():
             start, services, severity, status = p["signature"]

@@ -23,7 +23,14 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from melt.reports.page_figures import figure_json, graph_figure, index_figure, metric_figure, timeline_figure
+from melt.reports.page_figures import (
+    figure_json,
+    forecast_figure,
+    graph_figure,
+    index_figure,
+    metric_figure,
+    timeline_figure,
+)
 from melt.reports.page_style import CSS
 
 PLOTLY_JS = "plotly.min.js"
@@ -240,6 +247,20 @@ def evidence(report: dict[str, Any], detail: dict[str, Any] | None) -> str:
             f"<h3>Evidence items</h3>{evidence_table(report)}</section>")
 
 
+def forecast_section(report: dict[str, Any], detail: dict[str, Any] | None) -> str:
+    """The forecast of the top cause's metric (docs/report.md), when the report has one."""
+    forecast = report.get("forecast")
+    if not forecast:
+        return ""
+    last = forecast["path"][-1]
+    line = (f'Expected {number(last["mean"])} at {text(last["timestamp"])} '
+            f'(95%: {number(last["lower_95"])} to {number(last["upper_95"])}); model {text(forecast["model"])}.')
+    if forecast.get("time_to_limit"):
+        line += f' Reaches its limit {number(forecast["limit"])} at <b>{text(forecast["time_to_limit"])}</b>.'
+    return (f'<section id="forecast"><h2>Forecast</h2><p>{line}</p>'
+            f'{chart("fig-forecast", forecast_figure(report, detail))}</section>')
+
+
 def render_incident(report: dict[str, Any], detail: dict[str, Any] | None = None, *, script_src: str = PLOTLY_JS,
                     index_href: str = "index.html", json_href: str | None = None) -> str:
     """One incident's page. ``detail`` (:func:`melt.reports.detail.incident_detail`) adds the
@@ -255,5 +276,5 @@ def render_incident(report: dict[str, Any], detail: dict[str, Any] | None = None
     charts = (f'<div class="grid2"><section id="graph">{chart("fig-graph", graph_figure(report, detail))}</section>'
               f'<section id="timeline">{chart("fig-timeline", timeline_figure(report, detail))}</section></div>')
     body = "\n".join([header, summary(report), explanation(report), charts, causes(report),
-                      evidence(report, detail)])
+                      forecast_section(report, detail), evidence(report, detail)])
     return page(f"{ident} · melt", body, script_src)

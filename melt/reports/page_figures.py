@@ -232,6 +232,40 @@ def metric_figure(series: dict[str, Any], report: dict[str, Any]) -> go.Figure:
     return figure
 
 
+def forecast_figure(report: dict[str, Any], detail: dict[str, Any] | None) -> go.Figure:
+    """The report's forecast after the observed series: the mean path in its 80% and 95% bands,
+    the limit and the time it is reached, when known. The observed values are the page detail's
+    series of the same evidence item, if it has one."""
+    forecast = report["forecast"]
+    path = forecast["path"]
+    xs = [p["timestamp"] for p in path]
+    figure = go.Figure()
+    observed = next((s for s in (detail or {}).get("metrics", []) if s.get("evidence_id") == forecast["evidence_id"]
+                     and s.get("metric") == forecast["metric"]), None)
+    if observed is not None:
+        figure.add_trace(go.Scatter(x=[p["timestamp"] for p in observed["points"]],
+                                    y=[p["value"] for p in observed["points"]], mode="lines", name="observed",
+                                    line={"color": "#1f77b4", "width": 2}))
+    for level, colour in ((95, "rgba(124,58,237,0.15)"), (80, "rgba(124,58,237,0.28)")):
+        figure.add_trace(go.Scatter(x=xs, y=[p[f"lower_{level}"] for p in path], mode="lines", line={"width": 0},
+                                    showlegend=False, hoverinfo="skip"))
+        figure.add_trace(go.Scatter(x=xs, y=[p[f"upper_{level}"] for p in path], mode="lines", line={"width": 0},
+                                    fill="tonexty", fillcolor=colour, name=f"{level}% interval"))
+    figure.add_trace(go.Scatter(x=xs, y=[p["mean"] for p in path], mode="lines", name="forecast",
+                                line={"color": "#7c3aed", "width": 2, "dash": "dash"}))
+    if forecast.get("limit") is not None:
+        figure.add_hline(y=forecast["limit"], line={"dash": "dot", "color": "#c62828"})
+    if forecast.get("time_to_limit"):
+        figure.add_vline(x=forecast["time_to_limit"], line={"dash": "dot", "color": "#c62828"})
+    figure.add_vline(x=forecast["origin"], line={"color": "#9ca3af", "width": 1})
+    name = forecast["metric"] + (f" → {forecast['peer']}" if forecast.get("peer") else "")
+    where = f" ({forecast['instance']})" if forecast.get("instance") else ""
+    styled(figure, escape(f"{forecast['evidence_id']} · {forecast['service']} · {name}{where}: forecast "
+                          f"({forecast['model']})"), 280)
+    figure.update_layout(margin={"l": 56, "r": 12, "t": 36, "b": 30})
+    return figure
+
+
 def index_figure(reports: list[dict[str, Any]]) -> go.Figure:
     """The incidents on a time axis, one bar per incident, coloured by severity."""
     figure = go.Figure()

@@ -17,7 +17,7 @@ from melt.core.json_schema import first_error
 from melt.core.version import __version__
 from melt.incidents.ensemble import Incident
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 UNKNOWN_SERVICE = "unknown"  # the report's service when an incident names none and nothing ranked
 
 
@@ -64,8 +64,10 @@ def correlated_anomalies(incident: Incident, top: str, window: str = "1min") -> 
 
 
 def build_report(incident: Incident, candidates: list[dict[str, Any]], evidence: list[dict[str, Any]],
-                 explanation: dict[str, Any], facts: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble one report. ``candidates`` and ``evidence`` are plain dicts (from rca and melt.reports.evidence)."""
+                 explanation: dict[str, Any], facts: dict[str, Any] | None = None,
+                 forecast: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble one report. ``candidates`` and ``evidence`` are plain dicts (from rca and melt.reports.evidence);
+    ``forecast`` is the top cause's metric forecast (:mod:`melt.reports.report_forecast`), if any."""
     top = candidates[0]["service"] if candidates else next(iter(incident.services), UNKNOWN_SERVICE)
     main = next((e for e in evidence if e["service"] == top and e["component"] != "events"), None) or (
         evidence[0] if evidence else {})
@@ -93,6 +95,8 @@ def build_report(incident: Incident, candidates: list[dict[str, Any]], evidence:
         },
         "evidence": evidence,
     }
+    if forecast is not None:
+        report["forecast"] = forecast
     with_explanation(report, explanation)
     if facts is not None:
         report["facts"] = facts

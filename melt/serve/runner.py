@@ -389,7 +389,7 @@ def explain_incident(state: StateDB, settings: Settings, incident_id: str) -> di
                "services": report["services"], "severity": report["anomaly_details"]["severity"],
                "confidence": report["anomaly_details"]["confidence"], "peak_score": None}
     facts = build_facts(summary, report["root_cause_analysis"]["ranked_causes"], report["evidence"],
-                        settings.explain.max_fact_tokens)
+                        settings.explain.max_fact_tokens, report.get("forecast"))
     explanation = Explainer(settings.explain).explain_all([facts], quiet=True)[0]
     return validate_report(with_explanation(copy.deepcopy(report), explanation))
 

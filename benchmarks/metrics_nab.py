@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import resource
 import sys
 import time
@@ -157,6 +158,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--series", default=None, help="only series whose category/file contains this")
+    parser.add_argument("--scores", type=Path, default=None,
+                        help="pickle of per-row scores: detectors it holds are read from it, not scored again "
+                             "(to fuse with other weights or thresholds), and new ones are added to it")
     args = parser.parse_args()
     settings = load_settings(args.config)
     threshold = args.threshold if args.threshold is not None else settings.ensemble.threshold
@@ -164,12 +168,17 @@ def main() -> None:
     corpus = read_series(args.data, args.series)
     seconds: dict[str, float] = {}
     began = time.perf_counter()
+    saved = pickle.loads(args.scores.read_bytes()) if args.scores is not None and args.scores.is_file() else {}
     for i, series in enumerate(corpus, 1):
-        score_detectors(series, names, settings, seconds)
+        series.scores.update({n: saved[series.name][n] for n in names if n in saved.get(series.name, {})})
+        score_detectors(series, [n for n in names if n not in series.scores], settings, seconds)
         print(f"[{i}/{len(corpus)}] {series.category}/{series.name}", file=sys.stderr, flush=True)
+    if args.scores is not None:
+        args.scores.write_bytes(pickle.dumps({s.name: {**saved.get(s.name, {}), **s.scores} for s in corpus}))
     rows = [(name, lambda s, n=name: s.scores[n]) for name in names]
     if len(names) > 1:
-        rows.append(("fusion", lambda s: fused(s, names, settings)))
+        fusions = {s.name: fused(s, names, settings) for s in corpus}  # once, not once per swept threshold
+        rows.append(("fusion", lambda s: fusions[s.name]))
     windows = sum(len(s.windows) for s in corpus)
     days = sum(s.scored_days for s in corpus)
     print(f"NAB: {len(corpus)} series, {windows} windows, {days:,.0f} scored days; threshold {threshold:g}; "

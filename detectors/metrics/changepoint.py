@@ -92,7 +92,7 @@ class CusumChangepoint(Detector):
     def fit(self, bundle: MeltBundle) -> Self:
         self.baseline_ = self._baseline().fit(bundle)
         frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
-        trained = self.baseline_._deviations(frame) if len(frame) else None
+        trained = self.baseline_.deviations(frame) if len(frame) else None
         self.inflation_ = pd.Series(dtype=float)
         if trained is not None:
             self.inflation_ = self._inflation(trained.z, trained.series, trained.keys)
@@ -107,9 +107,9 @@ class CusumChangepoint(Detector):
         """
         clipped = pd.Series(np.clip(z, -self.clip, self.clip))
         pairs = pd.DataFrame({"z": clipped, "lag": clipped.groupby(series).shift(1), "series": series}).dropna()
-        phi = pairs.groupby("series").apply(lambda g: g["z"].corr(g["lag"]) if len(g) > 2 else 0.0, include_groups=False)
         codes = np.arange(int(series.max()) + 1)
-        phi = np.clip(np.nan_to_num(phi.reindex(codes).to_numpy(dtype=float)), 0.0, MAX_AUTOCORRELATION)
+        phi = pairs.groupby("series")["z"].corr(pairs["lag"]).reindex(codes).fillna(0.0)
+        phi = np.clip(phi.to_numpy(dtype=float), 0.0, MAX_AUTOCORRELATION)
         first = pd.Series(np.arange(len(series))).groupby(series).first().reindex(codes).to_numpy()
         index = pd.MultiIndex.from_arrays([k[first] for k in keys], names=list(SERIES_KEYS))
         return pd.Series(np.sqrt((1 + phi) / (1 - phi)), index=index)
@@ -126,29 +126,13 @@ class CusumChangepoint(Detector):
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
-        deviations = self.baseline_._deviations(frame) if len(frame) else None
+        deviations = self.baseline_.deviations(frame) if len(frame) else None
         if deviations is None:
             return empty_scores()
-        frame, keys, series, expected, sigma, z = deviations
-        inflation = self.inflation_.reindex(pd.MultiIndex.from_arrays(keys, names=list(SERIES_KEYS))).fillna(1.0).to_numpy()
-        sums, shift = cusum(z / inflation, series, self.drift, self.threshold, self.clip)
-        shift = shift * inflation
-        level = expected + shift * sigma
-        value = frame["value"].to_numpy()
-        low, high = level - self.expected_sigmas * sigma, level + self.expected_sigmas * sigma
-        instance = frame["instance"].fillna("").to_numpy() if "instance" in frame.columns else np.full(len(frame), "")
-        evidence = pd.DataFrame({
-            "value": np.round(value, 4),
-            "expected_range": np.stack([np.round(low, 4), np.round(high, 4)], axis=1).tolist(),
-            "anomaly_type": np.where(severity_direction(value - level) == "spike", "level_up", "level_down"),
-            "z": np.round((value - level) / sigma, 2),
-            "instance": pd.Series(instance).replace("", None).to_numpy(dtype=object),
-        }).to_dict("records")
-        return pd.DataFrame({
-            "timestamp": frame["timestamp"].to_numpy(),
-            "service": frame["service"].to_numpy(),
-            "detector": self.name,
-            "entity": keys[2],
-            "score": sums,
-            "evidence": evidence,
-        })
+        inflation = self.inflation_.reindex(pd.MultiIndex.from_arrays(deviations.keys, names=list(SERIES_KEYS)))
+        inflation = inflation.fillna(1.0).to_numpy()
+        sums, shift = cusum(deviations.z / inflation, deviations.series, self.drift, self.threshold, self.clip)
+        level = deviations.expected + shift * inflation * deviations.sigma
+        direction = severity_direction(deviations.frame["value"].to_numpy() - level)
+        scores = self.baseline_.deviation_scores(deviations, level, sums, np.where(direction == "spike", "level_up", "level_down"))
+        return scores.assign(detector=self.name)

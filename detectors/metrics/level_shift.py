@@ -35,8 +35,9 @@ def shift_level(residual: np.ndarray, sigma: np.ndarray, series: np.ndarray, tim
     high = rolling.quantile(share).to_numpy()
     middle = rolling.median().to_numpy()
     count = rolling.count().to_numpy()
-    order = np.concatenate([np.flatnonzero(series == code) for code in pd.unique(series)])
-    # groupby-rolling returns rows grouped by series, in each series' order: put them back
+    # groupby-rolling returns the rows series by series (in order of first appearance), each in its
+    # own order: a stable sort by first appearance puts them back
+    order = np.argsort(pd.factorize(series)[0], kind="stable")
     level = np.zeros(len(residual))
     first = pd.Series(frame.index).groupby(series, sort=False).transform("min").to_numpy()
     covered = (frame.index.to_numpy() - first) >= adapt.to_timedelta64()

@@ -115,7 +115,7 @@ class RobustZScore(Detector):
         self.baseline_ = baseline[baseline["count"] >= self.min_points]
         self.history_: pd.DataFrame | None = None
         if self.history:
-            trained = self._deviations(frame.sort_values("timestamp", kind="stable"))
+            trained = self.deviations(frame.sort_values("timestamp", kind="stable"))
             if trained is not None:
                 keys = [pd.Series(k, name=n) for k, n in zip(trained.keys, SERIES_KEYS, strict=True)]
                 self.history_ = deviation_history(pd.Series(np.abs(trained.z)), keys)
@@ -142,7 +142,7 @@ class RobustZScore(Detector):
         """
         return effect_size_floor(raw, self.alert_z)
 
-    def _deviations(self, frame: pd.DataFrame) -> Deviations | None:
+    def deviations(self, frame: pd.DataFrame) -> Deviations | None:
         """Each row of a known series against its expected value (``None``: no row is of a known series).
 
         ``frame`` is in time order. The expected value is the series' median, or its seasonal
@@ -170,26 +170,32 @@ class RobustZScore(Detector):
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
-        deviations = self._deviations(frame) if len(frame) else None
+        deviations = self.deviations(frame) if len(frame) else None
         if deviations is None:
             return empty_scores()
-        frame, key_arrays, series, median, sigma, z = deviations
+        score = self._raw_score(np.abs(deviations.z), deviations.series, deviations.keys)
+        return self.deviation_scores(deviations, deviations.expected, score, severity_direction(deviations.z))
+
+    def deviation_scores(self, deviations: Deviations, expected: np.ndarray, score: np.ndarray,
+                         anomaly_type: np.ndarray) -> pd.DataFrame:
+        """The score frame of ``deviations``' rows, with evidence measured from ``expected``
+        (value, expected range, anomaly type, z, instance); shared with the changepoint detector."""
+        frame, keys, sigma = deviations.frame, deviations.keys, deviations.sigma
         value = frame["value"].to_numpy()
-        low, high = median - self.expected_sigmas * sigma, median + self.expected_sigmas * sigma
-        direction = severity_direction(z)
+        low, high = expected - self.expected_sigmas * sigma, expected + self.expected_sigmas * sigma
         instance = frame["instance"].fillna("").to_numpy() if "instance" in frame.columns else np.full(len(frame), "")
         evidence = pd.DataFrame({
             "value": np.round(value, 4),
             "expected_range": np.stack([np.round(low, 4), np.round(high, 4)], axis=1).tolist(),
-            "anomaly_type": direction, "z": np.round(z, 2),
+            "anomaly_type": anomaly_type, "z": np.round((value - expected) / sigma, 2),
             "instance": pd.Series(instance).replace("", None).to_numpy(dtype=object),
         }).to_dict("records")
         return pd.DataFrame({
             "timestamp": frame["timestamp"].to_numpy(),
             "service": frame["service"].to_numpy(),
             "detector": self.name,
-            "entity": key_arrays[2],
-            "score": self._raw_score(np.abs(z), series, key_arrays),
+            "entity": keys[2],
+            "score": score,
             "evidence": evidence,
         })
 

@@ -39,12 +39,7 @@ EVER = (pd.Timestamp("2000-01-01", tz="UTC"), pd.Timestamp("2100-01-01", tz="UTC
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_bundle, tmp_path_factory) -> Path:
-    # zscore's surprise learns from the frame it scores (history: true): a batch run's frame is the
-    # whole test, a served step's its context, so the two differ (docs/serve.md); equality is asserted
-    # for the history-free score until the stream carries that history across steps
-    config = tmp_path_factory.mktemp("config") / "config.yaml"
-    config.write_text("detectors:\n  zscore:\n    history: false\n")
-    settings = load_settings(config, env={})
+    settings = load_settings(env={})
     models = fit_detectors(training_split(tiny_bundle, 0.45), MODELS, settings, quiet=True)
     return save_models(models, tmp_path_factory.mktemp("models"))
 

@@ -18,14 +18,19 @@ import pandas as pd
 HALF_NORMAL_SD = float(np.sqrt(1 - 2 / np.pi))  # the spread of |z| for Gaussian noise, about 0.60
 
 
-def deviation_history(deviation: pd.Series, keys: list[pd.Series]) -> pd.DataFrame:
-    """Per series: ``count``, ``mean`` and ``var`` of the training deviations (the prior)."""
-    grouped = deviation.groupby(keys, observed=True)
-    return pd.DataFrame({"count": grouped.count(), "mean": grouped.mean(), "var": grouped.var(ddof=0)})
+def deviation_sums(deviation: np.ndarray, keys: list[np.ndarray], names: list[str]) -> pd.DataFrame:
+    """Per series (indexed by ``keys`` named ``names``): ``count``, ``total`` and ``squares`` of its deviations."""
+    frame = pd.DataFrame({"count": 1.0, "total": deviation, "squares": deviation ** 2})
+    return frame.groupby([pd.Series(k, name=n) for k, n in zip(keys, names, strict=True)], observed=True).sum()
+
+
+def add_sums(history: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    """Two :func:`deviation_sums` tables pooled (a series in either is in the result)."""
+    return history.add(more, fill_value=0.0) if len(more) else history
 
 
 def surprise(recent: np.ndarray, deviation: np.ndarray, series: np.ndarray, prior: pd.DataFrame,
-             lag: int) -> np.ndarray:
+             lag: int, fresh: np.ndarray | None = None) -> np.ndarray:
     """``(recent - mean) / spread`` of each row, clipped at 0.
 
     Deviations are in robust sigmas, so the spread never falls under that of Gaussian noise's |z|:
@@ -34,25 +39,19 @@ def surprise(recent: np.ndarray, deviation: np.ndarray, series: np.ndarray, prio
 
     ``recent`` is the short-term mean deviation at each row and ``deviation`` the row's own;
     ``series`` codes the rows' series (rows in time order within each), ``prior`` holds each row's
-    series' training ``count``, ``mean`` and ``var`` (aligned with the rows). The mean and spread at a
-    row pool the prior with the series' deviations in this frame up to ``lag`` rows before it (the
-    rows inside the short-term mean are left out, so a burst is not compared with itself).
+    series' :func:`deviation_sums` so far (aligned with the rows). The mean and spread at a row pool
+    the prior with the ``fresh`` rows of this frame (default: all; a stream leaves out the context
+    rows its history already holds) up to ``lag`` rows before it: the rows inside the short-term
+    mean are left out, so a burst is not compared with itself.
     """
-    frame = pd.DataFrame({"d": deviation, "d2": deviation ** 2, "series": series})
-    grouped = frame.groupby("series", sort=False)
-    seen = grouped.cumcount().to_numpy() - lag + 1
-    total = grouped["d"].cumsum().to_numpy()
-    squares = grouped["d2"].cumsum().to_numpy()
-    # cumulative sums up to `lag` rows back: the running total minus the last `lag` rows
-    back_total = pd.Series(total).groupby(series, sort=False).shift(lag).fillna(0.0).to_numpy()
-    back_squares = pd.Series(squares).groupby(series, sort=False).shift(lag).fillna(0.0).to_numpy()
-    seen = np.clip(seen, 0, None)
-    n0 = prior["count"].to_numpy(dtype=float)
-    m0 = prior["mean"].to_numpy(dtype=float)
-    v0 = prior["var"].to_numpy(dtype=float)
-    count = n0 + seen
-    mean = (n0 * m0 + back_total) / count
-    second = (n0 * (v0 + m0 ** 2) + back_squares) / count
+    fresh = np.ones(len(deviation), bool) if fresh is None else fresh
+    counted = pd.DataFrame({"n": fresh.astype(float), "d": np.where(fresh, deviation, 0.0),
+                            "d2": np.where(fresh, deviation ** 2, 0.0)})
+    # per series, the running sums of the rows up to `lag` rows back
+    before = counted.groupby(series, sort=False).cumsum().groupby(series, sort=False).shift(lag).fillna(0.0)
+    count = np.fmax(prior["count"].to_numpy(dtype=float) + before["n"].to_numpy(), 1.0)
+    mean = (prior["total"].to_numpy(dtype=float) + before["d"].to_numpy()) / count
+    second = (prior["squares"].to_numpy(dtype=float) + before["d2"].to_numpy()) / count
     spread = np.sqrt(np.clip(second - mean ** 2, 0.0, None))
     spread = np.fmax(spread, HALF_NORMAL_SD)  # no series counts as calmer than noise at its own scale
     return np.clip((recent - mean) / spread, 0.0, None)

@@ -104,6 +104,22 @@ class Detector:
         """
         return None
 
+    # ----------------------------------------------------------- online learning between stream steps
+    def observe(self, bundle: MeltBundle, until: pd.Timestamp) -> None:
+        """Learn from ``bundle``'s rows before ``until`` after a stream step scored them (default: nothing).
+
+        For detectors whose score depends on what they have seen so far (``zscore``'s surprise): a
+        stream that scores step by step calls this so each step sees what a batch run's one frame
+        sees. Only the state :meth:`online_state` returns may change.
+        """
+
+    def online_state(self) -> dict[str, Any] | None:
+        """What :meth:`observe` changed, for a stream's snapshot (``None``: nothing)."""
+        return None
+
+    def restore_online(self, state: dict[str, Any]) -> None:
+        """Put back :meth:`online_state`'s output."""
+
     def detect(self, bundle: MeltBundle) -> pd.DataFrame:
         """Score ``bundle`` and calibrate: ``score`` is calibrated, ``raw_score`` is what ``score`` gave."""
         self.check_is_fitted()

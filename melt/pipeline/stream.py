@@ -3,6 +3,9 @@
 Each step is scored by the fitted detectors with the context of data before it that the caller
 gives (``melt serve`` gives metrics and events ``serve.context`` before it, as rolling refits score
 their periods, :mod:`melt.pipeline.rolling`), and only the step's own score rows are kept.
+A detector whose score depends on what it has seen so far learns, after each step, the rows that
+the next step's context (``serve.context``) no longer holds (:meth:`~melt.core.detector.Detector.observe`),
+and that learned state travels in the snapshot.
 An alert cell depends on the score rows of its own ensemble window alone
 (:func:`~melt.incidents.ensemble.alert_cells`), so the cells of every step so far are those a
 batch run finds on the same data, and incidents are grouped from them by the very function batch
@@ -117,6 +120,8 @@ class StreamDetector:
         scores = score_all(usable, bundle, quiet=True, skipped=skipped, seconds=seconds) if usable else \
             pd.DataFrame(columns=SCORE_COLUMNS)
         own = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
+        for model in usable.values():  # what the next step's context no longer holds is learned now
+            model.observe(bundle, end - self.settings.serve.context)
         if bundle.traces is not None and len(bundle.traces):
             self.graph = canonical(nx.compose(self.graph, dependency_graph(bundle.traces)))
         self._note_serving(bundle, start, end)
@@ -248,6 +253,7 @@ class StreamDetector:
                 "nodes": list(self.graph.nodes()),
                 "serving": {w.isoformat(): sorted(s) for w, s in self.serving.items()},
                 "metrics": self.metrics, "metrics_until": self.metrics_until,
+                "online": {name: model.online_state() for name, model in self.models.items()},
                 "published": {i: {"cells": sorted([s, int(w)] for s, w in p.cells), "report": p.report,
                                   "signature": [_plain(v) for v in p.signature]} for i, p in self.published.items()}}
 
@@ -264,6 +270,9 @@ class StreamDetector:
         self.metrics = _concat(pd.DataFrame(columns=METRIC_COLUMNS), state.get("metrics", pd.DataFrame()),
                                METRIC_COLUMNS)  # a snapshot from before forecasts holds none
         self.metrics_until = state.get("metrics_until")
+        for name, online in state.get("online", {}).items():  # what the models learned since they were fitted
+            if online is not None and name in self.models:
+                self.models[name].restore_online(online)
         self.published = {}
         for incident_id, p in state["published"].items():
             start, services, severity, status = p["signature"]

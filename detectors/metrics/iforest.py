@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.ensemble import IsolationForest
 
 from detectors.metrics.matrix import (
+    UNIT_KEYS,
     fit_scaler,
     scale,
     scorable_wide,
@@ -27,6 +28,7 @@ from detectors.metrics.matrix import (
     unit_codes,
     wide_metrics,
 )
+from detectors.metrics.surprise import Points, SurpriseMixin
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 
@@ -39,7 +41,7 @@ def isolation_score(score_samples: np.ndarray) -> np.ndarray:
     return 1.0 / np.maximum(-np.log2(np.clip(-score_samples, 1e-12, 1.0)), 1e-3)
 
 
-class IsolationForestDetector(Detector):
+class IsolationForestDetector(SurpriseMixin, Detector):
     """Multivariate isolation forest on scaled metrics and their short-term deviations.
 
     Args:
@@ -49,19 +51,27 @@ class IsolationForestDetector(Detector):
         smooth_window: trailing mean of the score over this many rows of a unit (1 = off).
         expected_sigmas: half-width of ``expected_range`` in robust sigmas.
         seed: random seed of the forest.
+        history: score each unit's smoothed isolation score as its surprise against the unit's own
+            scores so far (:class:`~detectors.metrics.surprise.SurpriseMixin`); false = the calibrated score.
+        adapt: a score joins that history once it is this old, so a change alerts for this long and
+            is then normal; ``None``: as soon as it leaves the smoothing window.
     """
 
     name = "iforest"
     signal = "metrics"
+    series_names = tuple(UNIT_KEYS)
 
     def __init__(self, n_estimators: int = 200, max_samples: int = 256, trend_window: int = 10,
-                 smooth_window: int = 3, expected_sigmas: float = 3.0, seed: int = 0) -> None:
+                 smooth_window: int = 3, expected_sigmas: float = 3.0, seed: int = 0, history: bool = True,
+                 adapt: str | None = "1d") -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.trend_window = trend_window
         self.smooth_window = smooth_window
         self.expected_sigmas = expected_sigmas
         self.seed = seed
+        self.history = history
+        self.adapt = adapt
 
     def _features(self, wide: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         z = scale(wide, self.scaler_, self.features_)
@@ -79,14 +89,27 @@ class IsolationForestDetector(Detector):
         x, _, _ = self._features(wide_metrics(frame))
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(x)),
                                        random_state=self.seed).fit(x)
+        self.learn_history(bundle)
         return self
+
+    def points(self, bundle: MeltBundle) -> Points | None:
+        """Each (service, instance, timestamp) row's isolation score, unsmoothed."""
+        wide = scorable_wide(self.require(bundle), self.scaler_)
+        return None if wide.empty else self._points(wide, self._features(wide)[0])
+
+    def _points(self, wide: pd.DataFrame, x: np.ndarray) -> Points:
+        keys = [wide.index.get_level_values(k).to_numpy() for k in UNIT_KEYS]
+        return Points(isolation_score(self.forest_.score_samples(x)), unit_codes(wide), keys,
+                      pd.Series(wide.index.get_level_values("timestamp")))
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         wide = scorable_wide(self.require(bundle), self.scaler_)
         if wide.empty:
             return empty_scores()
         x, z, units = self._features(wide)
-        raw = smooth(isolation_score(self.forest_.score_samples(x)), units, self.smooth_window)
+        points = self._points(wide, x)
+        raw = self.surprised(points) if getattr(self, "score_history_", None) is not None else \
+            smooth(points.deviation, units, self.smooth_window)
         m = len(self.features_)
         contributions = np.abs(z) + np.abs(x[:, m:2 * m])
         return score_frame(self.name, wide, raw, contributions, self.features_, self.scaler_, None, self.expected_sigmas)

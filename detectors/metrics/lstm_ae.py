@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.metrics.matrix import (
+    UNIT_KEYS,
     fit_scaler,
     scale,
     scorable_wide,
@@ -27,6 +28,7 @@ from detectors.metrics.matrix import (
     unit_codes,
     wide_metrics,
 )
+from detectors.metrics.surprise import Points, SurpriseMixin
 from detectors.torch_model import EarlyStopping, TorchNetworkMixin, torch_device
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
@@ -41,7 +43,7 @@ def window_index(units: np.ndarray, window: int) -> np.ndarray:
     return np.maximum(rows[:, None] + offsets[None, :], first[:, None])
 
 
-class LSTMAutoencoder(TorchNetworkMixin, Detector):
+class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
     """Sequence-to-sequence LSTM autoencoder; reconstruction error is the anomaly score.
 
     Args:
@@ -55,15 +57,22 @@ class LSTMAutoencoder(TorchNetworkMixin, Detector):
         expected_sigmas: half-width of ``expected_range`` in robust sigmas around the reconstruction.
         device: "auto" (GPU if present), "cpu" or "cuda".
         seed: seed of initialisation, sampling and shuffling.
+        history: score each unit's smoothed reconstruction error as its surprise against the unit's
+            own errors so far, starting from the held-out tail of training
+            (:class:`~detectors.metrics.surprise.SurpriseMixin`); false = the calibrated score.
+        adapt: an error joins that history once it is this old; ``None``: as soon as it leaves the
+            smoothing window.
     """
 
     name = "lstm_ae"
     signal = "metrics"
+    series_names = tuple(UNIT_KEYS)
 
     def __init__(self, window: int = 10, hidden: int = 32, latent: int = 8, epochs: int = 40, patience: int = 4,
                  batch_size: int = 128, learning_rate: float = 3e-3, max_train_windows: int = 20000,
                  validation_fraction: float = 0.2, smooth_window: int = 3, expected_sigmas: float = 3.0,
-                 device: str = "auto", seed: int = 0) -> None:
+                 device: str = "auto", seed: int = 0, history: bool = True,
+                 adapt: str | None = "1d") -> None:
         self.window = window
         self.hidden = hidden
         self.latent = latent
@@ -77,6 +86,8 @@ class LSTMAutoencoder(TorchNetworkMixin, Detector):
         self.expected_sigmas = expected_sigmas
         self.device = device
         self.seed = seed
+        self.history = history
+        self.adapt = adapt
 
     # ------------------------------------------------------------------ model
     def _input_size(self) -> int:
@@ -164,7 +175,33 @@ class LSTMAutoencoder(TorchNetworkMixin, Detector):
                 break
         stopper.restore(network)
         self.network_ = network.cpu()
+        self.learn_history(bundle)
         return self
+
+    def points(self, bundle: MeltBundle) -> Points | None:
+        """Each (service, instance, timestamp) row's reconstruction error, unsmoothed."""
+        wide = scorable_wide(self.require(bundle), self.scaler_)
+        return None if wide.empty else self._reconstruction(wide)[0]
+
+    def prior_points(self, bundle: MeltBundle) -> Points | None:
+        """The held-out tail of training: the network fits the rest closely (as for calibration)."""
+        points = self.points(bundle)
+        if points is None:
+            return None
+        held_out = (points.timestamps >= self.holdout_start_).to_numpy()
+        if not held_out.any():
+            return points
+        return Points(points.deviation[held_out], points.series[held_out], [k[held_out] for k in points.keys],
+                      points.timestamps[held_out].reset_index(drop=True))
+
+    def _reconstruction(self, wide: pd.DataFrame) -> tuple[Points, np.ndarray, np.ndarray]:
+        """The rows' point scores, their squared errors per metric, and the reconstruction."""
+        windows, z, units = self._windows(wide)
+        reconstruction = self._reconstruct(windows)[:, -1, :]
+        error = (reconstruction - z) ** 2
+        keys = [wide.index.get_level_values(k).to_numpy() for k in UNIT_KEYS]
+        points = Points(error.mean(axis=1), units, keys, pd.Series(wide.index.get_level_values("timestamp")))
+        return points, error, reconstruction
 
     def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:
         """Scores of the held-out tail of the training period (not seen by the optimiser)."""
@@ -176,8 +213,7 @@ class LSTMAutoencoder(TorchNetworkMixin, Detector):
         wide = scorable_wide(self.require(bundle), self.scaler_)
         if wide.empty:
             return empty_scores()
-        windows, z, units = self._windows(wide)
-        reconstruction = self._reconstruct(windows)[:, -1, :]
-        error = (reconstruction - z) ** 2
-        raw = smooth(error.mean(axis=1), units, self.smooth_window)
+        points, error, reconstruction = self._reconstruction(wide)
+        raw = self.surprised(points) if getattr(self, "score_history_", None) is not None else \
+            smooth(points.deviation, points.series, self.smooth_window)
         return score_frame(self.name, wide, raw, error, self.features_, self.scaler_, reconstruction, self.expected_sigmas)

@@ -1,57 +1,211 @@
-"""How unusual a series' recent deviation is against the deviations it has shown before.
+"""How unusual a series' recent score is against the scores it has shown before.
 
 After Numenta's anomaly likelihood (Ahmad, Lavin, Purdy and Agha, "Unsupervised real-time anomaly
-detection for streaming data", Neurocomputing 2017): a raw deviation score is not compared with a
-fixed scale but with the distribution of that series' own raw scores so far. The short-term mean of
-the last few deviations is standardised by the mean and standard deviation of all the series'
-earlier ones (its training deviations, then those of the data scored before it). A series whose
-normal life holds big swings (tweet volume, a bursty queue) needs a bigger swing to alert than a
-calm one, and a series that keeps swinging after an alert raises its own bar, so one change
-alerts once instead of for every point that follows it.
+detection for streaming data", Neurocomputing 2017): a raw score is not compared with a fixed scale
+but with the distribution of that series' own scores so far. The short-term mean of the last few
+scores is standardised by the mean and standard deviation of the series' earlier ones (its training
+scores, then those of the data scored after it). A series whose normal life holds big swings
+(tweet volume, a bursty queue) needs a bigger swing to alert than a calm one, and a series that
+keeps swinging raises its own bar.
+
+The history learns an hour at a time (:data:`BUCKET`): a score joins it once its hour is ``adapt``
+behind (off: once its hour is over), so a change is measured against the history before it for
+``adapt`` and is then part of the normal, and a burst is never compared with itself.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 import pandas as pd
 
+from detectors.metrics.matrix import smooth
+from melt.core.bundle import MeltBundle
+from melt.core.timeutil import parse_duration
+
 HALF_NORMAL_SD = float(np.sqrt(1 - 2 / np.pi))  # the spread of |z| for Gaussian noise, about 0.60
+RELATIVE_SPREAD = 0.05  # scores with no unit of their own: the spread is at least this share of their mean
+BUCKET = pd.Timedelta("1h")  # the history learns an hour of scores at a time
+SUMS = ["count", "total", "squares"]
 
 
-def deviation_sums(deviation: np.ndarray, keys: list[np.ndarray], names: list[str]) -> pd.DataFrame:
-    """Per series (indexed by ``keys`` named ``names``): ``count``, ``total`` and ``squares`` of its deviations."""
+def deviation_sums(deviation: np.ndarray, keys: list[np.ndarray], names: list[str],
+                   bucket: np.ndarray | None = None) -> pd.DataFrame:
+    """Per series (indexed by ``keys`` named ``names``, and by ``bucket`` when given): ``count``,
+    ``total`` and ``squares`` of its scores."""
     frame = pd.DataFrame({"count": 1.0, "total": deviation, "squares": deviation ** 2})
-    return frame.groupby([pd.Series(k, name=n) for k, n in zip(keys, names, strict=True)], observed=True).sum()
+    by = [pd.Series(k, name=n) for k, n in zip(keys, names, strict=True)]
+    if bucket is not None:
+        by.append(pd.Series(bucket, name="bucket"))
+    return frame.groupby(by, observed=True).sum()
 
 
 def add_sums(history: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
     """Two :func:`deviation_sums` tables pooled (a series in either is in the result)."""
-    return history.add(more, fill_value=0.0) if len(more) else history
+    if not len(more):
+        return history
+    return history.add(more, fill_value=0.0) if len(history) else more
 
 
-def surprise(recent: np.ndarray, deviation: np.ndarray, series: np.ndarray, prior: pd.DataFrame,
-             lag: int, fresh: np.ndarray | None = None) -> np.ndarray:
-    """``(recent - mean) / spread`` of each row, clipped at 0.
+def sums_before(buckets: pd.DataFrame, keys: list[np.ndarray], names: list[str], cutoff: np.ndarray) -> np.ndarray:
+    """Per row: the sums of its series' ``buckets`` (a :func:`deviation_sums` table by bucket) that
+    start before the row's ``cutoff``."""
+    if not len(buckets):
+        return np.zeros((len(cutoff), 3))
+    table = buckets.reset_index()
+    table["series"] = pd.MultiIndex.from_frame(table[names]).to_flat_index()
+    table = table.sort_values("bucket", kind="stable")
+    table[SUMS] = table.groupby("series", sort=False)[SUMS].cumsum()
+    rows = pd.DataFrame({"series": pd.MultiIndex.from_arrays(keys).to_flat_index(), "bucket": cutoff,
+                         "order": np.arange(len(cutoff))}).sort_values("bucket", kind="stable")
+    merged = pd.merge_asof(rows, table[["series", "bucket", *SUMS]], on="bucket", by="series",
+                           allow_exact_matches=False)
+    return merged.sort_values("order")[SUMS].fillna(0.0).to_numpy()
 
-    Deviations are in robust sigmas, so the spread never falls under that of Gaussian noise's |z|:
-    a series that sat still in training (already given its peers' scale, :func:`detectors.robust.fleet_floored`)
-    is not made touchy again here.
 
-    ``recent`` is the short-term mean deviation at each row and ``deviation`` the row's own;
-    ``series`` codes the rows' series (rows in time order within each), ``prior`` holds each row's
-    series' :func:`deviation_sums` so far (aligned with the rows). The mean and spread at a row pool
-    the prior with the ``fresh`` rows of this frame (default: all; a stream leaves out the context
-    rows its history already holds) up to ``lag`` rows before it: the rows inside the short-term
-    mean are left out, so a burst is not compared with itself.
+def spread_of(sums: np.ndarray) -> np.ndarray:
+    """The standard deviation of each row's history from its (count, total, squares)."""
+    count = np.fmax(sums[:, 0], 1.0)
+    return np.sqrt(np.clip(sums[:, 2] / count - (sums[:, 1] / count) ** 2, 0.0, None))
+
+
+def surprise(recent: np.ndarray, sums: np.ndarray, min_spread: float | None = HALF_NORMAL_SD,
+             fleet_spread: float = 0.0) -> np.ndarray:
+    """``(recent - mean) / spread`` of each row against its history's ``sums`` (count, total, squares),
+    clipped at 0.
+
+    ``min_spread`` floors the spread in the score's own unit (|z| in robust sigmas: Gaussian noise's
+    0.60, so a series that sat still in training is not made touchy again); ``None`` floors it at
+    :data:`RELATIVE_SPREAD` of the mean. ``fleet_spread`` floors it too (the widest spread among the
+    detector's series in training, :meth:`SurpriseMixin.learn_history`).
     """
-    fresh = np.ones(len(deviation), bool) if fresh is None else fresh
-    counted = pd.DataFrame({"n": fresh.astype(float), "d": np.where(fresh, deviation, 0.0),
-                            "d2": np.where(fresh, deviation ** 2, 0.0)})
-    # per series, the running sums of the rows up to `lag` rows back
-    before = counted.groupby(series, sort=False).cumsum().groupby(series, sort=False).shift(lag).fillna(0.0)
-    count = np.fmax(prior["count"].to_numpy(dtype=float) + before["n"].to_numpy(), 1.0)
-    mean = (prior["total"].to_numpy(dtype=float) + before["d"].to_numpy()) / count
-    second = (prior["squares"].to_numpy(dtype=float) + before["d2"].to_numpy()) / count
-    spread = np.sqrt(np.clip(second - mean ** 2, 0.0, None))
-    spread = np.fmax(spread, HALF_NORMAL_SD)  # no series counts as calmer than noise at its own scale
-    return np.clip((recent - mean) / spread, 0.0, None)
+    mean = sums[:, 1] / np.fmax(sums[:, 0], 1.0)
+    floor = min_spread if min_spread is not None else RELATIVE_SPREAD * np.abs(mean) + 1e-12
+    return np.clip((recent - mean) / np.fmax(spread_of(sums), np.fmax(floor, fleet_spread)), 0.0, None)
+
+
+class Points(NamedTuple):
+    """A detector's point scores (before smoothing) and the series each row belongs to, rows in time
+    order within each series."""
+
+    deviation: np.ndarray
+    series: np.ndarray  # integer code per row
+    keys: list[np.ndarray]  # the series' key values per row, named by ``SurpriseMixin.series_names``
+    timestamps: pd.Series
+
+
+class SurpriseMixin:
+    """Scores as :func:`surprise` against each series' own history, for detectors with a ``history`` switch.
+
+    A detector implements :meth:`points` and calls :meth:`learn_history` at the end of ``fit`` and
+    :meth:`surprised` in ``score``; its ``adapt`` (a duration or ``None``) says when a score joins the
+    history. A stream hands each step's scored rows to :meth:`observe`; the scores not yet in the
+    history wait there as hour sums. The surprise is a standardised score, so it is the calibrated
+    score as it is.
+    """
+
+    series_names: tuple[str, ...] = ()
+    min_spread: float | None = None  # the spread's floor in the score's unit (None: RELATIVE_SPREAD of the mean)
+    history_of_points: bool = False  # the history holds single scores (True) or their short-term means
+    history: bool
+    adapt: str | None
+    smooth_window: int
+
+    def points(self, bundle: MeltBundle) -> Points | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def prior_points(self, bundle: MeltBundle) -> Points | None:
+        """The training rows the history starts from (default: all of them)."""
+        return self.points(bundle)
+
+    def learn_history(self, bundle: MeltBundle) -> None:
+        self.score_history_: pd.DataFrame | None = None
+        self.pending_: pd.DataFrame | None = None  # hour sums seen but not yet `adapt` old (a stream's)
+        self.seen_until_: pd.Timestamp | None = None
+        points = self.prior_points(bundle) if self.history else None
+        self.fleet_spread_ = 0.0
+        if points is not None and len(points.deviation):
+            self.score_history_ = deviation_sums(self._learned(points), points.keys, list(self.series_names))
+            # the fleet's widest training spread: a series with a short or calm history is not judged
+            # on its own few points (one unit's 14 held-out errors); alone, a series keeps its own
+            moved = self.score_history_[self.score_history_["count"] >= 2][SUMS].to_numpy()
+            self.fleet_spread_ = float(spread_of(moved).max()) if len(moved) else 0.0
+
+    def surprised(self, points: Points) -> np.ndarray:
+        """Each row's surprise (needs the history: :meth:`learn_history` with ``history`` on)."""
+        names = list(self.series_names)
+        prior = self.score_history_.reindex(pd.MultiIndex.from_arrays(points.keys, names=names)).fillna(0.0)
+        fresh = self._fresh(points.timestamps)
+        frame_buckets = deviation_sums(self._learned(points)[fresh], [k[fresh] for k in points.keys], names,
+                                       _bucket(points.timestamps[fresh]))
+        buckets = frame_buckets if self.pending_ is None else add_sums(self.pending_, frame_buckets)
+        later = sums_before(buckets, points.keys, names, self._cutoff(points.timestamps))
+        recent = smooth(points.deviation, points.series, self.smooth_window, how="mean")
+        return surprise(recent, prior[SUMS].to_numpy() + later, self.min_spread, getattr(self, "fleet_spread_", 0.0))
+
+    def observe(self, bundle: MeltBundle, since: pd.Timestamp, until: pd.Timestamp) -> None:
+        """Take in the scores of ``bundle``'s rows in ``[since, until)``, the ones a stream step scored.
+
+        A stream calls this after each step (:class:`melt.pipeline.stream.StreamDetector`): the rows
+        wait as hour sums until no later point's history can leave them out (``adapt`` after them),
+        then join the history, so each step sees the history a batch run's one frame sees before
+        each point. The next frame's context rows, seen here already, are not counted again.
+        """
+        if getattr(self, "score_history_", None) is None:
+            return
+        names = list(self.series_names)
+        points = self.points(bundle)
+        if points is not None and len(points.deviation):
+            times = points.timestamps
+            new = self._fresh(times) & ((times >= since) & (times < until)).to_numpy()
+            added = deviation_sums(self._learned(points)[new], [k[new] for k in points.keys], names, _bucket(times[new]))
+            self.pending_ = added if self.pending_ is None else add_sums(self.pending_, added)
+        self.seen_until_ = until if self.seen_until_ is None else max(self.seen_until_, until)
+        if self.pending_ is not None and len(self.pending_):
+            old = self.pending_.index.get_level_values("bucket") < self._cutoff(pd.Series([until]))[0]
+            self.score_history_ = add_sums(self.score_history_, self.pending_[old].groupby(level=names).sum())
+            self.pending_ = self.pending_[~old]
+
+    def online_state(self) -> dict[str, Any] | None:
+        history = getattr(self, "score_history_", None)
+        if history is None:
+            return None
+        return {"history": history, "pending": self.pending_, "seen_until": self.seen_until_}
+
+    def restore_online(self, state: dict[str, Any]) -> None:
+        self.score_history_, self.pending_, self.seen_until_ = state["history"], state["pending"], state["seen_until"]
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """With ``history`` the raw score is already a standardised surprise: it is the calibrated score.
+
+        The quantile map would stretch the training's own surprises (in-sample, so mostly 0) onto
+        the normal's tail, and a mild surprise later would score like a fault.
+        """
+        if getattr(self, "score_history_", None) is None:
+            return super().calibrate(raw)  # type: ignore[misc]
+        self.check_is_fitted()  # type: ignore[attr-defined]
+        return np.asarray(raw, dtype=float)
+
+    def _cutoff(self, timestamps: pd.Series) -> np.ndarray:
+        """Per row, the hour from which on scores are not in its history: ``adapt`` before it, or its own."""
+        delay = parse_duration(self.adapt) if self.adapt else pd.Timedelta(0)
+        return _bucket(pd.Series(timestamps) - delay)
+
+    def _learned(self, points: Points) -> np.ndarray:
+        """What the history holds of each row: the single score, or its short-term mean."""
+        if self.history_of_points:
+            return points.deviation
+        return smooth(points.deviation, points.series, self.smooth_window, how="mean")
+
+    def _fresh(self, timestamps: pd.Series) -> np.ndarray:
+        """Rows the history (and the stream's pending sums) do not hold yet."""
+        if self.seen_until_ is None:
+            return np.ones(len(timestamps), bool)
+        return (pd.Series(timestamps) >= self.seen_until_).to_numpy()
+
+
+def _bucket(timestamps: pd.Series) -> np.ndarray:
+    """The hour each time falls in, as nanoseconds since the epoch."""
+    ns = pd.to_datetime(pd.Series(timestamps), utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    return ns - ns % BUCKET.value

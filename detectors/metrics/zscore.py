@@ -18,7 +18,7 @@ held (:meth:`RobustZScore.score_floor`).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Self
+from typing import NamedTuple, Self
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ import pandas as pd
 from detectors.metrics.level_shift import shift_level
 from detectors.metrics.matrix import series_metric, smooth
 from detectors.metrics.seasonal import DAY, stl_profiles, week_phase
-from detectors.metrics.surprise import add_sums, deviation_sums, surprise
+from detectors.metrics.surprise import HALF_NORMAL_SD, Points, SurpriseMixin
 from detectors.robust import fleet_floored, robust_baseline, severity_direction
 from melt.core.bundle import MeltBundle
 from melt.core.calibration import ALERT_SIGMAS, effect_size_floor
@@ -47,7 +47,7 @@ class Deviations(NamedTuple):
     z: np.ndarray
 
 
-class RobustZScore(Detector):
+class RobustZScore(SurpriseMixin, Detector):
     """Robust z-score over each metric series.
 
     Args:
@@ -67,6 +67,9 @@ class RobustZScore(Detector):
 
     name = "zscore"
     signal = "metrics"
+    series_names = SERIES_KEYS
+    min_spread = HALF_NORMAL_SD  # |z| is in robust sigmas: no series is calmer than Gaussian noise
+    history_of_points = True  # the mean of the last few |z| against single |z|: a burst must last to count
 
     def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
                  profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3,
@@ -113,53 +116,18 @@ class RobustZScore(Detector):
             self.profile_ = profile if len(profile) else None
         baseline["sigma"] = fleet_floored(baseline, self.fleet_floor, self.rel_floor)
         self.baseline_ = baseline[baseline["count"] >= self.min_points]
-        self.history_: pd.DataFrame | None = None
-        self.seen_until_: pd.Timestamp | None = None
-        if self.history:
-            trained = self.deviations(frame.sort_values("timestamp", kind="stable"))
-            if trained is not None:
-                self.history_ = deviation_sums(np.abs(trained.z), trained.keys, list(SERIES_KEYS))
+        self.learn_history(bundle)
         return self
 
-    def observe(self, bundle: MeltBundle, until: pd.Timestamp) -> None:
-        """Add the deviations of ``bundle``'s rows before ``until`` that the history does not hold yet.
-
-        A stream calls this after each step (:class:`melt.pipeline.stream.StreamDetector`), with
-        ``until`` as early as the next step's context reaches: the history then holds what a batch
-        run's frame holds before each point, and the next step counts only the rows after it.
-        """
-        if self.history_ is None:
-            return
+    def points(self, bundle: MeltBundle) -> Points | None:
+        """Each row's |z| (:meth:`SurpriseMixin.points`)."""
         frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
         deviations = self.deviations(frame) if len(frame) else None
-        if deviations is not None:
-            new = self._fresh(deviations.frame["timestamp"]) & (deviations.frame["timestamp"] < until).to_numpy()
-            added = deviation_sums(np.abs(deviations.z[new]), [k[new] for k in deviations.keys], list(SERIES_KEYS))
-            self.history_ = add_sums(self.history_, added)
-        self.seen_until_ = until if self.seen_until_ is None else max(self.seen_until_, until)
+        return None if deviations is None else self._points_of(deviations)
 
-    def online_state(self) -> dict[str, Any] | None:
-        return None if self.history_ is None else {"history": self.history_, "seen_until": self.seen_until_}
-
-    def restore_online(self, state: dict[str, Any]) -> None:
-        self.history_, self.seen_until_ = state["history"], state["seen_until"]
-
-    def _fresh(self, timestamps: pd.Series) -> np.ndarray:
-        """Rows the history does not hold yet."""
-        if self.seen_until_ is None:
-            return np.ones(len(timestamps), bool)
-        return (timestamps >= self.seen_until_).to_numpy()
-
-    def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """With ``history`` the raw score is already a standardised surprise: it is the calibrated score.
-
-        The quantile map would stretch the training's own surprises (in-sample, so mostly 0) onto
-        the normal's tail, and a mild surprise later would score like a fault.
-        """
-        if not self.history:
-            return super().calibrate(raw)
-        self.check_is_fitted()
-        return np.asarray(raw, dtype=float)
+    @staticmethod
+    def _points_of(deviations: Deviations) -> Points:
+        return Points(np.abs(deviations.z), deviations.series, deviations.keys, deviations.frame["timestamp"])
 
     def score_floor(self, raw: np.ndarray) -> np.ndarray | None:
         """A point ``alert_z`` of its series' own robust sigmas out is anomalous, however wild the pooled history was.
@@ -202,7 +170,7 @@ class RobustZScore(Detector):
         deviations = self.deviations(frame) if len(frame) else None
         if deviations is None:
             return empty_scores()
-        score = self._raw_score(np.abs(deviations.z), deviations)
+        score = self._raw_score(self._points_of(deviations))
         return self.deviation_scores(deviations, deviations.expected, score, severity_direction(deviations.z))
 
     def deviation_scores(self, deviations: Deviations, expected: np.ndarray, score: np.ndarray,
@@ -228,17 +196,13 @@ class RobustZScore(Detector):
             "evidence": evidence,
         })
 
-    def _raw_score(self, deviation: np.ndarray, deviations: Deviations) -> np.ndarray:
-        """The smoothed |z|; with ``history``, its surprise against the series' own deviations so far
-        (:mod:`detectors.metrics.surprise`), raised so that an ``alert_z`` |z| still alerts."""
-        series = deviations.series
-        recent = smooth(deviation, series, self.smooth_window, how="median")
-        if self.history_ is None:
+    def _raw_score(self, points: Points) -> np.ndarray:
+        """The smoothed |z|; with ``history``, its surprise against the series' own |z| so far
+        (:class:`~detectors.metrics.surprise.SurpriseMixin`), raised so that an ``alert_z`` |z| still alerts."""
+        recent = smooth(points.deviation, points.series, self.smooth_window, how="median")
+        if getattr(self, "score_history_", None) is None:  # history off (or a model saved before it)
             return recent
-        prior = self.history_.reindex(pd.MultiIndex.from_arrays(deviations.keys, names=list(SERIES_KEYS))).fillna(0.0)
-        short_mean = smooth(deviation, series, self.smooth_window, how="mean")
-        unusual = surprise(short_mean, deviation, series, prior, lag=self.smooth_window,
-                           fresh=self._fresh(deviations.frame["timestamp"]))
+        unusual = self.surprised(points)
         if self.alert_z <= 0:
             return unusual
         return np.fmax(unusual, np.where(recent >= self.alert_z, ALERT_SIGMAS * recent / self.alert_z, 0.0))

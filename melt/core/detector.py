@@ -105,8 +105,8 @@ class Detector:
         return None
 
     # ----------------------------------------------------------- online learning between stream steps
-    def observe(self, bundle: MeltBundle, until: pd.Timestamp) -> None:
-        """Learn from ``bundle``'s rows before ``until`` after a stream step scored them (default: nothing).
+    def observe(self, bundle: MeltBundle, since: pd.Timestamp, until: pd.Timestamp) -> None:
+        """Learn from ``bundle``'s rows in ``[since, until)`` after a stream step scored them (default: nothing).
 
         For detectors whose score depends on what they have seen so far (``zscore``'s surprise): a
         stream that scores step by step calls this so each step sees what a batch run's one frame

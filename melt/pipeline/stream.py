@@ -3,9 +3,9 @@
 Each step is scored by the fitted detectors with the context of data before it that the caller
 gives (``melt serve`` gives metrics and events ``serve.context`` before it, as rolling refits score
 their periods, :mod:`melt.pipeline.rolling`), and only the step's own score rows are kept.
-A detector whose score depends on what it has seen so far learns, after each step, the rows that
-the next step's context (``serve.context``) no longer holds (:meth:`~melt.core.detector.Detector.observe`),
-and that learned state travels in the snapshot.
+A detector whose score depends on what it has seen so far learns, after each step, from the rows
+the step scored (:meth:`~melt.core.detector.Detector.observe`), and that learned state travels in
+the snapshot.
 An alert cell depends on the score rows of its own ensemble window alone
 (:func:`~melt.incidents.ensemble.alert_cells`), so the cells of every step so far are those a
 batch run finds on the same data, and incidents are grouped from them by the very function batch
@@ -120,8 +120,8 @@ class StreamDetector:
         scores = score_all(usable, bundle, quiet=True, skipped=skipped, seconds=seconds) if usable else \
             pd.DataFrame(columns=SCORE_COLUMNS)
         own = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
-        for model in usable.values():  # what the next step's context no longer holds is learned now
-            model.observe(bundle, end - self.settings.serve.context)
+        for model in usable.values():  # detectors that learn from what they scored (Detector.observe)
+            model.observe(bundle, start, end)
         if bundle.traces is not None and len(bundle.traces):
             self.graph = canonical(nx.compose(self.graph, dependency_graph(bundle.traces)))
         self._note_serving(bundle, start, end)

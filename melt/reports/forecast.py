@@ -6,10 +6,11 @@ chapters 8 and 3.6, with statsmodels' state-space ETS:
 - The history before ``origin`` (at most ``history`` of it) is put on a regular grid (the median
   spacing of its timestamps; gaps interpolated, several rows at one time averaged).
 - Without a full two seasons of history: ETS(A,Ad,N), additive errors and a damped additive trend
-  (``model="ets"``). With at least two seasons (a day by default): STL decomposition, the same ETS
-  on the seasonally adjusted series and the last season's pattern carried forward
-  (``STLForecast``, ``model="stl+ets"``). STL runs with R's interpolation jumps (a tenth of each
-  smoother's span), which makes a 1-minute series with a 1440-step season about 15 times faster.
+  (``model="ets"``). With at least two seasons (a day by default): the seasons' mean pattern
+  (:func:`seasonal_profile`, smoothed over a 24th of the season) is taken out, the same ETS is fitted
+  to the rest and the pattern is added back to its path (``model="seasonal+ets"``). Not STL: with
+  exactly two seasons STL's seasonal smoother fits each phase's two points exactly, the adjusted
+  series is nearly noise-free and the intervals collapse (95% coverage 0.14 on NAB).
 - If a fit fails or gives non-finite values: simple exponential smoothing, ETS(A,N,N)
   (``"ses"``); if that fails too, the last value with a random-walk spread (``"naive"``). A
   constant history gives a flat path with no spread (``"constant"``). statsmodels' warnings are

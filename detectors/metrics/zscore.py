@@ -69,7 +69,8 @@ class RobustZScore(SurpriseMixin, Detector):
     signal = "metrics"
     series_names = SERIES_KEYS
     min_spread = HALF_NORMAL_SD  # |z| is in robust sigmas: no series is calmer than Gaussian noise
-    history_of_points = True  # the mean of the last few |z| against single |z|: a burst must last to count
+    history_of_points = True  # the median of the last few |z| against single |z|: a burst must last to count,
+    recent_how = "median"  # and a lone one-minute blip (a p99 of three requests) never does
 
     def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
                  profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3,

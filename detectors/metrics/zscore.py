@@ -63,6 +63,12 @@ class RobustZScore(SurpriseMixin, Detector):
         alert_z: a (smoothed) score of at least this many robust sigmas scores at least 4 calibrated
             sigma (the ensemble's default threshold), and proportionally more above it, whatever the
             training history held; 0 = calibration only (:meth:`score_floor`).
+        adapt: a level shift held this long becomes the expected value (90% of the trailing window
+            ``expected_sigmas`` out on one side), and a |z| joins the history once its hour is this far
+            behind; ``None``: never re-centre, and learn each hour once it is over.
+        history: score the surprise of the recent |z| against the series' own |z| so far
+            (:class:`~detectors.metrics.surprise.SurpriseMixin`); false = the calibrated smoothed |z|.
+        weekly: also a weekly season (MSTL) once the training holds ``min_seasons`` weeks.
     """
 
     name = "zscore"
@@ -71,6 +77,8 @@ class RobustZScore(SurpriseMixin, Detector):
     min_spread = HALF_NORMAL_SD  # |z| is in robust sigmas: no series is calmer than Gaussian noise
     history_of_points = True  # the median of the last few |z| against single |z|: a burst must last to count,
     recent_how = "median"  # and a lone one-minute blip (a p99 of three requests) never does
+    pool_spread = False  # |z| is already on a fleet-floored scale (fleet_floor); the widest spread would
+                         # let one wild series mute every other (OnlineBoutique AC@1 0.857 -> 0.804)
 
     def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
                  profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3,

@@ -109,7 +109,7 @@ class SurpriseMixin:
     min_spread: float | None = None  # the spread's floor in the score's unit (None: RELATIVE_SPREAD of the mean)
     history_of_points: bool = False  # the history holds single scores (True) or their short-term means
     recent_how: str = "mean"  # the short-term "mean" or "median" (a lone one-point blip never counts)
-    pool_spread: bool = True  # no series' spread under the widest in training (scores with no unit of their own)
+    pool_quantile: float = 1.0  # no series' spread under this quantile of the training spreads across series
     history: bool
     adapt: str | None
     smooth_window: int
@@ -132,7 +132,7 @@ class SurpriseMixin:
             # the fleet's widest training spread: a unit with a short or calm history is not judged on
             # its own few points (one unit's 14 held-out errors); alone, a series keeps its own
             moved = self.score_history_[self.score_history_["count"] >= 2][SUMS].to_numpy()
-            self.fleet_spread_ = float(spread_of(moved).max()) if len(moved) and self.pool_spread else 0.0
+            self.fleet_spread_ = float(np.quantile(spread_of(moved), self.pool_quantile)) if len(moved) else 0.0
 
     def surprised(self, points: Points) -> np.ndarray:
         """Each row's surprise (needs the history: :meth:`learn_history` with ``history`` on)."""

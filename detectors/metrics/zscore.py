@@ -77,8 +77,7 @@ class RobustZScore(SurpriseMixin, Detector):
     min_spread = HALF_NORMAL_SD  # |z| is in robust sigmas: no series is calmer than Gaussian noise
     history_of_points = True  # the median of the last few |z| against single |z|: a burst must last to count,
     recent_how = "median"  # and a lone one-minute blip (a p99 of three requests) never does
-    pool_spread = False  # |z| is already on a fleet-floored scale (fleet_floor); the widest spread would
-                         # let one wild series mute every other (OnlineBoutique AC@1 0.857 -> 0.804)
+    pool_quantile = 0.5  # the typical series' spread, not the widest: one wild series would mute the rest
 
     def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
                  profile_bucket: str = "30m", min_seasons: float = 2.0, smooth_window: int = 3,

@@ -129,8 +129,9 @@ class SurpriseMixin:
         self.fleet_spread_ = 0.0
         if points is not None and len(points.deviation):
             self.score_history_ = deviation_sums(self._learned(points), points.keys, list(self.series_names))
-            # the fleet's widest training spread: a unit with a short or calm history is not judged on
-            # its own few points (one unit's 14 held-out errors); alone, a series keeps its own
+            # a floor from the fleet's training spreads (pool_quantile: the widest, or the typical one):
+            # a unit with a short or calm history is not judged on its own few points (one unit's 14
+            # held-out errors); alone, a series keeps its own
             moved = self.score_history_[self.score_history_["count"] >= 2][SUMS].to_numpy()
             self.fleet_spread_ = float(np.quantile(spread_of(moved), self.pool_quantile)) if len(moved) else 0.0
 

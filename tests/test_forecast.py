@@ -94,6 +94,19 @@ def test_gaps_nans_and_a_constant_series_do_not_break_it() -> None:
     assert block["step"] == 60.0 and np.isfinite([p["mean"] for p in block["path"]]).all()
 
 
+def test_a_metric_never_below_zero_gets_no_bound_below_zero() -> None:
+    """A latency at 10 ms with a 100 ms incident in its history: wide intervals, but none under 0."""
+    rng = np.random.default_rng(5)
+    values = 10 + rng.normal(0, 1, 240).clip(-9, None)
+    values[200:230] = 100.0
+    times, values = series(240, "1min", values)
+    path = pd.DataFrame(forecast(times, values, times[-1] + pd.Timedelta("1min"), pd.Timedelta("30min"),
+                                 pd.Timedelta("1D"))["path"])
+    assert (path[["mean", "lower_80", "lower_95"]] >= 0).all().all()
+    signed = forecast(times, values - 50, times[-1] + pd.Timedelta("1min"), pd.Timedelta("30min"), pd.Timedelta("1D"))
+    assert (pd.DataFrame(signed["path"])["lower_95"] < -50).any()  # a series that goes negative keeps its bounds
+
+
 def test_a_report_with_a_metric_top_cause_carries_a_valid_forecast(tiny_report) -> None:
     report = tiny_report
     assert report["schema_version"] == SCHEMA_VERSION == "1.2"

@@ -30,6 +30,8 @@ holds), else one read from the metric's name and values. The assumption: a metri
 limit; past the horizon, the least-squares line through the last four horizons of history, if it
 rises significantly (t > 3), extended to the limit, when that is within :data:`MAX_LIMIT_AHEAD`.
 ``None`` when the metric does not grow, is already past the limit, or has no known limit.
+
+A metric whose history never went below 0 gets no path or bound below 0.
 """
 
 from __future__ import annotations
@@ -196,9 +198,10 @@ def forecast(timestamps: pd.Series | pd.DatetimeIndex, values: np.ndarray, origi
     limit = limit if limit is not None and np.isfinite(limit) else share_limit(metric, y)
     reach = time_to_limit(y, mean, times, last, step, limit)
     digits = _digits(y)
-    path = [{"timestamp": t.isoformat(), "mean": round(float(m), digits),
-             "lower_80": round(float(m - h80), digits), "upper_80": round(float(m + h80), digits),
-             "lower_95": round(float(m - h95), digits), "upper_95": round(float(m + h95), digits)}
+    floor = 0.0 if np.nanmin(y) >= 0 else -np.inf  # a metric never below 0 (latency, bytes, a rate) stays so
+    path = [{"timestamp": t.isoformat(), "mean": round(float(max(m, floor)), digits),
+             "lower_80": round(float(max(m - h80, floor)), digits), "upper_80": round(float(m + h80), digits),
+             "lower_95": round(float(max(m - h95, floor)), digits), "upper_95": round(float(m + h95), digits)}
             for t, m, h80, h95 in zip(times, mean, half[80], half[95], strict=True)]
     return {"origin": origin.isoformat(), "step": step.total_seconds(), "horizon": horizon.total_seconds(),
             "model": model, "season": season.total_seconds() if model == "seasonal+ets" else None,

@@ -14,12 +14,12 @@ threshold (4). Each series' z are first divided by how much its autocorrelation 
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 
-from detectors.metrics.zscore import SERIES_KEYS, RobustZScore
+from detectors.metrics.zscore import SERIES_KEYS, Deviations, RobustZScore
 from detectors.robust import severity_direction
 from melt.core.bundle import MeltBundle
 from melt.core.calibration import ALERT_SIGMAS
@@ -28,20 +28,27 @@ from melt.core.detector import Detector, empty_scores
 MAX_AUTOCORRELATION = 0.95
 
 
-def cusum(z: np.ndarray, series: np.ndarray, k: float, h: float, clip: float) -> tuple[np.ndarray, np.ndarray]:
-    """The larger CUSUM sum at each row (in units of ``h``), and the level shift (in sigma) in force there.
+State = tuple[float, float, float, int, float, int, float]  # level, S+, S-, and for each: points since it left 0, their distance sum
+START: State = (0.0, 0.0, 0.0, 0, 0.0, 0, 0.0)
 
-    Rows are in time order within each ``series`` code; each series starts at level 0 with empty
-    sums. Each point's distance from the level in force is clipped at ``clip`` before it is summed;
-    the new level after a change is the mean of the unclipped distances since the sum left 0.
+
+def cusum(z: np.ndarray, series: np.ndarray, k: float, h: float, clip: float,
+          initial: dict[int, State] | None = None) -> tuple[np.ndarray, np.ndarray, dict[int, State]]:
+    """The larger CUSUM sum at each row (in units of ``h``), the level shift (in sigma) in force
+    there, and each series' state after its last row.
+
+    Rows are in time order within each ``series`` code; a series starts from ``initial`` (default:
+    level 0, empty sums). Each point's distance from the level in force is clipped at ``clip``
+    before it is summed; the new level after a change is the mean of the unclipped distances since
+    the sum left 0. A loop over rows: each restart depends on the sums before it, so there is no
+    vectorised form (300,000 rows in about 0.3 s).
     """
     z = np.nan_to_num(np.asarray(z, dtype=float))
     out = np.zeros(len(z))
     shift = np.zeros(len(z))
-    # series -> level, S+, S-, points since S+ left 0, their distance sum, the same for S-
-    state: dict[int, tuple[float, float, float, int, float, int, float]] = {}
+    state: dict[int, State] = dict(initial or {})
     for i, (value, code) in enumerate(zip(z.tolist(), series.tolist(), strict=True)):
-        level, up, down, n_up, sum_up, n_down, sum_down = state.get(code, (0.0, 0.0, 0.0, 0, 0.0, 0, 0.0))
+        level, up, down, n_up, sum_up, n_down, sum_down = state.get(code, START)
         shift[i] = level
         distance = value - level
         x = min(max(distance, -clip), clip)
@@ -50,11 +57,11 @@ def cusum(z: np.ndarray, series: np.ndarray, k: float, h: float, clip: float) ->
         n_down, sum_down = (n_down + 1, sum_down + distance) if down > 0 else (0, 0.0)
         out[i] = max(up, down) / h
         if up >= h:
-            level, up, down, n_up, sum_up, n_down, sum_down = level + sum_up / n_up, 0.0, 0.0, 0, 0.0, 0, 0.0
+            level, up, down, n_up, sum_up, n_down, sum_down = level + sum_up / n_up, *START[1:]
         elif down >= h:
-            level, up, down, n_up, sum_up, n_down, sum_down = level + sum_down / n_down, 0.0, 0.0, 0, 0.0, 0, 0.0
+            level, up, down, n_up, sum_up, n_down, sum_down = level + sum_down / n_down, *START[1:]
         state[code] = (level, up, down, n_up, sum_up, n_down, sum_down)
-    return out, shift
+    return out, shift, state
 
 
 class CusumChangepoint(Detector):
@@ -96,6 +103,8 @@ class CusumChangepoint(Detector):
         self.inflation_ = pd.Series(dtype=float)
         if trained is not None:
             self.inflation_ = self._inflation(trained.z, trained.series, trained.keys)
+        self.state_: dict[tuple, State] = {}  # a stream's sums per series, carried across its steps
+        self.seen_until_: pd.Timestamp | None = None
         return self
 
     def _inflation(self, z: np.ndarray, series: np.ndarray, keys: list[np.ndarray]) -> pd.Series:
@@ -129,10 +138,57 @@ class CusumChangepoint(Detector):
         deviations = self.baseline_.deviations(frame) if len(frame) else None
         if deviations is None:
             return empty_scores()
-        inflation = self.inflation_.reindex(pd.MultiIndex.from_arrays(deviations.keys, names=list(SERIES_KEYS)))
-        inflation = inflation.fillna(1.0).to_numpy()
-        sums, shift = cusum(deviations.z / inflation, deviations.series, self.drift, self.threshold, self.clip)
+        fresh = self._fresh(deviations.frame["timestamp"])
+        sums, shift = np.zeros(len(fresh)), np.zeros(len(fresh))
+        sums[fresh], shift[fresh], _ = self._run(deviations, fresh)
+        inflation = self._inflation_of(deviations)
         level = deviations.expected + shift * inflation * deviations.sigma
         direction = severity_direction(deviations.frame["value"].to_numpy() - level)
         scores = self.baseline_.deviation_scores(deviations, level, sums, np.where(direction == "spike", "level_up", "level_down"))
+        scores = scores[fresh].reset_index(drop=True)  # a stream's context rows were scored in the step before
         return scores.assign(detector=self.name)
+
+    # ------------------------------------------------------------------ a stream's sums across steps
+    def observe(self, bundle: MeltBundle, since: pd.Timestamp, until: pd.Timestamp) -> None:
+        """Carry each series' sums past the rows before ``until`` not carried yet (the step's, and a first
+        step's context): the next step goes on from them as a batch run's one frame goes on from its
+        earlier rows."""
+        frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
+        deviations = self.baseline_.deviations(frame) if len(frame) else None
+        if deviations is not None:
+            times = deviations.frame["timestamp"]
+            rows = self._fresh(times) & (times < until).to_numpy()  # a first frame's context too, as batch sums it
+            *_, state = self._run(deviations, rows)
+            keys = self._series_keys(deviations)
+            self.state_ = {**self.state_, **{keys[code]: value for code, value in state.items()}}
+        self.seen_until_ = until if self.seen_until_ is None else max(self.seen_until_, until)
+
+    def online_state(self) -> dict[str, Any] | None:
+        return {"state": dict(self.state_), "seen_until": self.seen_until_}
+
+    def restore_online(self, state: dict[str, Any]) -> None:
+        self.state_, self.seen_until_ = dict(state["state"]), state["seen_until"]
+
+    def _run(self, deviations: Deviations, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, State]]:
+        """:func:`cusum` over ``rows``, each series starting from its carried state."""
+        keys = self._series_keys(deviations)
+        carried = getattr(self, "state_", {})
+        initial = {code: carried[key] for code, key in keys.items() if key in carried}
+        z = deviations.z / self._inflation_of(deviations)
+        return cusum(z[rows], deviations.series[rows], self.drift, self.threshold, self.clip, initial)
+
+    def _inflation_of(self, deviations: Deviations) -> np.ndarray:
+        index = pd.MultiIndex.from_arrays(deviations.keys, names=list(SERIES_KEYS))
+        return self.inflation_.reindex(index).fillna(1.0).to_numpy()
+
+    @staticmethod
+    def _series_keys(deviations: Deviations) -> dict[int, tuple]:
+        """Series code -> its (service, instance, metric)."""
+        first = pd.Series(np.arange(len(deviations.series))).groupby(deviations.series).first()
+        return {int(code): tuple(k[row] for k in deviations.keys) for code, row in first.items()}
+
+    def _fresh(self, timestamps: pd.Series) -> np.ndarray:
+        """Rows a stream has not carried the sums past yet (all, outside a stream)."""
+        seen = getattr(self, "seen_until_", None)
+        return np.ones(len(timestamps), bool) if seen is None else (timestamps >= seen).to_numpy()
+

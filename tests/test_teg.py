@@ -39,7 +39,8 @@ def test_teg_ranks_exception_traces_above_normal_ones() -> None:
     bundle = generate(SynthSettings.of(seed=3, services=8, duration="80m", requests_per_minute=40.0, faults=2,
                                   fault_types=["error_burst", "bad_deploy"], fault_duration="8m", warmup_fraction=0.5))
     train = training_split(bundle, 0.45)
-    scores = build_detector("teg", {"epochs": 6, "max_train_traces": 800}).fit_calibrated(train).detect(bundle)
+    # config.yaml's 12 epochs: at 6 the AUC swung from 0.75 to 0.97 with the seed, whichever template parser
+    scores = build_detector("teg", {"epochs": 12, "max_train_traces": 800}).fit_calibrated(train).detect(bundle)
     label = bundle.traces.groupby("trace_id")["label"].max().reindex(scores["evidence"].map(lambda e: e["trace_id"]))
     test = scores["timestamp"] > train.traces["start_time"].max()
     assert roc_auc_score(label[test.to_numpy()], scores["score"][test]) > 0.9

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
-from detectors.logs.templates import TemplateMiner
+from detectors.logs.templates import Parser, TemplateMiner
 from detectors.pattern_shares import (
     PAIR,
     change_kind,
@@ -54,8 +54,9 @@ class LogPatternDetector(Detector):
 
     Args:
         window: bucket width.
-        sim_th: Drain similarity threshold.
-        depth: Drain parse-tree depth.
+        parser: template parser, ``shapes`` (no per-source settings) or ``drain``.
+        sim_th: Drain similarity threshold (``parser: drain`` only).
+        depth: Drain parse-tree depth (``parser: drain`` only).
         pairs: also score consecutive template pairs within a unit, Nezha's event pairs.
         min_units: windows where an operation has fewer calls (or a service fewer trace-less units)
             are not scored.
@@ -71,10 +72,11 @@ class LogPatternDetector(Detector):
     signal = "logs"
     services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 
-    def __init__(self, window: str = "1m", sim_th: float = 0.4, depth: int = 4, pairs: bool = True,
-                 min_units: int = 3, masks: list[list[str]] | None = None, confidence_z: float = 1.96,
-                 alert_share: float = 0.5) -> None:
+    def __init__(self, window: str = "1m", parser: Parser = "shapes", sim_th: float = 0.4, depth: int = 4,
+                 pairs: bool = True, min_units: int = 3, masks: list[list[str]] | None = None,
+                 confidence_z: float = 1.96, alert_share: float = 0.5) -> None:
         self.window = window
+        self.parser = parser
         self.sim_th = sim_th
         self.depth = depth
         self.pairs = pairs
@@ -136,7 +138,7 @@ class LogPatternDetector(Detector):
 
     def fit(self, bundle: MeltBundle) -> Self:
         logs = self.require(bundle)
-        self.miner_ = TemplateMiner(masks=self.masks, sim_th=self.sim_th, depth=self.depth)
+        self.miner_ = TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
         self.miner_.fit(logs["message"])
         self.services_ = tuple(known_services(logs, bundle.traces))
         events, units = self._events(logs, bundle.traces, self._templates(logs, bundle.traces), None)
@@ -215,7 +217,7 @@ class LogPatternDetector(Detector):
     def _save_state(self, root: Path) -> None:
         import joblib
 
-        self.miner_.save(root / "drain3_state.json")
+        self.miner_.save(root / "templates.json")
         joblib.dump({"baseline_": self.baseline_, "units_": self.units_, "template_text_": self.template_text_,
                      "services_": self.services_},
                     root / "state.joblib")
@@ -223,8 +225,8 @@ class LogPatternDetector(Detector):
     def _load_state(self, root: Path) -> None:
         import joblib
 
-        self.miner_ = TemplateMiner(masks=self.masks, sim_th=self.sim_th, depth=self.depth)
-        self.miner_.load(root / "drain3_state.json")
+        self.miner_ = TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
+        self.miner_.load(root / "templates.json")
         for key, value in joblib.load(root / "state.joblib").items():
             setattr(self, key, value)
 

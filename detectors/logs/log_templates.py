@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
-from detectors.logs.templates import UNMATCHED, TemplateMiner
+from detectors.logs.templates import UNMATCHED, Parser, TemplateMiner
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 from melt.core.timeutil import parse_duration
@@ -28,8 +28,9 @@ class LogTemplateDetector(Detector):
 
     Args:
         window: bucket width for template counts.
-        sim_th: Drain similarity threshold.
-        depth: Drain parse-tree depth.
+        parser: template parser, ``shapes`` (no per-source settings) or ``drain``.
+        sim_th: Drain similarity threshold (``parser: drain`` only).
+        depth: Drain parse-tree depth (``parser: drain`` only).
         new_template_score: raw score of a template never seen in training (plus log of its count).
         steady_min_mean: a template with at least this mean count per window can be flagged for a drop.
         masks: ``[regex, token]`` masking rules; ``None`` uses the built-in set.
@@ -39,9 +40,11 @@ class LogTemplateDetector(Detector):
     signal = "logs"
     services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 
-    def __init__(self, window: str = "1m", sim_th: float = 0.4, depth: int = 4, new_template_score: float = 8.0,
-                 steady_min_mean: float = 5.0, masks: list[list[str]] | None = None) -> None:
+    def __init__(self, window: str = "1m", parser: Parser = "shapes", sim_th: float = 0.4, depth: int = 4,
+                 new_template_score: float = 8.0, steady_min_mean: float = 5.0,
+                 masks: list[list[str]] | None = None) -> None:
         self.window = window
+        self.parser = parser
         self.sim_th = sim_th
         self.depth = depth
         self.new_template_score = new_template_score
@@ -49,7 +52,7 @@ class LogTemplateDetector(Detector):
         self.masks = masks
 
     def _miner(self) -> TemplateMiner:
-        return TemplateMiner(masks=self.masks, sim_th=self.sim_th, depth=self.depth)
+        return TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
 
     def fit(self, bundle: MeltBundle) -> Self:
         logs = self.require(bundle)
@@ -140,7 +143,7 @@ class LogTemplateDetector(Detector):
     def _save_state(self, root: Path) -> None:
         import joblib
 
-        self.miner_.save(root / "drain3_state.json")
+        self.miner_.save(root / "templates.json")
         joblib.dump({"baseline_": self.baseline_, "template_level_": self.template_level_,
                      "template_text_": self.template_text_, "services_": self.services_}, root / "state.joblib")
 
@@ -148,6 +151,6 @@ class LogTemplateDetector(Detector):
         import joblib
 
         self.miner_ = self._miner()
-        self.miner_.load(root / "drain3_state.json")
+        self.miner_.load(root / "templates.json")
         for key, value in joblib.load(root / "state.joblib").items():
             setattr(self, key, value)

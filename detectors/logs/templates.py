@@ -1,28 +1,49 @@
-"""Log template mining: vectorised pre-masking, one Drain3 call per distinct masked line.
+"""Log template mining: vectorised pre-masking, one parser call per distinct masked line.
 
-Drain (He et al., ICWS 2017) via the drain3 package, with the paper's parse-tree routing
-(:mod:`detectors.logs.drain_tree`). Many lines repeat once their variable parts
-(ids, numbers, IPs) are masked, so lines are masked column-wise with pandas, de-duplicated, and
-only the distinct masked lines go through Drain3; results are mapped back by index. Learning
-(``add_log_message``) is kept apart from matching (``match``), as in Drain3 itself.
+Two online parsers sit behind one front end. The default, ``shapes``
+(:mod:`detectors.logs.shapes`), needs no per-source settings: it groups lines by their shape and
+finds variables from position statistics. ``drain`` is Drain (He et al., ICWS 2017) via the drain3
+package, with the paper's parse-tree routing (:mod:`detectors.logs.drain_tree`), whose similarity
+threshold and depth are per-source settings. Many lines repeat once their variable parts (ids,
+numbers, IPs) are masked, so lines are masked column-wise, de-duplicated, and only the distinct
+masked lines go through the parser; results are mapped back by index. Learning is kept apart from
+matching, as in drain3. Templates write every variable as ``<*>``, as loghub's labels do; the kind
+of each (``NUM``, ``IP``, ..., ``WORD`` for one found by statistics) is kept beside the text
+(:meth:`TemplateMiner.parameter_kinds`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+
+from detectors.logs.shapes import KIND_TOKEN, WILDCARD, ShapeParser, line_shape
 
 # RE2-compatible (no look-arounds), so pandas runs them in pyarrow's vectorised regex engine; a
 # user mask with look-arounds still works, through Python's re, only slower.
 DEFAULT_MASKS: list[list[str]] = [
     [r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "<UUID>"],
     [r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<IP>"],
-    [r"\b[0-9a-fA-F]{8,}\b", "<HEX>"],  # ids, hashes, long numbers (and the rare 8-letter a-f word)
+    [r"\b[a-z][a-z0-9+.-]*://[^\s\"'<>]+", "<URL>"],
+    # a duration (``12 ms``, ``<1 sec``, ``3.5 seconds``) and a size (``5.2 KB``) with the unit: the
+    # unit changes with the value (``384.0 B`` ... ``17.7 GB``), so it is part of the value
+    [r"<?\b\d+(?:\.\d+)? ?(?:ms|sec|secs|seconds|s|min|mins|minutes)\b", "<DURATION>"],
+    [r"\b\d+(?:\.\d+)? ?(?:B|KB|MB|GB|TB|KiB|MiB|GiB)\b", "<SIZE>"],
+    # a dotted name of three parts or more whose last part is lower case (a host, a package:
+    # ``proxy.cse.cuhk.edu.hk``, ``com.android.systemui``), or of two with a port; a class or a
+    # constant (``java.sql.SQLException``, ``android.intent.action.SCREEN_ON``) names the statement
+    [r"\b[A-Za-z_][\w-]*(?:(?:\.[\w-]+)+\.[a-z0-9][\w-]*(?::\d+)?|\.[\w-]+:\d+)($|[^\w.-])", r"<NAME>\1"],
     [r"(^|[^\w.])/(?:[\w.-]+/)*[\w.-]*\d[\w.-]*", r"\1<PATH>"],
+    [r"_-?\d+", "_<NUM>"],  # a number joined by ``_`` is an id part (``blk_-1608``, ``rdd_2_0``)
+    # 0x-numbers; ids, hashes, long numbers (and the rare 8-letter a-f word)
+    [r"\b(?:0[xX][0-9a-fA-F]+|[0-9a-fA-F]{8,})\b", "<HEX>"],
     # a payload that ends the line takes the brackets that close it along: a logger's length limit
     # cuts exactly these lines (a growing payload), and the cut one must read as the same template
     [r"\{[^{}]*\}[\])>\"'\s]*$", "<JSON>"],
@@ -41,26 +62,41 @@ UNMATCHED = -1
 PARALLEL_MASK_ROWS = 4_000
 
 
+Parser = Literal["shapes", "drain"]
+
+
 class TemplateMiner:
-    """Drain3 behind a vectorised front end.
+    """An online template parser behind a vectorised front end.
 
     Args:
-        masks: ``[regex, token]`` pairs applied in order before Drain.
-        sim_th: Drain similarity threshold.
-        depth: Drain parse-tree depth.
-        max_children: Drain max children per node.
+        masks: ``[regex, token]`` pairs applied in order before parsing.
+        parser: ``shapes`` (default: no per-source settings) or ``drain``.
+        sim_th: Drain similarity threshold (``drain`` only).
+        depth: Drain parse-tree depth (``drain`` only).
+        max_children: Drain max children per node (``drain`` only).
         numeric_tokens: route tokens that contain a digit through Drain's wildcard branch, as the
-            original Drain does (drain3's ``parametrize_numeric_tokens``); off when masks handle numbers.
+            original Drain does (drain3's ``parametrize_numeric_tokens``; ``drain`` only).
+        min_values: distinct words at one position that make it a variable (``shapes`` only).
+        min_constants: words the rest of a line must hold for that count (``shapes`` only).
     """
 
-    def __init__(self, masks: list[list[str]] | None = None, sim_th: float = 0.4, depth: int = 4,
-                 max_children: int = 100, numeric_tokens: bool = False) -> None:
+    def __init__(self, masks: list[list[str]] | None = None, parser: Parser = "shapes", sim_th: float = 0.4,
+                 depth: int = 4, max_children: int = 100, numeric_tokens: bool = False, min_values: int = 5,
+                 min_constants: int = 2) -> None:
+        if parser not in ("shapes", "drain"):
+            raise ValueError(f"unknown template parser {parser!r} (shapes or drain)")
+        self.masks = DEFAULT_MASKS if masks is None else masks
+        self.parser = parser
+        self._settings = {"sim_th": sim_th, "depth": depth, "max_children": max_children,
+                          "numeric_tokens": numeric_tokens, "min_values": min_values, "min_constants": min_constants}
+        if parser == "shapes":
+            self._shapes = ShapeParser(min_values=min_values, min_constants=min_constants)
+            return
         from drain3 import TemplateMiner as Drain3Miner
         from drain3.template_miner_config import TemplateMinerConfig
 
         from detectors.logs.drain_tree import prefix_tree_drain
 
-        self.masks = DEFAULT_MASKS if masks is None else masks
         config = TemplateMinerConfig()
         config.drain_sim_th, config.drain_depth, config.drain_max_children = sim_th, depth, max_children
         config.masking_instructions = []  # masking is done here, vectorised
@@ -105,57 +141,90 @@ class TemplateMiner:
         return masked_codes[raw_codes], pd.Index(masked_unique)
 
     def fit(self, lines: pd.Series) -> np.ndarray:
-        """Learn templates from ``lines``; returns each line's cluster id."""
+        """Learn templates from ``lines``; returns each line's template id."""
         codes, distinct = self._distinct(lines)
+        texts = distinct.astype(str)
+        if self.parser == "shapes":
+            learn = self._shapes.learn
+            ids = np.array([learn(*line_shape(m)) for m in texts], dtype=np.int64)
+            # a later line can merge two templates: each early id resolves to its template's id
+            find = self._shapes.find
+            return np.array([find(i) for i in ids], dtype=np.int64)[codes] if len(ids) else ids[codes]
         # drain3's Drain directly: its TemplateMiner wrapper would re-mask (nothing to do here), profile,
         # and build a result dict with the template text on every call
         learn = self._miner.drain.add_log_message
-        ids = np.array([learn(m)[0].cluster_id for m in distinct.astype(str)], dtype=np.int64)
+        ids = np.array([learn(m)[0].cluster_id for m in texts], dtype=np.int64)
         # a later line can widen an earlier cluster; ids stay stable, so map through ids directly
         return ids[codes]
 
     def match(self, lines: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        """Cluster id per line without learning (``UNMATCHED`` for none), plus the masked line."""
+        """Template id per line without learning (``UNMATCHED`` for none), plus the masked line."""
         codes, distinct = self._distinct(lines)
-        lookup = self._miner.drain.match
-        ids = np.array([_cluster_id(lookup(m, "fallback")) for m in distinct.astype(str)], dtype=np.int64)
+        texts = distinct.astype(str)
+        if self.parser == "shapes":
+            lookup = self._shapes.match
+            found = (lookup(line_shape(m)[0]) for m in texts)
+            ids = np.array([UNMATCHED if i is None else i for i in found], dtype=np.int64)
+        else:
+            drain = self._miner.drain.match
+            ids = np.array([_cluster_id(drain(m, "fallback")) for m in texts], dtype=np.int64)
         return ids[codes], distinct.to_numpy(dtype=object)[codes]
 
     def labels(self, lines: pd.Series) -> np.ndarray:
-        """A label per line without learning: the cluster id as text, or ``new:<template>``.
+        """A label per line without learning: the template id as text, or ``new:<template>``.
 
-        Lines no learned template matches are grouped by a scratch Drain with the same settings, so a
+        Lines no learned template matches are grouped by a scratch parser with the same settings, so a
         new kind of line counts as one new template, not one per distinct masked text.
         """
         ids, masked = self.match(lines)
         labels = ids.astype(str).astype(object)
         unmatched = ids == UNMATCHED
         if unmatched.any():
-            scratch = TemplateMiner(masks=[], sim_th=self._config.drain_sim_th, depth=self._config.drain_depth,
-                                    max_children=self._config.drain_max_children,
-                                    numeric_tokens=self._config.parametrize_numeric_tokens)
+            scratch = TemplateMiner(masks=[], parser=self.parser, **self._settings)
             new_ids = scratch.fit(pd.Series(masked[unmatched]))
             text = scratch.templates()
             labels[unmatched] = ["new:" + text[i] for i in new_ids]
         return labels
 
     def templates(self) -> dict[int, str]:
-        """Cluster id -> template text."""
-        return {c.cluster_id: c.get_template() for c in self._miner.drain.clusters}
+        """Template id -> text, every variable written ``<*>``."""
+        if self.parser == "shapes":
+            return self._shapes.templates()
+        return {c.cluster_id: KIND_TOKEN.sub(WILDCARD, c.get_template()) for c in self._miner.drain.clusters}
+
+    def parameter_kinds(self) -> dict[int, list[str]]:
+        """Template id -> the kind of each ``<*>`` in its text (``NUM``, ``IP``, ``HEX``, ..., ``WORD``)."""
+        if self.parser == "shapes":
+            return self._shapes.parameter_kinds()
+        return {c.cluster_id: [m.group(1) or "WORD" for m in _DRAIN_VALUE.finditer(c.get_template())]
+                for c in self._miner.drain.clusters}
 
     def save(self, file: Path) -> None:
-        """Drain3's own snapshot format (jsonpickle of the Drain state)."""
+        """JSON: the shape parser's state, or Drain3's own snapshot (jsonpickle of the Drain state)."""
+        if self.parser == "shapes":
+            file.write_text(json.dumps({"parser": "shapes", "state": self._shapes.state()}))
+            return
         import jsonpickle
 
         file.write_text(jsonpickle.dumps(self._miner.drain, keys=True))
 
     def load(self, file: Path) -> None:
+        text = file.read_text()
+        if self.parser == "shapes":
+            saved = json.loads(text)
+            if not isinstance(saved, dict) or saved.get("parser") != "shapes":
+                raise ValueError(f"{file}: not a saved shapes template parser (was it saved with parser: drain?)")
+            self._shapes = ShapeParser.from_state(saved["state"])
+            return
         import jsonpickle
 
-        drain = jsonpickle.loads(file.read_text(), keys=True)
+        drain = jsonpickle.loads(text, keys=True)
         if len(drain.id_to_cluster) > 0 and isinstance(next(iter(drain.id_to_cluster.keys())), str):
             drain.id_to_cluster = {int(k): v for k, v in drain.id_to_cluster.items()}
         self._miner.drain = drain
+
+
+_DRAIN_VALUE = re.compile(r"<\*>|<([A-Z]+)>")
 
 
 def _cluster_id(cluster: object) -> int:

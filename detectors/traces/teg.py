@@ -231,10 +231,10 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detect
     def _save_state(self, root: Path) -> None:
         super()._save_state(root)
         if getattr(self, "miner_", None) is not None:
-            self.miner_.save(root / "drain3_state.json")
+            self.miner_.save(root / "templates.json")
 
     def _load_state(self, root: Path) -> None:
         super()._load_state(root)
-        if (root / "drain3_state.json").is_file():
+        if (root / "templates.json").is_file():
             self.miner_ = TemplateMiner()
-            self.miner_.load(root / "drain3_state.json")
+            self.miner_.load(root / "templates.json")

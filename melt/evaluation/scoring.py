@@ -1,4 +1,4 @@
-"""Detection scoring against labels: point-wise and event-wise precision, recall and F1.
+"""Scoring against labels: point-wise and event-wise precision, recall and F1; log parsing accuracy.
 
 Point-wise metrics follow the SKAB protocol (plain F1 with no point adjustment; FAR = false
 positives / actual negatives, MAR = false negatives / actual positives). Event-wise metrics count a
@@ -8,6 +8,8 @@ operators care about.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -72,3 +74,24 @@ def grouping_accuracy(truth: pd.Series, predicted: np.ndarray) -> float:
     pure = frame.groupby("pred")["truth"].transform("nunique") == 1
     pred_size = frame.groupby("pred")["truth"].transform("size")
     return float((pure & (pred_size == truth_size)).mean())
+
+
+_SPACES = re.compile(r"\s+")
+_JOINED_VALUES = re.compile(r"<\*>(?:[^\sA-Za-z0-9]*<\*>)+")  # <*>.<*>, <*>:<*>, <*><*>: one value
+_VALUE_RUN = re.compile(r"<\*>(?:\s*<\*>)+")
+
+
+def normalise_template(template: str) -> str:
+    """A template in the form both sides of a parsing-accuracy comparison share.
+
+    Whitespace runs become one space; values joined only by punctuation (``<*>.<*>``, ``<*>:<*>``) or
+    standing next to each other (``<*> <*>``) become one ``<*>``: where one value ends and the next
+    begins is a labelling choice, not a parsing result (Khan et al., ICSE 2022, rules DV and CV).
+    """
+    text = _SPACES.sub(" ", str(template)).strip()
+    return _VALUE_RUN.sub("<*>", _JOINED_VALUES.sub("<*>", text))
+
+
+def parsing_accuracy(truth: pd.Series, predicted: pd.Series) -> float:
+    """Share of lines whose template text equals the labelled one, both normalised (:func:`normalise_template`)."""
+    return float((truth.map(normalise_template).to_numpy() == predicted.map(normalise_template).to_numpy()).mean())

@@ -99,13 +99,23 @@ def trailing_mean(values: np.ndarray, units: np.ndarray, window: int) -> np.ndar
         lambda g: g.shift(1).rolling(window, min_periods=1).mean()).fillna(0.0).to_numpy()
 
 
-def smooth(scores: np.ndarray, units: np.ndarray, window: int, how: str = "mean") -> np.ndarray:
+def smooth(scores: np.ndarray, units: np.ndarray, window: int, how: str = "mean",
+           pad: float | None = None) -> np.ndarray:
     """Trailing rolling mean (or median) of a score within each unit (window 1 = unchanged).
 
     The median needs most of the window to be high, so a lone one-minute blip never alerts.
+    A unit's first rows in the frame have fewer than ``window`` rows behind them: by default the
+    missing ones are left out, so the median of a frame's first two rows is their mean; with
+    ``pad`` they count as ``pad`` (0: no deviation), and the median still needs most of the whole
+    window high, wherever the frame starts.
     """
     if window <= 1:
         return scores
+    if pad is not None:
+        grouped = pd.Series(np.asarray(scores, dtype=float)).groupby(units, sort=False)
+        lagged = np.column_stack([grouped.shift(lag).to_numpy(dtype=float) for lag in range(window)])
+        lagged = np.where(np.isnan(lagged), pad, lagged)
+        return np.median(lagged, axis=1) if how == "median" else lagged.mean(axis=1)
     rolling = pd.Series(scores).groupby(units, sort=False).rolling(window, min_periods=1)
     out = rolling.median() if how == "median" else rolling.mean()
     return out.reset_index(level=0, drop=True).sort_index().to_numpy()

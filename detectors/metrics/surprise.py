@@ -109,6 +109,7 @@ class SurpriseMixin:
     min_spread: float | None = None  # the spread's floor in the score's unit (None: RELATIVE_SPREAD of the mean)
     history_of_points: bool = False  # the history holds single scores (True) or their short-term means
     recent_how: str = "mean"  # the short-term "mean" or "median" (a lone one-point blip never counts)
+    recent_pad: float | None = None  # what the rows before a frame's first count as in the short term (None: left out)
     pool_quantile: float = 1.0  # no series' spread under this quantile of the training spreads across series
     history: bool
     adapt: str | None
@@ -144,7 +145,7 @@ class SurpriseMixin:
                                        _bucket(points.timestamps[fresh]))
         buckets = frame_buckets if self.pending_ is None else add_sums(self.pending_, frame_buckets)
         later = sums_before(buckets, points.keys, names, self._cutoff(points.timestamps))
-        recent = smooth(points.deviation, points.series, self.smooth_window, how=self.recent_how)
+        recent = smooth(points.deviation, points.series, self.smooth_window, how=self.recent_how, pad=self.recent_pad)
         return surprise(recent, prior[SUMS].to_numpy() + later, self.min_spread, getattr(self, "fleet_spread_", 0.0))
 
     def observe(self, bundle: MeltBundle, since: pd.Timestamp, until: pd.Timestamp) -> None:
@@ -199,7 +200,7 @@ class SurpriseMixin:
         """What the history holds of each row: the single score, or its short-term mean."""
         if self.history_of_points:
             return points.deviation
-        return smooth(points.deviation, points.series, self.smooth_window, how=self.recent_how)
+        return smooth(points.deviation, points.series, self.smooth_window, how=self.recent_how, pad=self.recent_pad)
 
     def _fresh(self, timestamps: pd.Series) -> np.ndarray:
         """Rows the history (and the stream's pending sums) do not hold yet."""

@@ -76,7 +76,8 @@ class RobustZScore(SurpriseMixin, Detector):
     series_names = SERIES_KEYS
     min_spread = HALF_NORMAL_SD  # |z| is in robust sigmas: no series is calmer than Gaussian noise
     history_of_points = True  # the median of the last few |z| against single |z|: a burst must last to count,
-    recent_how = "median"  # and a lone one-minute blip (a p99 of three requests) never does
+    recent_how = "median"  # and a lone one-minute blip (a p99 of three requests) never does,
+    recent_pad = 0.0  # also at a frame's start, where the points before it count as no deviation
     pool_quantile = 0.5  # the typical series' spread, not the widest: one wild series would mute the rest
 
     def __init__(self, expected_sigmas: float = 3.0, min_points: int = 10, rel_floor: float = 0.05,
@@ -207,7 +208,7 @@ class RobustZScore(SurpriseMixin, Detector):
     def _raw_score(self, points: Points) -> np.ndarray:
         """The smoothed |z|; with ``history``, its surprise against the series' own |z| so far
         (:class:`~detectors.metrics.surprise.SurpriseMixin`), raised so that an ``alert_z`` |z| still alerts."""
-        recent = smooth(points.deviation, points.series, self.smooth_window, how="median")
+        recent = smooth(points.deviation, points.series, self.smooth_window, how="median", pad=self.recent_pad)
         if getattr(self, "score_history_", None) is None:  # history off (or a model saved before it)
             return recent
         unusual = self.surprised(points)

@@ -136,6 +136,22 @@ def test_a_variable_keeps_the_prefix_its_values_share() -> None:
     assert text[ids[0]] == "authentication failure; uid=<*> tty=ssh rhost=<*> user=<*>"
 
 
+def test_a_fields_value_is_a_parameter_and_a_value_that_never_varied_stays_as_printed() -> None:
+    """``[StationName: nanjing]`` and ``trainNumber=D1345`` are parameters with three or two values,
+    which position statistics alone would keep as separate templates; ``tty=ssh`` never varies."""
+    lines = ([f"[queryForId][Query for station id][StationName: {c}]" for c in ("shanghai", "nanjing", "suzhou")]
+             + [f"[Seat request][request: Seat(trainNumber={t}, seatType=2)]" for t in ("D1345", "G1237")]
+             + [f"logname= uid=0 tty=ssh ruser= rhost=10.0.0.{i}" for i in (1, 2)])
+    ids, text = _groups(lines)
+    assert len(set(ids)) == 3
+    assert text[ids[0]] == "[queryForId][Query for station id][StationName: <*>]"
+    assert text[ids[3]] == "[Seat request][request: Seat(trainNumber=<*>, seatType=<*>)]"
+    assert text[ids[5]] == "logname= uid=<*> tty=ssh ruser= rhost=<*>"
+    # a colon that does not name a field leaves the word a word
+    ids, _ = _groups(["proxy.example.org:80 error : Could not connect", "proxy.example.org:80 error : Did not connect"])
+    assert ids[0] != ids[1]
+
+
 def test_parameter_kinds_sit_beside_the_text() -> None:
     miner = TemplateMiner()
     ids = miner.fit(pd.Series([f"Invalid user {u} from 10.0.0.{i} port {100 + i}"

@@ -2,8 +2,10 @@
 
 A masked line becomes a *shape*: its whitespace tokens, with every token that holds nothing but
 masked values and punctuation (``<NUM>``, ``[<UUID>]``, ``<IP>:<NUM>``) read as one variable ``<*>``,
-and runs of the same variable token (a list of block ids) read as one. Lines of one shape are one
-template. Two rules then generalise shapes, each from statistics of the lines seen so far, so that
+a field's value read as a variable (``user=<*>``, ``[StationName: <*>]``: what stands behind a field
+name is a parameter, however few its values), and runs of the same variable token (a list of block
+ids) read as one. Lines of one shape are one template; its text shows a word as printed until a
+line prints it otherwise. Two rules then generalise shapes, each from statistics of the lines seen so far, so that
 no similarity threshold has to suit every log source (Drain's ``sim_th`` does not):
 
 - **Position statistics.** Shapes that agree everywhere but at one position are one template with a
@@ -39,23 +41,45 @@ WORD_KIND = "WORD"  # the kind of a variable found by position statistics rather
 Shape = tuple[str, ...]
 
 
-def line_shape(masked: str) -> tuple[Shape, tuple[str, ...], tuple[str, ...]]:
-    """A masked line's shape (grouping key), its display tokens (punctuation kept) and its values' kinds."""
-    kinds = tuple(KIND_TOKEN.findall(masked))
-    text = _SIGN.sub(r"\1" + WILDCARD, KIND_TOKEN.sub(WILDCARD, masked))
+# A field's value is a parameter whatever its few values are: ``user=root``, ``[StationName: nanjing]``,
+# ``..., TrainType: ZhiDa]``, ``[trainNumber:Z1234]`` (a name, ``=`` or ``:``, and a value that ends
+# the token or closes its field); constants that name a statement do not sit behind a field name
+_FIELD_IN_TOKEN = re.compile(r"((?:^|[\[(,{])[A-Za-z_][\w.-]*=|\[[A-Za-z_][\w.-]*:)[^\s=:<>\[\](){},;]+([\]),;}]*)$")
+_FIELD_NAME_ENDS = re.compile(r"[A-Za-z_][\w.-]*:$")
+_CLOSED_VALUE = re.compile(r"^[^\s=:<>\[\](){},;]+([\]),;}]+)$")
+
+
+def _field_value(token: str, before: str) -> str:
+    """A field's value in a token as ``<*>`` (the name and closing punctuation kept)."""
+    inside = _FIELD_IN_TOKEN.search(token)
+    if inside:
+        return token[: inside.start()] + inside.group(1) + WILDCARD + inside.group(2)
+    closed = _CLOSED_VALUE.match(token)
+    if closed and _FIELD_NAME_ENDS.search(before):
+        return WILDCARD + closed.group(1)
+    return token
+
+
+def line_shape(masked: str) -> tuple[Shape, tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """A masked line's shape (grouping key), its display tokens (punctuation kept), and per display
+    token the kinds of the values in it."""
     shape: list[str] = []
     shown: list[str] = []
-    for token in text.split():
-        if WILDCARD in token:
-            token = _JOINED.sub(WILDCARD, token)
-            key = WILDCARD if not _LETTER.search(token.replace(WILDCARD, "")) else token
-        else:
-            key = token
+    kinds: list[tuple[str, ...]] = []
+    raws = masked.split()
+    for i, raw in enumerate(raws):
+        token = _JOINED.sub(WILDCARD, _SIGN.sub(r"\1" + WILDCARD, KIND_TOKEN.sub(WILDCARD, raw)))
+        key = _field_value(token, raws[i - 1] if i else "")
+        if WILDCARD in key and not _LETTER.search(key.replace(WILDCARD, "")):
+            key = WILDCARD
         if shape and key == shape[-1] and WILDCARD in key:
             continue  # a run of the same variable token is one value
         shape.append(key)
         shown.append(token)
-    return tuple(shape), tuple(shown), kinds
+        found = tuple(KIND_TOKEN.findall(raw))
+        values = token.count(WILDCARD)
+        kinds.append(found[:values] if len(found) >= values else found + (WORD_KIND,) * (values - len(found)))
+    return tuple(shape), tuple(shown), tuple(kinds)
 
 
 def _shared_affix(words: Sequence[str]) -> str:
@@ -86,7 +110,7 @@ class ShapeParser:
         self.parent: list[int] = []  # union-find over template ids
         self.shape_of: list[list[str]] = []  # per id: its shape, generalised as positions become variables
         self.shown: list[list[str]] = []  # per id: display tokens of its first line
-        self.kinds: list[dict[int, str]] = []  # per id: display position -> kind of the value there
+        self.kinds: list[list[tuple[str, ...]]] = []  # per id and display token: the kinds of its values
         self.exact: dict[Shape, int] = {}
         self.values: dict[tuple[int, int, Shape], dict[str, int]] = {}
         self.wild_sets: dict[int, set[tuple[int, ...]]] = {}  # shape length -> variable positions in use
@@ -126,19 +150,18 @@ class ShapeParser:
         return tuple(t for t in tokens if t != WILDCARD)
 
     # -- learning -----------------------------------------------------------------------------
-    def learn(self, shape: Shape, shown: Sequence[str] = (), kinds: Sequence[str] = ()) -> int:
+    def learn(self, shape: Shape, shown: Sequence[str] = (), kinds: Sequence[tuple[str, ...]] = ()) -> int:
         """Assign a shape to a template, creating or generalising templates; returns its id now."""
         found = self.match(shape)
         if found is not None:
             self.exact.setdefault(shape, found)
+            self._show_differences(found, shown)
             return found
         cluster = len(self.parent)
         self.parent.append(cluster)
         self.shape_of.append(list(shape))
         self.shown.append(list(shown or shape))
-        value_at = [i for i, t in enumerate(self.shown[-1]) if WILDCARD in t]
-        kind_iter = iter(kinds)
-        self.kinds.append({i: next(kind_iter, WORD_KIND) for i in value_at})
+        self.kinds.append(list(kinds) or [(WORD_KIND,) * t.count(WILDCARD) for t in self.shown[-1]])
         self.exact[shape] = cluster
         self._join_loose(cluster, self._loose_key(shape))
         n = len(shape)
@@ -184,12 +207,22 @@ class ShapeParser:
         loose = self._loose_key(self.shown_shape(root))
         self._join_loose(root, loose)
 
+    def _show_differences(self, root: int, shown: Sequence[str]) -> None:
+        """A template's display word that this line writes differently is a value (``tty=ssh`` stays
+        as printed until another line writes ``tty=pts``)."""
+        mine = self.shown[root]
+        if len(shown) != len(mine):
+            return
+        for p, (have, new) in enumerate(zip(mine, shown, strict=True)):
+            if have != new and WILDCARD not in have:
+                self._show_variable(root, p, _shared_affix([have, new]))
+
     def _show_variable(self, root: int, p: int, token: str) -> None:
         """Write a variable found by statistics into the template's display tokens."""
         shown = self.shown[root]
         if WILDCARD not in shown[p]:
             shown[p] = token
-            self.kinds[root][p] = WORD_KIND
+            self.kinds[root][p] = (WORD_KIND,)
 
     def shown_shape(self, root: int) -> Shape:
         """The template's tokens as grouping sees them, a variable with a kept affix (``user=<*>``) as a word."""
@@ -206,15 +239,14 @@ class ShapeParser:
         out = {}
         for i in range(len(self.parent)):
             if self.parent[i] == i:
-                kinds = self.kinds[i]
-                out[i] = [kinds.get(p, WORD_KIND) for p, t in enumerate(self.shown[i]) for _ in range(t.count(WILDCARD))]
+                out[i] = [kind for token_kinds in self.kinds[i] for kind in token_kinds]
         return out
 
     def state(self) -> dict[str, Any]:
         """Everything learned, as JSON-ready lists (for save/load)."""
         return {"min_values": self.min_values, "min_constants": self.min_constants, "parent": self.parent,
                 "shape_of": self.shape_of, "shown": self.shown,
-                "kinds": [sorted(k.items()) for k in self.kinds],
+                "kinds": [[list(k) for k in token_kinds] for token_kinds in self.kinds],
                 "exact": [[list(s), c] for s, c in self.exact.items()],
                 "values": [[n, p, list(rest), sorted(seen.items())] for (n, p, rest), seen in self.values.items()],
                 "general": [[n, list(w), list(s), c] for (n, w, s), c in self.general.items()],
@@ -226,7 +258,7 @@ class ShapeParser:
         parser.parent = list(state["parent"])
         parser.shape_of = [list(s) for s in state["shape_of"]]
         parser.shown = [list(s) for s in state["shown"]]
-        parser.kinds = [{int(p): k for p, k in items} for items in state["kinds"]]
+        parser.kinds = [[tuple(k) for k in token_kinds] for token_kinds in state["kinds"]]
         parser.exact = {tuple(s): c for s, c in state["exact"]}
         parser.values = {(n, p, tuple(rest)): dict(seen) for n, p, rest, seen in state["values"]}
         for n, wild, shape, cluster in state["general"]:

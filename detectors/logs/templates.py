@@ -19,7 +19,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,36 +28,40 @@ from detectors.logs.shapes import KIND_TOKEN, WILDCARD, ShapeParser, line_shape
 
 # RE2-compatible (no look-arounds), so pandas runs them in pyarrow's vectorised regex engine; a
 # user mask with look-arounds still works, through Python's re, only slower.
-DEFAULT_MASKS: list[list[str]] = [
-    [r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "<UUID>"],
-    [r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<IP>"],
-    [r"\b[a-z][a-z0-9+.-]*://[^\s\"'<>]+", "<URL>"],
+# (regex, token, text the regex cannot match without: lines lacking it skip the regex, which is
+# most of a fit's time; None = no such text)
+_BUILT_IN: list[tuple[str, str, str | None]] = [
+    (r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "<UUID>", "-"),
+    (r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<IP>", "."),
+    (r"\b[a-z][a-z0-9+.-]*://[^\s\"'<>]+", "<URL>", "://"),
     # a duration (``12 ms``, ``<1 sec``, ``3.5 seconds``) and a size (``5.2 KB``) with the unit: the
     # unit changes with the value (``384.0 B`` ... ``17.7 GB``), so it is part of the value
-    [r"<?\b\d+(?:\.\d+)? ?(?:ms|sec|secs|seconds|s|min|mins|minutes)\b", "<DURATION>"],
-    [r"\b\d+(?:\.\d+)? ?(?:B|KB|MB|GB|TB|KiB|MiB|GiB)\b", "<SIZE>"],
+    (r"<?\b\d+(?:\.\d+)? ?(?:ms|sec|secs|seconds|s|min|mins|minutes)\b", "<DURATION>", None),
+    (r"\b\d+(?:\.\d+)? ?(?:B|KB|MB|GB|TB|KiB|MiB|GiB)\b", "<SIZE>", None),
     # a dotted name of three parts or more whose last part is lower case (a host, a package:
     # ``proxy.cse.cuhk.edu.hk``, ``com.android.systemui``), or of two with a port; a class or a
     # constant (``java.sql.SQLException``, ``android.intent.action.SCREEN_ON``) names the statement
-    [r"\b[A-Za-z_][\w-]*(?:(?:\.[\w-]+)+\.[a-z0-9][\w-]*(?::\d+)?|\.[\w-]+:\d+)($|[^\w.-])", r"<NAME>\1"],
-    [r"(^|[^\w.])/(?:[\w.-]+/)*[\w.-]*\d[\w.-]*", r"\1<PATH>"],
-    [r"_-?\d+", "_<NUM>"],  # a number joined by ``_`` is an id part (``blk_-1608``, ``rdd_2_0``)
+    (r"\b[A-Za-z_][\w-]*(?:(?:\.[\w-]+)+\.[a-z0-9][\w-]*(?::\d+)?|\.[\w-]+:\d+)($|[^\w.-])", r"<NAME>\1", "."),
+    (r"(^|[^\w.])/(?:[\w.-]+/)*[\w.-]*\d[\w.-]*", r"\1<PATH>", "/"),
+    (r"_-?\d+", "_<NUM>", "_"),  # a number joined by ``_`` is an id part (``blk_-1608``, ``rdd_2_0``)
     # 0x-numbers; ids, hashes, long numbers (and the rare 8-letter a-f word)
-    [r"\b(?:0[xX][0-9a-fA-F]+|[0-9a-fA-F]{8,})\b", "<HEX>"],
+    (r"\b(?:0[xX][0-9a-fA-F]+|[0-9a-fA-F]{8,})\b", "<HEX>", None),
     # a payload that ends the line takes the brackets that close it along: a logger's length limit
     # cuts exactly these lines (a growing payload), and the cut one must read as the same template
-    [r"\{[^{}]*\}[\])>\"'\s]*$", "<JSON>"],
-    [r"\{[^{}]*\}", "<JSON>"],
+    (r"\{[^{}]*\}[\])>\"'\s]*$", "<JSON>", "{"),
+    (r"\{[^{}]*\}", "<JSON>", "{"),
     # a payload cut off by the logger's length limit: token counts of the cut vary, so mask to the end
-    [r"\{[^{}]*$", "<JSON>"],
+    (r"\{[^{}]*$", "<JSON>", "{"),
     # a number right after a name and '#' is a source line (logback's ``%C#%L``, as in
     # ``OrderServiceImpl#532``): it names the log statement, so it stays part of the template;
     # after '##' or a digit and '#' (field separators, as in HealthApp) it is still a number
-    [r"(^|[^\w#]|[^A-Za-z_]#|^#)[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB)?\b%?", r"\1<NUM>"],
+    (r"(^|[^\w#]|[^A-Za-z_]#|^#)[-+]?\d+(?:\.\d+)?(?:ms|us|s|MB|KB|GB)?\b%?", r"\1<NUM>", None),
     # a list of ids or numbers (``[<UUID>:ZhiDa, <UUID>:GaoTieOne]``) is one value: Drain groups by
     # token count, and would split the statement into one template per list length
-    [r"<(?:UUID|HEX|NUM|IP)>(?::[\w.-]+)?(?:, ?<(?:UUID|HEX|NUM|IP)>(?::[\w.-]+)?)+", "<LIST>"],
+    (r"<(?:UUID|HEX|NUM|IP)>(?::[\w.-]+)?(?:, ?<(?:UUID|HEX|NUM|IP)>(?::[\w.-]+)?)+", "<LIST>", ","),
 ]
+DEFAULT_MASKS: list[list[str]] = [[pattern, token] for pattern, token, _ in _BUILT_IN]
+MASK_NEEDLES: dict[str, str] = {pattern: needle for pattern, _, needle in _BUILT_IN if needle}
 UNMATCHED = -1
 PARALLEL_MASK_ROWS = 4_000
 
@@ -126,11 +130,17 @@ class TemplateMiner:
 
         text = pc.utf8_trim_whitespace(pa.array(lines.array))
         for pattern, token in self.masks:
-            try:  # pyarrow's RE2 kernel directly: pandas' str.replace costs about 5x more on long lines
-                text = pc.replace_substring_regex(text, pattern=pattern, replacement=token)
-            except pa.ArrowInvalid:  # not RE2 syntax (look-arounds): Python's re, through pandas
-                replaced = pd.Series(text, dtype="string[pyarrow]").str.replace(pattern, token, regex=True)
-                text = pa.array(replaced.array)
+            needle = MASK_NEEDLES.get(pattern)
+            if needle is None:
+                text = _replace(text, pattern, token)
+                continue
+            # a built-in mask that needs a literal ("://", "{") runs only on the lines holding it
+            holds = pc.match_substring(text, needle)
+            count = pc.sum(holds).as_py() or 0
+            if count == len(text):
+                text = _replace(text, pattern, token)
+            elif count:
+                text = pc.replace_with_mask(text, holds, _replace(pc.filter(text, holds), pattern, token))
         return pd.Series(text, index=lines.index, dtype="string[pyarrow]")
 
     def _distinct(self, lines: pd.Series) -> tuple[np.ndarray, pd.Index]:
@@ -225,6 +235,18 @@ class TemplateMiner:
 
 
 _DRAIN_VALUE = re.compile(r"<\*>|<([A-Z]+)>")
+
+
+def _replace(text: Any, pattern: str, token: str) -> Any:
+    """One mask over a pyarrow string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:  # pyarrow's RE2 kernel directly: pandas' str.replace costs about 5x more on long lines
+        return pc.replace_substring_regex(text, pattern=pattern, replacement=token)
+    except pa.ArrowInvalid:  # not RE2 syntax (look-arounds): Python's re, through pandas
+        replaced = pd.Series(text, dtype="string[pyarrow]").str.replace(pattern, token, regex=True)
+        return pa.array(replaced.array)
 
 
 def _cluster_id(cluster: object) -> int:

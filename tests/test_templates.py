@@ -211,3 +211,25 @@ def test_parsing_accuracy_normalises_both_sides_alike() -> None:
     assert normalise_template("[instance: <*>] Claim successful") == "[instance: <*>] Claim successful"
     truth = pd.Series(["time: <*>.<*> ms", "user <*> from <*>", "a b"])
     assert parsing_accuracy(truth, pd.Series(["time: <*> ms", "user <*> from <*> <*>", "a c"])) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("parser", ["shapes", "drain"])
+def test_the_log_detectors_save_and_load_either_parser(parser, tiny_bundle, tmp_path) -> None:
+    from melt.core.bundle import MeltBundle
+    from melt.core.registry import build_detector
+
+    logs = tiny_bundle.frame("logs")
+    cut = logs["timestamp"].quantile(0.6)
+    train, test = MeltBundle(logs=logs[logs["timestamp"] < cut]), MeltBundle(logs=logs[logs["timestamp"] >= cut])
+    detector = build_detector("log_templates", {"parser": parser}).fit_calibrated(train)
+    detector.save(tmp_path / parser)
+    loaded = type(detector).load(tmp_path / parser)
+    pd.testing.assert_frame_equal(loaded.detect(test), detector.detect(test))
+
+
+def test_a_misspelt_parser_is_a_config_error() -> None:
+    from melt.core.errors import ConfigError
+    from melt.core.registry import build_detector
+
+    with pytest.raises(ConfigError, match="must be one of shapes, drain"):
+        build_detector("log_patterns", {"parser": "brain"})

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
-from detectors.logs.templates import Parser, TemplateMiner
+from detectors.logs.templates import PARSERS, Parser, TemplateMiner
 from detectors.pattern_shares import (
     PAIR,
     change_kind,
@@ -69,6 +69,7 @@ class LogPatternDetector(Detector):
     """
 
     name = "log_patterns"
+    choices = {"parser": PARSERS}
     signal = "logs"
     services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
-from detectors.logs.templates import UNMATCHED, Parser, TemplateMiner
+from detectors.logs.templates import PARSERS, UNMATCHED, Parser, TemplateMiner
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 from melt.core.timeutil import parse_duration
@@ -37,6 +37,7 @@ class LogTemplateDetector(Detector):
     """
 
     name = "log_templates"
+    choices = {"parser": PARSERS}
     signal = "logs"
     services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 

@@ -67,6 +67,7 @@ PARALLEL_MASK_ROWS = 4_000
 
 
 Parser = Literal["shapes", "drain"]
+PARSERS: tuple[str, ...] = ("shapes", "drain")
 
 
 class TemplateMiner:
@@ -87,7 +88,7 @@ class TemplateMiner:
     def __init__(self, masks: list[list[str]] | None = None, parser: Parser = "shapes", sim_th: float = 0.4,
                  depth: int = 4, max_children: int = 100, numeric_tokens: bool = False, min_values: int = 5,
                  min_constants: int = 2) -> None:
-        if parser not in ("shapes", "drain"):
+        if parser not in PARSERS:
             raise ValueError(f"unknown template parser {parser!r} (shapes or drain)")
         self.masks = DEFAULT_MASKS if masks is None else masks
         self.parser = parser

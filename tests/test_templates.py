@@ -158,6 +158,7 @@ def test_parameter_kinds_sit_beside_the_text() -> None:
                                for i, u in enumerate(["a1", "b", "c", "d", "e"])]))
     assert miner.templates()[ids[0]] == "Invalid user <*> from <*> port <*>"
     assert miner.parameter_kinds()[ids[0]] == ["WORD", "IP", "NUM"]
+    assert miner.marked_templates()[ids[0]] == "Invalid user <WORD> from <IP> port <NUM>"
 
 
 def test_shapes_learn_online_the_same_groups_line_by_line_and_in_one_batch(tiny_bundle) -> None:

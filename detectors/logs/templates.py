@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from detectors.logs.shapes import KIND_TOKEN, WILDCARD, ShapeParser, line_shape
+from detectors.logs.shapes import KIND_TOKEN, WILDCARD, WORD_KIND, ShapeParser, line_shape
 
 # RE2-compatible (no look-arounds), so pandas runs them in pyarrow's vectorised regex engine; a
 # user mask with look-arounds still works, through Python's re, only slower.
@@ -203,6 +203,14 @@ class TemplateMiner:
             return self._shapes.templates()
         return {c.cluster_id: KIND_TOKEN.sub(WILDCARD, c.get_template()) for c in self._miner.drain.clusters}
 
+    def marked_templates(self) -> dict[int, str]:
+        """Template id -> text with each value written as its kind (``<NUM>``, ``<IP>``, ``<WORD>``...),
+        the form of a masked line: for consumers that read the kinds as words (``teg``'s bag of tokens)."""
+        if self.parser == "drain":
+            return {c.cluster_id: c.get_template() for c in self._miner.drain.clusters}
+        kinds = self.parameter_kinds()
+        return {i: _mark_values(text, kinds[i]) for i, text in self.templates().items()}
+
     def parameter_kinds(self) -> dict[int, list[str]]:
         """Template id -> the kind of each ``<*>`` in its text (``NUM``, ``IP``, ``HEX``, ..., ``WORD``)."""
         if self.parser == "shapes":
@@ -236,6 +244,13 @@ class TemplateMiner:
 
 
 _DRAIN_VALUE = re.compile(r"<\*>|<([A-Z]+)>")
+
+
+def _mark_values(text: str, kinds: list[str]) -> str:
+    """``<*>`` after ``<*>`` written as the next kind (``WORD`` when the kinds run out)."""
+    parts = text.split(WILDCARD)
+    marks = [f"<{kinds[i] if i < len(kinds) else WORD_KIND}>" for i in range(len(parts) - 1)]
+    return "".join(p + m for p, m in zip(parts, marks + [""], strict=True))
 
 
 def _replace(text: Any, pattern: str, token: str) -> Any:

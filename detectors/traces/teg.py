@@ -82,7 +82,7 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detect
                 masked = None
             else:
                 ids, masked = self.miner_.match(logs["message"])
-            text = self.miner_.templates()
+            text = self.miner_.marked_templates()  # the values' kinds are tokens of the bag, as in masked lines
             log_keys = pd.Series(ids).map(text).to_numpy(dtype=object)
             log_unseen = ids == UNMATCHED
             if masked is not None:

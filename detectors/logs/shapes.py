@@ -67,15 +67,21 @@ def line_shape(masked: str) -> tuple[Shape, tuple[str, ...], tuple[tuple[str, ..
     shown: list[str] = []
     kinds: list[tuple[str, ...]] = []
     raws = masked.split()
-    for i, raw in enumerate(raws):
-        token = _JOINED.sub(WILDCARD, _SIGN.sub(r"\1" + WILDCARD, KIND_TOKEN.sub(WILDCARD, raw)))
-        key = _field_value(token, raws[i - 1] if i else "")
+    before = ""
+    for raw in raws:
+        marked = "<" in raw  # most tokens are plain words: no regex for them
+        token = _JOINED.sub(WILDCARD, _SIGN.sub(r"\1" + WILDCARD, KIND_TOKEN.sub(WILDCARD, raw))) if marked else raw
+        key = _field_value(token, before) if ("=" in token or ":" in token or before.endswith(":")) else token
+        before = raw
         if WILDCARD in key and not _LETTER.search(key.replace(WILDCARD, "")):
             key = WILDCARD
         if shape and key == shape[-1] and WILDCARD in key:
             continue  # a run of the same variable token is one value
         shape.append(key)
         shown.append(token)
+        if not marked:
+            kinds.append(())
+            continue
         found = tuple(KIND_TOKEN.findall(raw))
         values = token.count(WILDCARD)
         kinds.append(found[:values] if len(found) >= values else found + (WORD_KIND,) * (values - len(found)))

@@ -138,7 +138,7 @@ class TemplateMiner:
             # a built-in mask that needs a literal ("://", "{") runs only on the lines holding it
             holds = pc.match_substring(text, needle)
             count = pc.sum(holds).as_py() or 0
-            if count == len(text):
+            if count > len(text) // 2:  # filtering costs more than it saves
                 text = _replace(text, pattern, token)
             elif count:
                 text = pc.replace_with_mask(text, holds, _replace(pc.filter(text, holds), pattern, token))

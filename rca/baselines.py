@@ -32,13 +32,16 @@ def pagerank_ranking(graph: nx.DiGraph, anomaly: pd.Series, alpha: float = 0.85)
     """Plain personalized PageRank over the whole graph, personalised by anomaly."""
     if anomaly.empty or anomaly.sum() <= 0:
         return anomaly.index.tolist()
-    nodes = set(graph.nodes) | set(anomaly.index)
+    # sorted: a set's order follows the process's string hashing, and with it the last bits of the
+    # power iteration, which flipped tied services between two runs on the same data
+    nodes = sorted(set(graph.nodes) | set(anomaly.index))
     walk = nx.DiGraph()
     walk.add_nodes_from(nodes)
-    walk.add_edges_from(graph.edges)
+    walk.add_edges_from(sorted(graph.edges))
     personalization = {n: float(anomaly.get(n, 0.0)) + 1e-9 for n in nodes}
-    ranks = pd.Series(nx.pagerank(walk, alpha=alpha, personalization=personalization))
-    return ranks[ranks.index.isin(anomaly.index)].sort_values(ascending=False, kind="stable").index.tolist()
+    ranks = pd.Series(nx.pagerank(walk, alpha=alpha, personalization=personalization)).round(12)
+    ranks = ranks[ranks.index.isin(anomaly.index)]
+    return sorted(ranks.index, key=lambda n: (-ranks[n], n))  # ties by name
 
 
 def baseline_rankings(scores: pd.DataFrame, graph: nx.DiGraph, candidates: set[str] | None, seed: int,

@@ -44,8 +44,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--fault-duration", default=None, help="Length of each fault, e.g. 10m.")
 @click.option("--overlap/--no-overlap", default=None, help="Let fault windows overlap.")
 @click.option("--force", is_flag=True, help="Replace the bundle in a non-empty --out directory.")
+@click.option("--partitioned", is_flag=True,
+              help="Write each frame as hive partitions by date and service (logs.parquet/date=.../service=.../).")
 @click.pass_context
-def generate(ctx: click.Context, out: str, force: bool, **options: Any) -> None:
+def generate(ctx: click.Context, out: str, force: bool, partitioned: bool, **options: Any) -> None:
     """Write a synthetic MELT bundle with injected faults and ground truth."""
     import os
     from pathlib import Path
@@ -62,7 +64,7 @@ def generate(ctx: click.Context, out: str, force: bool, **options: Any) -> None:
     settings = settings_of(ctx).with_overrides({f"synth.{key}": value for key, value in options.items()},
                                                "melt generate")
     bundle = run_generate(settings.synth, quiet=False)
-    bundle.write(out, force=True)
+    bundle.write(out, force=True, partitioned=partitioned)
     counts = ", ".join(f"{k}={v}" for k, v in bundle.summary().items())
     click.echo(f"wrote {out}: {counts}, faults={len(bundle.truth['faults'])}")
 

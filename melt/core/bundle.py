@@ -1,13 +1,17 @@
 """MeltBundle: a directory of up to four parquet frames plus an optional ``truth.json``.
 
-The bundle is validated once, where it enters melt (:func:`MeltBundle.read` or the constructor),
-so detectors and later stages can rely on column names and dtypes.
+A frame is one file (``logs.parquet``) or a partitioned dataset of the same name: a directory of
+hive partitions by date and service (``logs.parquet/date=2026-12-01/service=cart/part-0.parquet``),
+the layout query engines and Dask read one partition at a time. The bundle is validated once,
+where it enters melt (:func:`MeltBundle.read` or the constructor), so detectors and later stages can
+rely on column names and dtypes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,9 @@ from melt.core.errors import BundleError
 from melt.core.schema import SIGNALS, validate_frame
 
 TIME_COLUMNS = {"metrics": "timestamp", "logs": "timestamp", "events": "timestamp", "traces": "start_time"}
+SERVICE_OF = {"metrics": "service", "logs": "service", "events": "service", "traces": "service_name"}
+PARTITION_KEYS = ("date", "service")  # hive keys of a partitioned frame, in directory order
+COLUMN_ORDER = b"melt.columns"  # schema metadata of a partitioned frame: its columns in order
 
 
 @dataclass
@@ -153,7 +160,9 @@ class MeltBundle:
         frames: dict[str, pd.DataFrame] = {}
         for name in signals or SIGNALS:
             file = root / f"{name}.parquet"
-            if file.exists():
+            if file.is_dir():
+                frames[name] = _read_partitioned(file, name)
+            elif file.exists():
                 frames[name] = _read_parquet(file)
         if not frames:
             raise BundleError(f"{root}: no frame found (expected any of {', '.join(f'{s}.parquet' for s in SIGNALS)})")
@@ -169,8 +178,10 @@ class MeltBundle:
         except BundleError as exc:
             raise BundleError(f"{root}/{exc}") from None
 
-    def write(self, path: str | Path, force: bool = True) -> Path:
+    def write(self, path: str | Path, force: bool = True, partitioned: bool = False) -> Path:
         """Write every present frame as parquet (zstd) and ``truth.json``; returns the directory.
+
+        With ``partitioned``, each frame is a directory of hive partitions by date (UTC) and service.
 
         Raises:
             BundleError: ``path`` cannot be a directory (it is a file, lies under one, its name is
@@ -182,7 +193,15 @@ class MeltBundle:
                 raise BundleError(f"{root} is not empty; choose another --out or pass --force to replace its bundle")
             root.mkdir(parents=True, exist_ok=True)
             for name in self.signals():
-                self.frame(name).to_parquet(root / f"{name}.parquet", index=False, compression="zstd")
+                target = root / f"{name}.parquet"
+                if target.is_dir():  # an earlier write in the other layout is replaced
+                    shutil.rmtree(target)
+                elif partitioned and target.exists():
+                    target.unlink()
+                if partitioned:
+                    _write_partitioned(self.frame(name), name, target)
+                else:
+                    self.frame(name).to_parquet(target, index=False, compression="zstd")
             if self.truth is not None:
                 (root / "truth.json").write_text(json.dumps(self.truth, indent=2, sort_keys=True) + "\n")
         except OSError as exc:
@@ -225,3 +244,40 @@ def _read_parquet(file: Path) -> pd.DataFrame:
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise BundleError(f"{file}: cannot read parquet ({reason})") from None
+
+
+def _write_partitioned(frame: pd.DataFrame, name: str, target: Path) -> None:
+    """One frame as hive partitions ``date=YYYY-MM-DD/service=S`` (the service column is restored
+    from the path on read; a trace's service is its ``service_name``, kept in the files as well)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    keys = {"date": frame[TIME_COLUMNS[name]].dt.strftime("%Y-%m-%d").astype(object),
+            "service": frame[SERVICE_OF[name]].astype(object)}
+    table = pa.Table.from_pandas(frame.drop(columns=["service"], errors="ignore").assign(**keys),
+                                 preserve_index=False)
+    order = json.dumps([str(c) for c in frame.columns]).encode()  # the path's service column goes back in place
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), COLUMN_ORDER: order})
+    ds.write_dataset(table, target, format="parquet", partitioning=list(PARTITION_KEYS), partitioning_flavor="hive",
+                     file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+                     existing_data_behavior="delete_matching", basename_template="part-{i}.parquet")
+
+
+def _read_partitioned(directory: Path, name: str) -> pd.DataFrame:
+    """A partitioned frame back in one table, in time order (stable: a partition keeps its order)."""
+    import pyarrow.dataset as ds
+
+    try:
+        dataset = ds.dataset(directory, format="parquet", partitioning="hive")
+        table = dataset.to_table()
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise BundleError(f"{directory}: cannot read the partitioned parquet dataset ({reason})") from None
+    frame = table.to_pandas()
+    if "service" in frame.columns:
+        frame["service"] = frame["service"].astype(object)  # from the path: dictionary-encoded there
+    frame = frame.drop(columns=["date"] + (["service"] if name == "traces" else []), errors="ignore")
+    order = json.loads((dataset.schema.metadata or {}).get(COLUMN_ORDER, b"[]"))
+    if set(order) == set(frame.columns):
+        frame = frame[order]
+    return frame.sort_values(TIME_COLUMNS[name], kind="stable", ignore_index=True)

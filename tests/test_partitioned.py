@@ -90,3 +90,20 @@ def test_pagerank_baseline_does_not_depend_on_the_process() -> None:
     assert len(rankings) == 1, rankings  # every process the same
     ranking = eval(rankings.pop())  # noqa: S307 - our own printed list
     assert [n for n in ranking if n in "abc"] == ["a", "b", "c"]  # tied services by name
+
+
+def test_an_import_writes_the_same_frames_partitioned(tiny_bundle: MeltBundle, tmp_path: Path) -> None:
+    source = tmp_path / "logs.csv"
+    tiny_bundle.logs.head(3000).to_csv(source, index=False)
+    frames = {}
+    for flag in ([], ["--partitioned"]):
+        out = tmp_path / f"imported{len(flag)}"
+        for _ in range(2):  # the second run replaces the first (--force)
+            result = CliRunner().invoke(cli, ["import", "csv", str(source), "--signal", "logs", "--out", str(out),
+                                              "--force", "--quiet", *flag])
+            assert result.exit_code == 0, result.output
+        assert (out / "logs.parquet").is_dir() == bool(flag)
+        frames[bool(flag)] = MeltBundle.read(out).logs
+    flat, parts = frames[False], frames[True]
+    assert list(parts.columns) == list(flat.columns) and len(parts) == len(flat) == 3000
+    pd.testing.assert_frame_equal(_sorted(parts, "timestamp"), _sorted(flat, "timestamp"))

@@ -208,12 +208,13 @@ def train(ctx: click.Context, data: str, models_spec: str, out: str) -> None:
               help="nezha: fault cases (rca_data) or fault-free data (construct_data).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad row instead of skipping and counting it.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--partitioned", is_flag=True, help="Write each frame as hive partitions by date and service.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def import_(ctx: click.Context, fmt: str, src: str, out: str, signal: str | None, mappings: tuple[str, ...],
             wide: bool | None, time_unit: str | None, duration_unit: str | None, service_from: str | None,
             service_regex: str | None, delimiter: str | None, encoding: str, subset: str | None, strict: bool,
-            force: bool, quiet: bool) -> None:
+            force: bool, partitioned: bool, quiet: bool) -> None:
     """Import FORMAT data from SRC (a file or directory) into a melt bundle.
 
     FORMAT is otlp (OTLP/JSON lines or documents), jaeger (Jaeger JSON), csv or parquet (generic
@@ -238,7 +239,7 @@ def import_(ctx: click.Context, fmt: str, src: str, out: str, signal: str | None
              "delimiter": delimiter}
     nezha = {"subset": subset, "service_regex": service_regex}
     summary = import_source(fmt, src, out, settings_of(ctx), table=table, nezha=nezha, strict=strict, force=force,
-                            quiet=quiet, encoding=encoding)
+                            quiet=quiet, encoding=encoding, partitioned=partitioned)
     for line in summary.lines():
         click.echo(line)
 

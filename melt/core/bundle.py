@@ -9,9 +9,11 @@ rely on column names and dtypes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,18 +249,36 @@ def _read_parquet(file: Path) -> pd.DataFrame:
 
 
 def _write_partitioned(frame: pd.DataFrame, name: str, target: Path) -> None:
-    """One frame as hive partitions ``date=YYYY-MM-DD/service=S`` (the service column is restored
-    from the path on read; a trace's service is its ``service_name``, kept in the files as well)."""
+    """One frame as hive partitions (:func:`write_partitioned`)."""
     import pyarrow as pa
+
+    write_partitioned([pa.Table.from_pandas(frame, preserve_index=False)], name, target)
+
+
+def write_partitioned(tables: Iterable[Any], name: str, target: Path) -> None:
+    """pyarrow tables of frame ``name`` (one schema) as hive partitions ``date=YYYY-MM-DD/service=S``
+    under ``target``, streamed table by table. The service key is restored from the path on read
+    (a trace's service is its ``service_name``, kept in the files as well); the frame's column order
+    is kept in the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    keys = {"date": frame[TIME_COLUMNS[name]].dt.strftime("%Y-%m-%d").astype(object),
-            "service": frame[SERVICE_OF[name]].astype(object)}
-    table = pa.Table.from_pandas(frame.drop(columns=["service"], errors="ignore").assign(**keys),
-                                 preserve_index=False)
-    order = json.dumps([str(c) for c in frame.columns]).encode()  # the path's service column goes back in place
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), COLUMN_ORDER: order})
-    ds.write_dataset(table, target, format="parquet", partitioning=list(PARTITION_KEYS), partitioning_flavor="hive",
+    def keyed(table: Any) -> Any:
+        order = json.dumps(table.schema.names).encode()
+        date = pc.strftime(table[TIME_COLUMNS[name]], format="%Y-%m-%d")
+        service = table[SERVICE_OF[name]].cast(pa.string())
+        if "service" in table.column_names:
+            table = table.drop_columns(["service"])
+        table = table.append_column("date", date).append_column("service", service)
+        return table.replace_schema_metadata({**(table.schema.metadata or {}), COLUMN_ORDER: order})
+
+    batches = (batch for table in tables for batch in keyed(table).to_batches())
+    first = next(batches, None)
+    if first is None:
+        return
+    ds.write_dataset(itertools.chain([first], batches), target, schema=first.schema, format="parquet",
+                     partitioning=list(PARTITION_KEYS), partitioning_flavor="hive",
                      file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
                      existing_data_behavior="delete_matching", basename_template="part-{i}.parquet")
 

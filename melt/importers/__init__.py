@@ -27,7 +27,7 @@ FORMATS: tuple[str, ...] = ("otlp", "jaeger", "csv", "parquet", "nezha")
 def import_source(fmt: str, src: str | Path, out: str | Path, settings: Settings, *,
                   table: Mapping[str, Any] | None = None, nezha: Mapping[str, Any] | None = None,
                   strict: bool = False, force: bool = False, quiet: bool = False,
-                  encoding: str = "utf-8") -> ImportSummary:
+                  encoding: str = "utf-8", partitioned: bool = False) -> ImportSummary:
     """Import ``src`` in format ``fmt`` into the bundle directory ``out``.
 
     Args:
@@ -41,6 +41,7 @@ def import_source(fmt: str, src: str | Path, out: str | Path, settings: Settings
         force: replace an existing bundle at ``out``.
         quiet: no progress on stderr.
         encoding: csv: the files' text encoding (a Python codec name).
+        partitioned: write each frame as hive partitions by date and service.
 
     Raises:
         SourceError: unknown format, unreadable source, a mapping that cannot work, or (strict) a bad row.
@@ -52,7 +53,8 @@ def import_source(fmt: str, src: str | Path, out: str | Path, settings: Settings
     overrides |= {f"import.nezha.{k}": v for k, v in (nezha or {}).items()}
     chosen = settings.with_overrides(overrides, "import option").imports if overrides else settings.imports
     bad_rows = BadRows(strict=strict, shown=chosen.bad_rows_shown)
-    writer = BundleWriter(out, bad_rows, chunk_rows=chosen.chunk_rows, chunk_mib=chosen.chunk_mib, force=force, quiet=quiet)
+    writer = BundleWriter(out, bad_rows, chunk_rows=chosen.chunk_rows, chunk_mib=chosen.chunk_mib, force=force,
+                          quiet=quiet, partitioned=partitioned)
     try:
         truth = None
         provenance: dict[str, Any] = {"format": fmt, "source": str(src)}

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from melt.core.bundle import TIME_COLUMNS
+from melt.core.bundle import TIME_COLUMNS, write_partitioned
 from melt.core.errors import SourceError
 from melt.core.progress import log
 from melt.core.schema import PLAUSIBLE_TIMES, SIGNALS, row_problems, validate_frame
@@ -65,11 +65,13 @@ class BundleWriter:
         chunk_mib: or this many MiB of buffered columns, whichever comes first (log lines are wide).
         force: replace an existing bundle at ``out``.
         quiet: no progress on stderr.
+        partitioned: write each frame as hive partitions by date and service (docs/data-format.md).
     """
 
     def __init__(self, out: str | Path, bad_rows: BadRows, *, chunk_rows: int = 200_000, chunk_mib: float = 32.0,
-                 force: bool = False, quiet: bool = False) -> None:
+                 force: bool = False, quiet: bool = False, partitioned: bool = False) -> None:
         self.out = Path(out)
+        self.partitioned = partitioned
         existing = [name for name in BUNDLE_FILES if (self.out / name).exists()]
         if existing and not force:
             raise SourceError(f"{self.out} already holds a bundle ({', '.join(existing)}); "
@@ -166,7 +168,10 @@ class BundleWriter:
                 self._spill(signal)
         if any(self._files.values()):
             for name in self._replaced:  # the bundle --force replaces is kept until now
-                (self.out / name).unlink(missing_ok=True)
+                if (self.out / name).is_dir():  # a partitioned frame
+                    shutil.rmtree(self.out / name)
+                else:
+                    (self.out / name).unlink(missing_ok=True)
         rows = {signal: self._merge(signal, self._files[signal], pq) for signal in SIGNALS if self._files[signal]}
         shutil.rmtree(self._parts, ignore_errors=True)
         if not rows:
@@ -186,26 +191,41 @@ class BundleWriter:
         return summary
 
     def _merge(self, signal: str, parts: list[Path], pq: Any) -> int:
-        """Stream the parts of one signal into ``<signal>.parquet`` under one unified schema."""
+        """Stream the parts of one signal into ``<signal>.parquet`` (one file, or hive partitions)
+        under one unified schema."""
+        schema = _unified_schema([pq.read_schema(p) for p in parts])
+        counted = [0]
+
+        def tables() -> Any:
+            for table in self._aligned(signal, parts, schema, pq):
+                counted[0] += table.num_rows
+                yield table
+                log(f"{signal}: {counted[0]:,} rows written", self.quiet, stage="melt import")
+
+        if self.partitioned:
+            write_partitioned(tables(), signal, self.out / f"{signal}.parquet")
+            return counted[0]
+        with pq.ParquetWriter(self.out / f"{signal}.parquet", schema, compression="zstd") as sink:
+            for table in tables():
+                sink.write_table(table)
+        return counted[0]
+
+    def _aligned(self, signal: str, parts: list[Path], schema: Any, pq: Any) -> Any:
+        """Each part as a table of ``schema`` (missing columns as nulls; repeated spans dropped)."""
         import pyarrow as pa
 
-        schema = _unified_schema([pq.read_schema(p) for p in parts])
         seen = self._first_spans(parts, pq) if signal == "traces" else None
-        written, offset = 0, 0
-        with pq.ParquetWriter(self.out / f"{signal}.parquet", schema, compression="zstd") as sink:
-            for part in parts:
-                table = pq.read_table(part)
-                if seen is not None:
-                    keep = seen[offset: offset + table.num_rows]
-                    offset += table.num_rows
-                    table = table.filter(pa.array(keep))
-                for name in schema.names:
-                    if name not in table.column_names:
-                        table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
-                sink.write_table(table.select(schema.names).cast(schema))
-                written += table.num_rows
-                log(f"{signal}: {written:,} rows written", self.quiet, stage="melt import")
-        return written
+        offset = 0
+        for part in parts:
+            table = pq.read_table(part)
+            if seen is not None:
+                keep = seen[offset: offset + table.num_rows]
+                offset += table.num_rows
+                table = table.filter(pa.array(keep))
+            for name in schema.names:
+                if name not in table.column_names:
+                    table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+            yield table.select(schema.names).cast(schema)
 
     def _first_spans(self, parts: list[Path], pq: Any) -> Any:
         """True for the first occurrence of each ``(trace_id, span_id)`` over all parts."""

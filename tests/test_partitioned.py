@@ -34,6 +34,13 @@ def test_a_partitioned_bundle_reads_back_the_same_frames(tiny_bundle: MeltBundle
         pd.testing.assert_frame_equal(_sorted(after, time), _sorted(before, time))
 
 
+def test_an_empty_frame_stays_present_and_empty(tiny_bundle: MeltBundle, tmp_path: Path) -> None:
+    bundle = MeltBundle(logs=tiny_bundle.logs, events=tiny_bundle.events.iloc[0:0])
+    again = MeltBundle.read(bundle.write(tmp_path / "p", partitioned=True))
+    assert again.signals() == ["logs", "events"] and again.rows("events") == 0
+    assert list(again.events.columns) == list(bundle.events.columns)
+
+
 def test_writing_one_layout_over_the_other_replaces_it(tiny_bundle: MeltBundle, tmp_path: Path) -> None:
     root = tmp_path / "b"
     tiny_bundle.write(root)

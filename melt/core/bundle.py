@@ -273,9 +273,23 @@ def write_partitioned(tables: Iterable[Any], name: str, target: Path) -> None:
         table = table.append_column("date", date).append_column("service", service)
         return table.replace_schema_metadata({**(table.schema.metadata or {}), COLUMN_ORDER: order})
 
-    batches = (batch for table in tables for batch in keyed(table).to_batches())
+    schema = None
+
+    def stream() -> Any:
+        nonlocal schema
+        for table in tables:
+            table = keyed(table)
+            schema = table.schema
+            yield from table.to_batches()
+
+    batches = stream()
     first = next(batches, None)
     if first is None:
+        if schema is not None:  # an empty frame (no events yet) stays a present, empty frame
+            import pyarrow.parquet as pq
+
+            target.mkdir(parents=True, exist_ok=True)
+            pq.write_table(schema.empty_table(), target / "part-0.parquet")
         return
     ds.write_dataset(itertools.chain([first], batches), target, schema=first.schema, format="parquet",
                      partitioning=list(PARTITION_KEYS), partitioning_flavor="hive",

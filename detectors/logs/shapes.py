@@ -115,7 +115,7 @@ class ShapeParser:
         self.min_constants = min_constants
         self.parent: list[int] = []  # union-find over template ids
         self.shape_of: list[list[str]] = []  # per id: its shape, generalised as positions become variables
-        self.shown: list[list[str]] = []  # per id: display tokens of its first line
+        self.shown: list[list[str]] = []  # per id: its first line's display tokens, values found since as <*>
         self.kinds: list[list[tuple[str, ...]]] = []  # per id and display token: the kinds of its values
         self.exact: dict[Shape, int] = {}
         self.values: dict[tuple[int, int, Shape], dict[str, int]] = {}
@@ -195,7 +195,7 @@ class ShapeParser:
             for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
                 if a != b:
                     mine[i] = WILDCARD
-                    self._show_variable(keep, i, WILDCARD)
+                    self._show_variable(keep, i, _shared_affix([self.shown[keep][i], self.shown[drop][i]]))
         self.parent[drop] = keep
 
     def _generalise(self, n: int, p: int, seen: dict[str, int]) -> None:

@@ -234,3 +234,20 @@ def test_a_misspelt_parser_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="must be one of shapes, drain"):
         build_detector("log_patterns", {"parser": "brain"})
+
+
+def test_a_model_saved_before_the_shapes_parser_asks_to_be_fitted_again(tiny_bundle, tmp_path) -> None:
+    """Format 1 saved Drain's state (drain3_state.json); loading it as the shapes parser would fail
+    on a missing file, so the format version says so first, in one line."""
+    import json
+
+    from melt.core.bundle import MeltBundle
+    from melt.core.errors import PluginError
+    from melt.core.registry import build_detector
+
+    detector = build_detector("log_templates").fit_calibrated(MeltBundle(logs=tiny_bundle.frame("logs")))
+    root = detector.save(tmp_path / "old")
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(PluginError, match="model format 1 is not supported .want 2.; fit it again with 'melt train'"):
+        type(detector).load(root)

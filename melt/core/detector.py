@@ -23,7 +23,7 @@ from melt.core.errors import BundleError, NotFittedError, PluginError
 from melt.core.version import __version__
 
 SCORE_COLUMNS: tuple[str, ...] = ("timestamp", "service", "detector", "entity", "score", "evidence")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: log templates saved as templates.json by the shapes parser (issue 28), not drain3_state.json
 
 
 class Detector:
@@ -179,7 +179,8 @@ class Detector:
             raise BundleError(f"{root}: not a saved detector (no manifest.json)")
         manifest = json.loads(manifest_file.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise PluginError(f"{root}: model format {manifest.get('format_version')} is not supported (want {FORMAT_VERSION})")
+            raise PluginError(f"{root}: model format {manifest.get('format_version')} is not supported "
+                              f"(want {FORMAT_VERSION}); fit it again with 'melt train'")
         if cls.name and manifest.get("detector") != cls.name:
             raise PluginError(f"{root}: holds detector '{manifest.get('detector')}', not '{cls.name}'")
         params = json.loads((root / "params.json").read_text())

@@ -27,6 +27,7 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,6 @@ def plain_drain3(lines: list[str], masks: list[list[str]], sim_th: float, depth:
     The masks are applied with ``re.sub`` per line, as drain3's masker does, but here rather than
     through drain3's ``MaskingInstruction``: that one cannot express a back-reference (``\\1<NUM>``).
     """
-    import re
-
     from drain3 import TemplateMiner as Drain3Miner
     from drain3.template_miner_config import TemplateMinerConfig
 
@@ -62,26 +61,25 @@ def plain_drain3(lines: list[str], masks: list[list[str]], sim_th: float, depth:
     config.masking_instructions = []
     miner = Drain3Miner(config=config)
     miner.drain = prefix_tree_drain(config, miner.profiler)
-    compiled = [(re.compile(pattern), token) for pattern, token in masks]
-    ids = []
-    for line in lines:
-        for pattern, token in compiled:
-            line = pattern.sub(token, line)
-        ids.append(miner.add_log_message(line)["cluster_id"])
-    return np.array(ids)
+    return np.array([miner.add_log_message(line)["cluster_id"] for line in masked_one_by_one(lines, masks)])
 
 
 def shapes_line_by_line(lines: list[str], masks: list[list[str]]) -> np.ndarray:
     """melt's default parser fed one line at a time: ``re`` masks per line, every line learned, no
     de-duplication; the groups melt's vectorised ``fit`` must reproduce."""
+    parser = ShapeParser()
+    ids = [parser.learn(*line_shape(line)) for line in masked_one_by_one(lines, masks)]
+    return np.array([parser.find(i) for i in ids])
+
+
+def masked_one_by_one(lines: list[str], masks: list[list[str]]) -> Iterator[str]:
+    """Each line trimmed and masked with Python's ``re``, one line at a time (the baselines' way)."""
     compiled = [(re.compile(pattern), token) for pattern, token in masks]
-    parser, ids = ShapeParser(), []
     for line in lines:
         line = line.strip()
         for pattern, token in compiled:
             line = pattern.sub(token, line)
-        ids.append(parser.learn(*line_shape(line)))
-    return np.array([parser.find(i) for i in ids])
+        yield line
 
 
 def same_grouping(a: np.ndarray, b: np.ndarray) -> bool:

@@ -98,9 +98,7 @@ class IsolationForestDetector(SurpriseMixin, Detector):
         return None if wide.empty else self._points(wide, self._features(wide)[0])
 
     def _points(self, wide: pd.DataFrame, x: np.ndarray) -> Points:
-        keys = [wide.index.get_level_values(k).to_numpy() for k in UNIT_KEYS]
-        return Points(isolation_score(self.forest_.score_samples(x)), unit_codes(wide), keys,
-                      pd.Series(wide.index.get_level_values("timestamp")))
+        return Points.of_units(isolation_score(self.forest_.score_samples(x)), unit_codes(wide), wide)
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         wide = scorable_wide(self.require(bundle), self.scaler_)

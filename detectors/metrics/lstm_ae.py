@@ -191,16 +191,14 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
         held_out = (points.timestamps >= self.holdout_start_).to_numpy()
         if not held_out.any():
             return points
-        return Points(points.deviation[held_out], points.series[held_out], [k[held_out] for k in points.keys],
-                      points.timestamps[held_out].reset_index(drop=True))
+        return points.where(held_out)
 
     def _reconstruction(self, wide: pd.DataFrame) -> tuple[Points, np.ndarray, np.ndarray]:
         """The rows' point scores, their squared errors per metric, and the reconstruction."""
         windows, z, units = self._windows(wide)
         reconstruction = self._reconstruct(windows)[:, -1, :]
         error = (reconstruction - z) ** 2
-        keys = [wide.index.get_level_values(k).to_numpy() for k in UNIT_KEYS]
-        points = Points(error.mean(axis=1), units, keys, pd.Series(wide.index.get_level_values("timestamp")))
+        points = Points.of_units(error.mean(axis=1), units, wide)
         return points, error, reconstruction
 
     def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:

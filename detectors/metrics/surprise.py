@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from detectors.metrics.matrix import smooth
+from detectors.metrics.matrix import UNIT_KEYS, smooth
 from melt.core.bundle import MeltBundle
 from melt.core.timeutil import parse_duration
 
@@ -93,6 +93,17 @@ class Points(NamedTuple):
     series: np.ndarray  # integer code per row
     keys: list[np.ndarray]  # the series' key values per row, named by ``SurpriseMixin.series_names``
     timestamps: pd.Series
+
+    @classmethod
+    def of_units(cls, deviation: np.ndarray, units: np.ndarray, wide: pd.DataFrame) -> Points:
+        """Scores of the rows of a wide (service, instance, timestamp) frame, one series per unit."""
+        keys = [wide.index.get_level_values(k).to_numpy() for k in UNIT_KEYS]
+        return cls(deviation, units, keys, pd.Series(wide.index.get_level_values("timestamp")))
+
+    def where(self, rows: np.ndarray) -> Points:
+        """The points of the selected rows."""
+        return Points(self.deviation[rows], self.series[rows], [k[rows] for k in self.keys],
+                      self.timestamps[rows].reset_index(drop=True))
 
 
 class SurpriseMixin:

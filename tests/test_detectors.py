@@ -88,3 +88,52 @@ def test_bad_input_gives_clear_errors(name, split) -> None:
         detector.detect(split[1])
     with pytest.raises(PluginError, match=f"detector '{name}' needs {detector.signal}"):
         detector.fit_calibrated(MeltBundle())
+
+
+@pytest.fixture(scope="module")
+def written(split, tmp_path_factory) -> str:
+    """The scored bundle as hive partitions, for the partition checks."""
+    return str(split[1].write(tmp_path_factory.mktemp("parted") / "bundle", partitioned=True))
+
+
+def _parts_of(detector, root: str) -> list[MeltBundle]:
+    from melt.core.partitions import service_part, services_of, shard_part
+    from melt.core.schema import SIGNALS
+
+    frames = [s for s in SIGNALS if s == detector.signal or s in detector.reads]
+    if detector.partition == "service":
+        return [service_part(root, frames, s) for s in services_of(root, detector.signal)]
+    return [shard_part(root, frames, k, 3) for k in range(3)]
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTINS if build_detector(n).partition is not None])
+def test_declared_partition_holds(name, fitted, split, written) -> None:
+    """A detector's ``partition`` is a promise a Dask run relies on: scoring each part (one service,
+    or a shard of whole traces, with only the frames it declares) and putting the rows in the score
+    table's order gives the table the whole bundle gives."""
+    from melt.pipeline.fitting import SCORE_ORDER
+
+    detector = fitted[name]
+    whole = detector.detect(split[1]).sort_values(SCORE_ORDER, kind="stable", ignore_index=True)
+    parts = [detector.detect(part) for part in _parts_of(detector, written) if len(part.frame(detector.signal))]
+    joined = pd.concat([p for p in parts if len(p)], ignore_index=True).sort_values(SCORE_ORDER, kind="stable",
+                                                                                   ignore_index=True)
+    assert len(joined) == len(whole)
+    keys = ["timestamp", "detector", "service", "entity"]
+    pd.testing.assert_frame_equal(joined[keys].astype(str), whole[keys].astype(str))
+    np.testing.assert_allclose(joined["score"], whole["score"], rtol=0, atol=1e-6)
+    assert joined["evidence"].map(repr).tolist() == whole["evidence"].map(repr).tolist()
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_fit_reads_only_declared_frames(name, fitted, split) -> None:
+    """Fitted on its ``signal`` and ``reads`` alone, a detector scores as when fitted on the whole
+    bundle: a Dask worker reads only those frames."""
+    from melt.core.schema import SIGNALS
+
+    detector = build_detector(name)
+    frames = {s: getattr(split[0], s) if s == detector.signal or s in detector.reads else None for s in SIGNALS}
+    alone = detector.fit_calibrated(MeltBundle(**frames, validate=False))
+    a, b = alone.detect(split[1]), fitted[name].detect(split[1])
+    assert len(a) == len(b)
+    np.testing.assert_allclose(a["score"], b["score"], rtol=0, atol=1e-6)

@@ -28,6 +28,7 @@ class ChangeEventDetector(Detector):
 
     name = "change_events"
     signal = "events"
+    partition = "service"
 
     def __init__(self, other_weight: float = 0.2) -> None:
         self.other_weight = other_weight

@@ -71,6 +71,8 @@ class LogPatternDetector(Detector):
     name = "log_patterns"
     choices = {"parser": PARSERS}
     signal = "logs"
+    partition = "service"
+    reads = ("traces",)
     services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 
     def __init__(self, window: str = "1m", parser: Parser = "shapes", sim_th: float = 0.4, depth: int = 4,

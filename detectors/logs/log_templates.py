@@ -39,6 +39,8 @@ class LogTemplateDetector(Detector):
     name = "log_templates"
     choices = {"parser": PARSERS}
     signal = "logs"
+    partition = "service"
+    reads = ("traces",)
     services_: tuple[str, ...] = ()  # services seen in training, whose names a line may mention
 
     def __init__(self, window: str = "1m", parser: Parser = "shapes", sim_th: float = 0.4, depth: int = 4,

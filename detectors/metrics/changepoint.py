@@ -78,6 +78,7 @@ class CusumChangepoint(Detector):
 
     name = "changepoint"
     signal = "metrics"
+    partition = "service"
 
     def __init__(self, drift: float = 0.5, threshold: float = 8.0, clip: float = 4.0, profile_bucket: str = "30m",
                  min_seasons: float = 2.0, min_points: int = 10, rel_floor: float = 0.05, fleet_floor: float = 0.5, expected_sigmas: float = 3.0) -> None:

@@ -59,6 +59,7 @@ class IsolationForestDetector(SurpriseMixin, Detector):
 
     name = "iforest"
     signal = "metrics"
+    partition = "service"
     series_names = tuple(UNIT_KEYS)
 
     def __init__(self, n_estimators: int = 200, max_samples: int = 256, trend_window: int = 10,

@@ -66,6 +66,7 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
 
     name = "lstm_ae"
     signal = "metrics"
+    partition = "service"
     series_names = tuple(UNIT_KEYS)
 
     def __init__(self, window: int = 10, hidden: int = 32, latent: int = 8, epochs: int = 40, patience: int = 4,

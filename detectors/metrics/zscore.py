@@ -73,6 +73,7 @@ class RobustZScore(SurpriseMixin, Detector):
 
     name = "zscore"
     signal = "metrics"
+    partition = "service"
     series_names = SERIES_KEYS
     min_spread = HALF_NORMAL_SD  # |z| is in robust sigmas: no series is calmer than Gaussian noise
     history_of_points = True  # the median of the last few |z| against single |z|: a burst must last to count,

@@ -80,6 +80,7 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
     name = "gat_gae"
     choices = {"aggregation": AGGREGATIONS}
     signal = "traces"
+    partition = "trace"
 
     def __init__(self, latent_dim: int = 16, hidden_dim: int = 32, gat_heads: int = 4, embed_dim: int = 8,
                  epochs: int = 30, learning_rate: float = 3e-3, batch_size: int = 128, loss_alpha: float = 0.5,

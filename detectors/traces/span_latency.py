@@ -57,6 +57,7 @@ class SpanLatencyDetector(Detector):
 
     name = "span_latency"
     signal = "traces"
+    partition = "service"
 
     def __init__(self, window: str = "1m", min_spans: int = 3, expected_sigmas: float = 3.0) -> None:
         self.window = window

@@ -49,6 +49,8 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detect
 
     name = "teg"
     signal = "traces"
+    partition = "trace"
+    reads = ("logs",)
 
     def __init__(self, hidden: int = 32, steps: int = 3, epochs: int = 12, patience: int = 3, batch_traces: int = 256,
                  learning_rate: float = 3e-3, max_train_traces: int = 2000, validation_fraction: float = 0.2,
@@ -123,16 +125,22 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detect
         return Network(in_dim, self.hidden, self.steps)
 
     def _run(self, graphs: TraceGraphs, traces: np.ndarray, network, device):
-        """Graph embeddings and node embeddings of ``traces`` (sorted positions), batch by batch."""
+        """Graph embeddings and node embeddings of ``traces`` (sorted positions), batch by batch.
+
+        In float64: a float32 matrix product rounds differently with the batch's size, so a trace
+        scored among other traces (a Dask worker's shard) would move in the 7th digit.
+        """
+        import copy
+
         import torch
 
         graph_out, node_out = [], []
-        network.eval()
+        network = copy.deepcopy(network).double().eval()
         with torch.no_grad():
             for start in range(0, traces.size, self.batch_traces):
                 chosen = traces[start:start + self.batch_traces]
                 x, edges, batch = gather(graphs, chosen)
-                z, h = network(torch.from_numpy(x).to(device), torch.from_numpy(edges).to(device),
+                z, h = network(torch.from_numpy(x).double().to(device), torch.from_numpy(edges).to(device),
                                torch.from_numpy(batch).to(device), chosen.size)
                 graph_out.append(z.cpu().numpy())
                 node_out.append(h.cpu().numpy())

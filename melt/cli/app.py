@@ -84,11 +84,13 @@ def generate(ctx: click.Context, out: str, force: bool, partitioned: bool, **opt
 @click.option("--keep-prompts", is_flag=True, default=None, help="Store the LLM prompts in each report.")
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
               help="Where undeliverable webhook reports go (default: OUT/spool).")
+@click.option("--dask", "dask", default=None, metavar="ADDRESS|local:N",
+              help="Fit and score on a Dask cluster: a scheduler address, or local:N worker processes (docs/scale.md).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir: str | None, model_dir: str | None,
            retrain_every: str | None, sinks: tuple[str, ...], provider: str | None, keep_prompts: bool | None, spool_dir: str | None,
-           quiet: bool) -> None:
+           dask: str | None, quiet: bool) -> None:
     """Detect incidents, rank root causes and deliver one JSON report per incident.
 
     An LLM that fails falls back to the template explanation (exit 0, with a warning); a webhook
@@ -105,7 +107,7 @@ def detect(ctx: click.Context, data: str, models_spec: str, out: str, train_dir:
     settings = settings.with_overrides({"explain.provider": provider, "explain.keep_prompts": keep_prompts or None,
                                         "report.spool_dir": spool_dir}, "melt detect")
     result = run_detect(data, models_spec, out, settings, train_dir=train_dir, model_dir=model_dir,
-                        sinks=list(sinks) or None, quiet=quiet)
+                        sinks=list(sinks) or None, quiet=quiet, dask=dask)
     stats = result.explain_stats
     if stats is not None and stats.fallbacks:
         click.echo(f"melt: warning: LLM explanation failed for {len(stats.fallbacks)} of {len(result.reports)} "
@@ -177,12 +179,14 @@ def _table(reports: list[dict[str, Any]]) -> str:
 @click.option("--data", required=True, type=click.Path(), help="Bundle of (mostly) normal data.")
 @click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.option("--dask", "dask", default=None, metavar="ADDRESS|local:N",
+              help="Fit and score on a Dask cluster: a scheduler address, or local:N worker processes (docs/scale.md).")
 @click.pass_context
-def train(ctx: click.Context, data: str, models_spec: str, out: str) -> None:
+def train(ctx: click.Context, data: str, models_spec: str, out: str, dask: str | None) -> None:
     """Fit detectors and save them for 'melt detect --model'."""
     from melt.pipeline.batch import train as run_train
 
-    path = run_train(data, models_spec, out, settings_of(ctx))
+    path = run_train(data, models_spec, out, settings_of(ctx), dask=dask)
     click.echo(f"saved models to {path}")
 
 

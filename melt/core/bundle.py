@@ -154,11 +154,7 @@ class MeltBundle:
         Raises:
             BundleError: the directory is missing, holds no frame, or a frame is invalid.
         """
-        root = Path(path)
-        if not root.exists():
-            raise BundleError(f"bundle directory not found: {root}")
-        if not root.is_dir():
-            raise BundleError(f"not a bundle directory: {root}")
+        root = cls.check_dir(path)
         frames: dict[str, pd.DataFrame] = {}
         for name in signals or SIGNALS:
             file = root / f"{name}.parquet"
@@ -179,6 +175,16 @@ class MeltBundle:
             return cls(**frames, truth=truth)
         except BundleError as exc:
             raise BundleError(f"{root}/{exc}") from None
+
+    @staticmethod
+    def check_dir(path: str | Path) -> Path:
+        """``path`` as an existing directory, or a one-line :class:`BundleError`."""
+        root = Path(path)
+        if not root.exists():
+            raise BundleError(f"bundle directory not found: {root}")
+        if not root.is_dir():
+            raise BundleError(f"not a bundle directory: {root}")
+        return root
 
     def write(self, path: str | Path, force: bool = True, partitioned: bool = False) -> Path:
         """Write every present frame as parquet (zstd) and ``truth.json``; returns the directory.

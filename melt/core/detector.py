@@ -40,6 +40,12 @@ class Detector:
     name: ClassVar[str] = ""
     signal: ClassVar[str] = ""
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # parameter -> allowed strings, checked when built
+    reads: ClassVar[tuple[str, ...]] = ()  # frames besides ``signal`` that fit and score read
+    # The key by which ``score`` is local, so a Dask run scores each part on its own worker
+    # (melt.pipeline.dask_run): "service" = scoring the rows of one service (of ``signal`` and
+    # ``reads``) gives the rows the whole bundle gives for that service; "trace" = the same for a
+    # set of whole traces and the lines they logged; None = scored whole, on one worker.
+    partition: ClassVar[str | None] = None
 
     # ----------------------------------------------------------- to implement
     def fit(self, bundle: MeltBundle) -> Self:  # pragma: no cover - abstract

@@ -34,6 +34,8 @@ from melt.pipeline.fitting import (
 from melt.pipeline.rolling import rolling_scores
 from rca.graph import dependency_graph
 
+MetricRows = Callable[[str, pd.Timestamp, pd.Timestamp], "pd.DataFrame | None"]  # a service's metric rows in [start, end)
+
 
 @dataclass
 class DetectResult:
@@ -46,11 +48,26 @@ class DetectResult:
     out_dir: Path | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     explain_stats: ExplainStats | None = None
+    dask_tasks: list[dict[str, Any]] = field(default_factory=list)  # a Dask run's fit and score tasks, timed
 
 
-def train(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings, quiet: bool = False) -> Path:
+def train(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings, quiet: bool = False,
+          dask: str | None = None) -> Path:
+    """Fit ``models_spec`` on all of bundle ``data`` and save the models; with ``dask`` (an address
+    or ``local:N``) each detector is fitted by a task on that cluster (:mod:`melt.pipeline.dask_run`)."""
     requested_names(models_spec)
     check_detector_settings(settings)
+    if dask is not None:
+        from melt.core.partitions import present_signals
+        from melt.pipeline.dask_run import connect, fetch_models
+
+        MeltBundle.check_dir(data)
+        names, skipped = resolve_models(models_spec, present_signals(data))
+        for note in skipped:
+            log(f"skipped {note}", quiet, stage="melt warning" if note.warn else "melt")
+        with connect(dask) as client:
+            models, _ = fetch_models(client, data, names, settings, quiet)
+        return save_models(models, out_dir)
     bundle = MeltBundle.read(data)
     names, skipped = resolve_models(models_spec, bundle.signals())
     for note in skipped:
@@ -62,7 +79,7 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
                      signal_of: dict[str, str], settings: Settings, graph: nx.DiGraph | None = None,
                      explainer: Explainer | None = None, quiet: bool = True, first_number: int = 0,
                      serving: Callable[[pd.Timestamp, pd.Timestamp], set[str]] | None = None,
-                     metrics: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+                     metrics: pd.DataFrame | MetricRows | None = None) -> list[dict[str, Any]]:
     """Rank root causes, pick evidence and explain each incident: one validated report per incident.
 
     Explanations come from ``explainer`` (default: the offline template), all incidents at once so
@@ -71,8 +88,9 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     ``serving(start, end)`` names the services that served requests then; by default they are read
     from ``bundle``'s spans and logs (a stream that no longer holds them keeps the names instead).
     The forecast of the top cause's metric (``report.forecast_horizon``) is made from ``metrics``,
-    by default ``bundle``'s (a stream keeps a bounded history instead); a failed forecast costs a
-    warning line and the forecast block, never the report.
+    by default ``bundle``'s (a stream keeps a bounded history instead), or read when needed:
+    ``metrics(service, start, end)`` gives that service's rows (a Dask run reads them on a worker);
+    a failed forecast costs a warning line and the forecast block, never the report.
     """
     from explain.facts import build_facts
     from melt.reports.evidence import select_evidence
@@ -111,7 +129,12 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
         for candidate in candidates:
             candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
         try:
-            forecast = report_forecast(candidates, evidence, metrics, incident.end, settings.report)
+            rows = metrics
+            if callable(metrics):
+                history = settings.report.forecast_history
+                rows = metrics(candidates[0]["service"], incident.end - history, incident.end) \
+                    if candidates and settings.report.forecast_horizon is not None else None
+            forecast = report_forecast(candidates, evidence, rows, incident.end, settings.report)
         except Exception as exc:  # noqa: BLE001 - a forecast is an extra: its failure never costs the report
             log(f"{incident.id}: no forecast ({type(exc).__name__}: {exc})", quiet, stage="melt warning")
             forecast = None
@@ -141,8 +164,11 @@ def incidents_and_reports(scores: pd.DataFrame, signal_of: dict[str, str], bundl
 
 def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings,
            train_dir: str | Path | None = None, model_dir: str | Path | None = None,
-           sinks: list[str] | None = None, quiet: bool = False) -> DetectResult:
+           sinks: list[str] | None = None, quiet: bool = False, dask: str | None = None) -> DetectResult:
     """Run the whole pipeline on bundle ``data`` and deliver one report per incident.
+
+    With ``dask`` (a scheduler address or ``local:N``), detectors are fitted and score on that
+    cluster's workers, each reading its own part of the bundle (:func:`dask_detect`).
 
     Sinks and the explainer are built first, so a bad sink or provider setting fails before any
     detector runs. Explanations follow ``settings.explain``; a failing LLM falls back to the
@@ -158,6 +184,8 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Se
         model_names(model_dir)
     outlets = make_sinks(sinks or settings.report.sinks, out_dir, settings.report)
     explainer = Explainer(settings.explain)
+    if dask is not None:
+        return dask_detect(data, models_spec, out_dir, settings, train_dir, model_dir, dask, outlets, explainer, quiet)
     bundle = MeltBundle.read(data)
     log(f"read {data}: " + ", ".join(f"{k}={v}" for k, v in bundle.summary().items()), quiet)
     names, skipped = resolve_models(models_spec, bundle.signals())
@@ -178,6 +206,60 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Se
         signal_of = {name: model.signal for name, model in models.items()}
         scores = score_all(models, bundle, quiet, skipped)
     incidents, reports, graph = incidents_and_reports(scores, signal_of, bundle, settings, explainer, quiet)
+    return delivered(incidents, reports, scores, bundle, signal_of, graph, settings, outlets, skipped, out_dir,
+                     explainer, quiet)
+
+
+def dask_detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings, train_dir: str | Path | None,
+                model_dir: str | Path | None, dask: str, outlets: list[Any], explainer: Explainer,
+                quiet: bool) -> DetectResult:
+    """:func:`detect`'s stages with fitting and scoring on a Dask cluster (:mod:`melt.pipeline.dask_run`):
+    the client holds the score table, the dependency graph and the rows inside incident windows."""
+    from melt.core.partitions import present_signals
+    from melt.pipeline.dask_run import (
+        active_services,
+        check_supported,
+        connect,
+        dask_scores,
+        incident_rows,
+        metric_rows,
+    )
+    from rca.rank import evidence_window
+
+    check_supported(settings, model_dir)
+    MeltBundle.check_dir(data)
+    if train_dir is not None:
+        MeltBundle.check_dir(train_dir)
+    names, skipped = resolve_models(models_spec, present_signals(data))
+    for note in skipped:
+        log(f"skipped {note}", quiet, stage="melt warning" if note.warn else "melt")
+    models = None
+    if model_dir is not None:
+        models = load_models(model_dir, names if models_spec.strip() != "all" else None)
+        models = {n: m for n, m in models.items() if m.signal in present_signals(data)}
+    with connect(dask) as client:
+        found = dask_scores(client, data, names if models is None else list(models), settings, train_dir, models, quiet)
+        scores, signal_of, graph = found.scores, found.signal_of, found.graph
+        skipped.extend(found.skipped)
+        incidents = group_incidents(scores, signal_of, settings.ensemble, graph)
+        log(f"{len(incidents)} incident(s)", quiet)
+        windows = [evidence_window(incident, settings.rca) for incident in incidents]
+        active = dict(zip(windows, active_services(client, data, windows), strict=True))
+        reports = report_incidents(incidents, scores, None, signal_of, settings, graph, explainer, quiet,
+                                   serving=lambda start, end: set(active[(start, end)]),
+                                   metrics=lambda service, start, end: metric_rows(client, data, service, start, end))
+        pages = any(isinstance(sink, HtmlSink) for sink in outlets)
+        context = incident_rows(client, data, incidents, reports, settings) if pages else MeltBundle(validate=False)
+    result = delivered(incidents, reports, scores, context, signal_of, graph, settings, outlets, skipped, out_dir,
+                       explainer, quiet)
+    result.dask_tasks = found.tasks
+    return result
+
+
+def delivered(incidents: list[Incident], reports: list[dict[str, Any]], scores: pd.DataFrame, bundle: MeltBundle,
+              signal_of: dict[str, str], graph: nx.DiGraph, settings: Settings, outlets: list[Any],
+              skipped: list[LeftOut], out_dir: str | Path | None, explainer: Explainer, quiet: bool) -> DetectResult:
+    """The last stage of :func:`detect`: incident pages, then every sink (files first)."""
     pages = [sink for sink in outlets if isinstance(sink, HtmlSink)]
     if pages:  # the incident pages also draw the curves behind each report
         from melt.reports.detail import incident_details
@@ -189,4 +271,5 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Se
     from melt.delivery.sinks import deliver_all
 
     deliveries = deliver_all(outlets, reports, [(note.detector, note.text) for note in skipped])
-    return DetectResult(reports, incidents, list(signal_of), skipped, Path(out_dir), deliveries, explainer.stats)
+    return DetectResult(reports, incidents, list(signal_of), skipped, Path(out_dir) if out_dir else None, deliveries,
+                        explainer.stats)

@@ -1,0 +1,245 @@
+"""Reading part of a bundle: one service's rows, a shard of whole traces, time ranges.
+
+What a Dask worker reads (:mod:`melt.pipeline.dask_run`): a filter is pushed into pyarrow's dataset
+scan, so a partitioned frame (``date=/service=`` directories) is pruned to the partitions it names
+and a single file is read batch by batch; only the rows kept stay in memory. Rows keep the order
+:meth:`MeltBundle.read` gives them, so a detector scores a part exactly as it scores those rows
+within the whole bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melt.core.bundle import COLUMN_ORDER, SERVICE_OF, TIME_COLUMNS, MeltBundle
+from melt.core.errors import BundleError
+from melt.core.schema import SIGNALS
+
+RowFilter = Callable[[pd.DataFrame], np.ndarray]  # rows of a batch to keep, for what pyarrow cannot filter
+
+
+def frame_path(root: str | Path, name: str) -> Path | None:
+    """The file or partitioned directory of frame ``name``, or ``None`` when the bundle lacks it."""
+    path = Path(root) / f"{name}.parquet"
+    return path if path.exists() else None
+
+
+def present_signals(root: str | Path) -> list[str]:
+    """The frames bundle ``root`` holds, in :data:`SIGNALS` order."""
+    return [name for name in SIGNALS if frame_path(root, name) is not None]
+
+
+def _dataset(path: Path) -> Any:
+    import pyarrow.dataset as ds
+
+    try:
+        if path.is_dir():
+            return ds.dataset(path, format="parquet", partitioning="hive")
+        return ds.dataset(path, format="parquet")
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise BundleError(f"{path}: cannot read parquet ({reason})") from None
+
+
+def service_is(path: Path, name: str, service: str) -> Any:
+    """The filter expression of ``service``'s rows: the partition key of a partitioned frame
+    (whole directories are skipped), the service column of a single file."""
+    import pyarrow.dataset as ds
+
+    return ds.field("service" if path.is_dir() else SERVICE_OF[name]) == service
+
+
+def time_in(name: str, ranges: Sequence[tuple[pd.Timestamp | None, pd.Timestamp | None]]) -> Any:
+    """The filter expression of rows whose time lies in any of ``ranges`` (``[start, end)``, open ends allowed)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    column = ds.field(TIME_COLUMNS[name])
+    combined = None
+    for start, end in ranges:
+        term = None
+        if start is not None:
+            term = column >= pa.scalar(pd.Timestamp(start).as_unit("ns"))
+        if end is not None:
+            before = column < pa.scalar(pd.Timestamp(end).as_unit("ns"))
+            term = before if term is None else term & before
+        if term is None:
+            return None
+        combined = term if combined is None else combined | term
+    return combined
+
+
+def read_rows(root: str | Path, name: str, where: Any = None, keep: RowFilter | None = None,
+              columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The rows of frame ``name`` that pass ``where`` (a pyarrow expression) and ``keep`` (applied to
+    each batch as a pandas frame), in :meth:`MeltBundle.read`'s order; ``None`` without the frame.
+
+    ``columns`` reads only those columns (no schema check: for keys and times, not for detectors).
+
+    Raises:
+        BundleError: the frame cannot be read.
+    """
+    import pyarrow as pa
+
+    path = frame_path(root, name)
+    if path is None:
+        return None
+    dataset = _dataset(path)
+    try:
+        if keep is None:
+            table = dataset.to_table(filter=where, columns=columns)
+        else:
+            parts = []
+            for batch in dataset.to_batches(filter=where, columns=columns):
+                rows = batch.to_pandas()
+                if "service" in rows.columns and path.is_dir():
+                    rows["service"] = rows["service"].astype(object)
+                parts.append(pa.Table.from_pandas(rows[keep(rows)], preserve_index=False))
+            table = pa.concat_tables(parts, promote_options="permissive") if parts else dataset.schema.empty_table()
+            if columns is not None:
+                table = table.select([c for c in columns if c in table.column_names])
+    except BundleError:
+        raise
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise BundleError(f"{path}: cannot read parquet ({reason})") from None
+    frame = table.to_pandas()
+    if not path.is_dir():
+        return frame
+    if "service" in frame.columns:
+        frame["service"] = frame["service"].astype(object)  # from the path: dictionary-encoded there
+    frame = frame.drop(columns=["date"] + (["service"] if name == "traces" else []), errors="ignore")
+    order = json.loads((dataset.schema.metadata or {}).get(COLUMN_ORDER, b"[]"))
+    if columns is None and set(order) == set(frame.columns):
+        frame = frame[order]
+    if TIME_COLUMNS[name] not in frame.columns:
+        return frame
+    return frame.sort_values(TIME_COLUMNS[name], kind="stable", ignore_index=True)
+
+
+def read_truth(root: str | Path) -> dict[str, Any] | None:
+    file = Path(root) / "truth.json"
+    if not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def bundle_of(root: str | Path, frames: dict[str, pd.DataFrame | None]) -> MeltBundle:
+    """A validated bundle of ``frames`` read from ``root`` (its ``truth.json`` too)."""
+    try:
+        return MeltBundle(**frames, truth=read_truth(root))
+    except BundleError as exc:
+        raise BundleError(f"{root}/{exc}") from None
+
+
+def service_part(root: str | Path, names: Sequence[str], service: str) -> MeltBundle:
+    """``service``'s rows of frames ``names`` (a trace's spans by their own service)."""
+    frames = {}
+    for name in names:
+        path = frame_path(root, name)
+        frames[name] = None if path is None else read_rows(root, name, service_is(path, name, service))
+    return bundle_of(root, frames)
+
+
+def trace_shard(ids: pd.Series, shard: int, shards: int) -> np.ndarray:
+    """Whether each trace id falls in ``shard`` of ``shards`` (a hash that is the same in every process)."""
+    hashed = pd.util.hash_array(ids.astype(str).to_numpy(dtype=object), categorize=True)
+    return (hashed % np.uint64(shards)).astype(np.int64) == shard
+
+
+def shard_part(root: str | Path, names: Sequence[str], shard: int, shards: int) -> MeltBundle:
+    """The spans of the traces in ``shard`` and the log lines they wrote, of frames ``names``;
+    a frame without a trace id is read whole."""
+    def keep(rows: pd.DataFrame) -> np.ndarray:
+        ids = rows["trace_id"]
+        return ids.notna().to_numpy() & trace_shard(ids.fillna(""), shard, shards)
+
+    frames = {}
+    for name in names:
+        path = frame_path(root, name)
+        if path is None:
+            frames[name] = None
+            continue
+        has_ids = "trace_id" in _dataset(path).schema.names
+        frames[name] = read_rows(root, name, keep=keep if has_ids else None)
+    return bundle_of(root, frames)
+
+
+def services_of(root: str | Path, name: str) -> list[str]:
+    """The services frame ``name`` holds rows of, sorted (a partitioned frame's from its directories)."""
+    path = frame_path(root, name)
+    if path is None:
+        return []
+    if path.is_dir():
+        found = {p.name.partition("=")[2] for p in path.glob("date=*/service=*") if p.is_dir()}
+        if found or not any(path.glob("date=*")):
+            from urllib.parse import unquote
+
+            return sorted(unquote(s) for s in found)
+    column = SERVICE_OF[name]
+    frame = read_rows(root, name, columns=[column])
+    return sorted(frame[column].dropna().astype(str).unique().tolist()) if frame is not None else []
+
+
+def time_range_of(root: str | Path) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """:meth:`MeltBundle.time_range` of bundle ``root``, reading only the time columns.
+
+    Raises:
+        BundleError: no frame has a row.
+    """
+    lows, highs = [], []
+    for name in present_signals(root):
+        column = TIME_COLUMNS[name]
+        times = read_rows(root, name, columns=[column])
+        if times is not None and column in times.columns and len(times):
+            values = pd.to_datetime(times[column], utc=True)
+            lows.append(values.min())
+            highs.append(values.max())
+    if not lows:
+        raise BundleError("the bundle has no timestamps (no frame with rows)")
+    return min(lows), max(highs)
+
+
+def before_part(root: str | Path, names: Sequence[str], cutoff: pd.Timestamp) -> MeltBundle:
+    """What ``MeltBundle.read(root).slice_time(None, cutoff)`` holds of frames ``names``, read without
+    the rest: whole traces that start before ``cutoff``, with every line they logged, and the other
+    rows before it (:meth:`MeltBundle.slice_time`'s rules)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    has_traces = frame_path(root, "traces") is not None
+    early = None
+    if has_traces and ("traces" in names or "logs" in names):
+        starts = read_rows(root, "traces", time_in("traces", [(None, cutoff)]), columns=["trace_id"])
+        early = pa.array(pd.unique(starts["trace_id"].dropna().astype(str)), type=pa.string())
+    frames: dict[str, pd.DataFrame | None] = {}
+    for name in names:
+        path = frame_path(root, name)
+        if path is None:
+            frames[name] = None
+            continue
+        if name == "traces":
+            frames[name] = read_rows(root, name, ds.field("trace_id").isin(early))
+            continue
+        if name == "logs" and early is not None and "trace_id" in _dataset(path).schema.names:
+            logs = read_rows(root, name, time_in(name, [(None, cutoff)]) | ds.field("trace_id").isin(early))
+            # a line of a trace that starts at or after the cutoff goes with its trace
+            others = logs["trace_id"].notna() & ~logs["trace_id"].astype(str).isin(set(early.to_pylist()))
+            named = pd.unique(logs.loc[others, "trace_id"].astype(str))
+            late = read_rows(root, "traces", ds.field("trace_id").isin(pa.array(named, type=pa.string())),
+                             columns=["trace_id"]) if len(named) else None
+            if late is not None and len(late):
+                logs = logs[~(others & logs["trace_id"].astype(str).isin(set(late["trace_id"])))]
+            frames[name] = logs.reset_index(drop=True)
+            continue
+        frames[name] = read_rows(root, name, time_in(name, [(None, cutoff)]))
+    return bundle_of(root, frames)

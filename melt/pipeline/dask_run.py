@@ -1,0 +1,374 @@
+"""Fitting and scoring on a Dask cluster: the same score table, computed where the data lies.
+
+``melt detect --dask ADDRESS`` (or ``local:N``, a :class:`distributed.LocalCluster` of N one-thread
+workers) hands each step to the workers, which read their own part of the bundle
+(:mod:`melt.core.partitions`); only models, scores and small tables come back:
+
+- each detector is fitted by one task, on the frames it reads (its ``signal`` and ``reads``) before
+  the training cutoff, or on ``--train``'s bundle; the model stays on the worker's memory and goes
+  to the scoring tasks from there;
+- each detector scores its parts: one task per service for a detector whose ``partition`` is
+  ``"service"``, one per shard of whole traces for ``"trace"``, the whole bundle in one task
+  otherwise (a plugin that declares nothing);
+- the dependency graph's call table is summed over trace shards;
+- after the incidents are grouped on the client, the workers say which services served requests in
+  each incident's window, return the history of the one metric each report forecasts, and (for
+  incident pages) the rows of each incident's services in its window.
+
+The score table is the one a run without Dask builds (:func:`melt.pipeline.fitting.score_all`'s
+order), so incidents and reports are the same: ``tests/test_dask.py`` checks it on a LocalCluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import pandas as pd
+
+from melt.core import partitions
+from melt.core.bundle import TIME_COLUMNS, MeltBundle
+from melt.core.detector import Detector
+from melt.core.errors import ConfigError, MeltError, PluginError
+from melt.core.progress import log
+from melt.core.registry import LeftOut, get_plugin
+from melt.core.schema import SIGNALS
+from melt.core.settings import Settings
+from melt.pipeline.fitting import SCORE_ORDER, fit_detectors, score_all
+from rca.graph import call_table, graph_of_calls
+
+LOCAL = "local:"
+
+
+@dataclass
+class DaskScores:
+    """What the workers computed: the score table and what the stages after it read."""
+
+    scores: pd.DataFrame
+    signal_of: dict[str, str]
+    graph: nx.DiGraph
+    skipped: list[LeftOut] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # per task: key, detector, part, seconds
+
+
+@contextlib.contextmanager
+def connect(spec: str, memory_limit: str | float | None = None) -> Iterator[Any]:
+    """A :class:`distributed.Client` for ``spec``: a scheduler address, or ``local:N`` for a
+    LocalCluster of N worker processes with one thread each, ``local:N:LIMIT`` with that memory
+    limit per worker (``4GiB``; default ``memory_limit``, else an equal share of this machine's memory).
+
+    Raises:
+        ConfigError: ``spec`` is not ``local:N`` or an address, or ``distributed`` is not installed.
+        MeltError: the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ConfigError("--dask needs the 'distributed' package (pip install distributed)") from None
+    if spec.startswith(LOCAL):
+        count, _, limit = spec[len(LOCAL):].partition(":")
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"--dask {spec}: want local:N with N >= 1 workers (or local:N:LIMIT, e.g. local:2:4GiB)")
+        if limit:
+            from dask.utils import parse_bytes
+
+            try:
+                memory_limit = parse_bytes(limit)
+            except ValueError:
+                raise ConfigError(f"--dask {spec}: '{limit}' is not a memory size (e.g. 4GiB)") from None
+        cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True,
+                               memory_limit=memory_limit or "auto", dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
+        return
+    if "://" not in spec and ":" not in spec:
+        raise ConfigError(f"--dask {spec}: want a scheduler address (tcp://host:8786) or local:N")
+    try:
+        client = Client(spec, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise MeltError(f"--dask {spec}: cannot reach the scheduler ({exc})".splitlines()[0]) from None
+    with client:
+        yield client
+
+
+def workers(client: Any) -> int:
+    return max(len(client.scheduler_info().get("workers", {})), 1)
+
+
+# ------------------------------------------------------------------ tasks (run on the workers)
+def _frames_of(name: str) -> list[str]:
+    detector = get_plugin(name).cls
+    return [s for s in SIGNALS if s == detector.signal or s in detector.reads]
+
+
+def fit_task(root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
+    """Fit detector ``name`` on bundle ``root``'s rows before ``cutoff`` (all rows: ``None``), as
+    :func:`fit_detectors` does: a detector with too little data, or whose fit raises, is a note."""
+    import time
+
+    began = time.perf_counter()
+    frames = _frames_of(name)
+    if cutoff is None:
+        train = partitions.bundle_of(root, {f: partitions.read_rows(root, f) for f in frames})
+    else:
+        train = partitions.before_part(root, frames, cutoff)
+    notes: list[LeftOut] = []
+    _release_arrow_memory()
+    try:
+        models = fit_detectors(train, [name], settings, quiet=True, skipped=notes)
+    except PluginError:
+        return {"model": None, "notes": notes, "seconds": time.perf_counter() - began}
+    return {"model": models[name], "notes": notes, "seconds": time.perf_counter() - began}
+
+
+def score_task(root: str, fitted: dict[str, Any], part: tuple[str, Any]) -> dict[str, Any]:
+    """Score one part of bundle ``root`` with ``fitted``'s model: ``("service", name)``,
+    ``("trace", (shard, shards))`` or ``("whole", None)``."""
+    import time
+
+    model: Detector | None = fitted["model"]
+    if model is None:
+        return {"scores": None, "notes": [], "seconds": 0.0}
+    began = time.perf_counter()
+    frames = _frames_of(model.name)
+    kind, key = part
+    if kind == "service":
+        bundle = partitions.service_part(root, frames, key)
+    elif kind == "trace":
+        bundle = partitions.shard_part(root, frames, *key)
+    else:
+        bundle = partitions.bundle_of(root, {f: partitions.read_rows(root, f) for f in frames})
+    notes: list[LeftOut] = []
+    if bundle.frame(model.signal).empty:
+        return {"scores": None, "notes": notes, "seconds": time.perf_counter() - began}
+    try:
+        scores = score_all({model.name: model}, bundle, quiet=True, skipped=notes)
+    except PluginError:
+        scores = None
+    del bundle
+    _release_arrow_memory()
+    return {"scores": scores, "notes": notes, "seconds": time.perf_counter() - began}
+
+
+def _release_arrow_memory() -> None:
+    """Hand the memory pyarrow's pool keeps for reuse back to the system: a worker reads part after
+    part, and its memory limit counts what the pool holds."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _fit_summary(fitted: dict[str, Any]) -> dict[str, Any]:
+    return {"notes": fitted["notes"], "seconds": fitted.get("seconds", 0.0), "fitted": fitted["model"] is not None}
+
+
+def services_task(root: str, name: str) -> list[str]:
+    return partitions.services_of(root, name)
+
+
+def time_range_task(root: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    return partitions.time_range_of(root)
+
+
+def calls_task(root: str, shard: int, shards: int) -> tuple[pd.DataFrame, list[str]]:
+    """The call table (:func:`rca.graph.call_table`) of one shard of whole traces, and its services."""
+    spans = partitions.shard_part(root, ["traces"], shard, shards).traces
+    if spans is None or spans.empty:
+        return call_table(None), []
+    return call_table(spans), spans["service_name"].dropna().unique().tolist()
+
+
+# ------------------------------------------------------------------ the client's side
+def _parts(client: Any, root: str, detector: type[Detector], shards: int,
+           services: dict[str, Any]) -> list[tuple[str, Any]]:
+    if detector.partition == "service":
+        if detector.signal not in services:
+            services[detector.signal] = client.submit(services_task, root, detector.signal, pure=False).result()
+        return [("service", s) for s in services[detector.signal]] or [("whole", None)]
+    if detector.partition == "trace":
+        return [("trace", (k, shards)) for k in range(shards)]
+    return [("whole", None)]
+
+
+def dask_scores(client: Any, data: str | Path, names: list[str], settings: Settings,
+                train_dir: str | Path | None = None, models: dict[str, Detector] | None = None,
+                quiet: bool = False) -> DaskScores:
+    """Fit (unless ``models`` are given) and score ``names`` on the workers; see the module doc.
+
+    Raises:
+        PluginError: not one detector could be fitted, or every one failed to score.
+    """
+    from distributed import as_completed
+
+    root = str(Path(data).resolve())
+    shards = 4 * workers(client)
+    skipped: list[LeftOut] = []
+    fitted: dict[str, Any] = {}
+    if models is not None:
+        fitted = {name: client.scatter([{"model": model, "notes": []}])[0] for name, model in models.items()}
+    else:
+        cutoff = None
+        if train_dir is None:
+            start, end = client.submit(time_range_task, root, pure=False).result()
+            cutoff = start + (end - start) * settings.detect.train_fraction
+        fit_root = str(Path(train_dir).resolve()) if train_dir else root
+        fitted = {name: client.submit(fit_task, fit_root, name, settings, cutoff, key=f"fit-{name}", pure=False)
+                  for name in names}
+    services: dict[str, Any] = {}
+    scored: list[Any] = []
+    parts: dict[Any, tuple[str, tuple[str, Any]]] = {}  # task key -> detector, part (in submission order)
+    for name, future in fitted.items():
+        detector = get_plugin(name).cls
+        for part in _parts(client, root, detector, shards, services):
+            task = client.submit(score_task, root, future, part, key=f"score-{name}-{part[0]}-{part[1]}", pure=False)
+            scored.append(task)
+            parts[task.key] = (name, part)
+    graph_tasks = [client.submit(calls_task, root, k, shards, pure=False) for k in range(shards)] \
+        if partitions.frame_path(root, "traces") else []
+    total = len(scored)
+    log(f"dask: {len(fitted)} detector(s), {total} scoring task(s) on {workers(client)} worker(s)", quiet)
+    results: dict[Any, dict[str, Any]] = {}
+    tasks: list[dict[str, Any]] = []
+    for done, future in enumerate(as_completed(scored), start=1):
+        result = future.result()
+        future.release()  # the worker may drop its copy now: results must not pile up in its memory
+        results[future.key] = result
+        name, part = parts[future.key]
+        tasks.append({"detector": name, "part": f"{part[0]}:{part[1]}", "seconds": result["seconds"]})
+        if done % max(total // 10, 1) == 0 or done == total:
+            log(f"dask: scored {done}/{total} parts", quiet)
+    # what each fit left: its notes and time (the model itself stays on the workers)
+    fit_info = {name: client.submit(_fit_summary, fitted[name], pure=False).result() for name in fitted}
+    for name, info in fit_info.items():
+        skipped.extend(info["notes"])
+        tasks.append({"detector": name, "part": "fit", "seconds": info["seconds"]})
+    signal_of, frames = {}, []
+    for name in fitted:
+        got = [results[key] for key, (owner, _) in parts.items() if owner == name]
+        for result in got:
+            skipped.extend(n for n in result["notes"] if n not in skipped)
+        if not fit_info[name]["fitted"]:
+            continue
+        signal_of[name] = get_plugin(name).cls.signal
+        frames.extend(r["scores"] for r in got if r["scores"] is not None and len(r["scores"]))
+    for note in skipped:
+        log(f"skipped {note}", quiet, stage="melt warning")
+    if not signal_of:
+        raise PluginError(str(skipped[0]) if skipped else "no detector could be fitted")
+    scores = (pd.concat(frames, ignore_index=True).sort_values(SCORE_ORDER, kind="stable", ignore_index=True)
+              if frames else score_all({}, MeltBundle(validate=False), quiet=True))
+    calls, nodes = call_table(None), set()
+    for task in graph_tasks:
+        part, names_seen = task.result()
+        calls = pd.concat([calls, part], ignore_index=True) if len(part) else calls
+        nodes.update(names_seen)
+    graph = graph_of_calls(calls, sorted(nodes), settings.rca.topology_file)
+    return DaskScores(scores, signal_of, graph, skipped, tasks)
+
+
+def fetch_models(client: Any, data: str | Path, names: list[str], settings: Settings,
+                 quiet: bool = False) -> tuple[dict[str, Detector], list[LeftOut]]:
+    """``melt train --dask``: each detector fitted by one task on the workers; the models come back."""
+    root = str(Path(data).resolve())
+    futures = {name: client.submit(fit_task, root, name, settings, None, pure=False) for name in names}
+    models, skipped = {}, []
+    for name, future in futures.items():
+        result = future.result()
+        skipped.extend(result["notes"])
+        if result["model"] is not None:
+            models[name] = result["model"]
+            log(f"fitted {name} on a worker", quiet)
+    if not models:
+        raise PluginError(str(skipped[0]) if skipped else "no detector could be fitted")
+    return models, skipped
+
+
+def active_services(client: Any, data: str | Path, windows: list[tuple[pd.Timestamp, pd.Timestamp]]) -> list[set[str]]:
+    """Per window, the services with spans or log lines in it (:func:`rca.terms.involved`), each
+    service's rows checked by its own task."""
+    root = str(Path(data).resolve())
+    if not windows:
+        return []
+    tasks = [(service, client.submit(active_task, root, name, service, windows, pure=False))
+             for name in ("traces", "logs") if partitions.frame_path(root, name) is not None
+             for service in client.submit(services_task, root, name, pure=False).result()]
+    found: list[set[str]] = [set() for _ in windows]
+    for service, task in tasks:
+        for window, hit in zip(found, task.result(), strict=True):
+            if hit:
+                window.add(service)
+    return found
+
+
+def active_task(root: str, name: str, service: str, windows: list[tuple[pd.Timestamp, pd.Timestamp]]) -> list[bool]:
+    path = partitions.frame_path(root, name)
+    column = TIME_COLUMNS[name]
+    times = partitions.read_rows(root, name, partitions.service_is(path, name, service), columns=[column])
+    values = pd.DatetimeIndex(pd.to_datetime(times[column], utc=True)).sort_values()
+    return [bool(values.searchsorted(start) < values.searchsorted(end)) for start, end in windows]
+
+
+def metric_rows(client: Any, data: str | Path, service: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame | None:
+    """``service``'s metric rows in ``[start, end)``, read on a worker (a report's forecast)."""
+    return client.submit(service_rows_task, str(Path(data).resolve()), "metrics", service, [(start, end)],
+                         pure=False).result()
+
+
+def service_rows_task(root: str, name: str, service: str, ranges: list[tuple[pd.Timestamp, pd.Timestamp]]) -> pd.DataFrame | None:
+    path = partitions.frame_path(root, name)
+    if path is None:
+        return None
+    return partitions.read_rows(root, name, partitions.service_is(path, name, service) & partitions.time_in(name, ranges))
+
+
+def incident_rows(client: Any, data: str | Path, incidents: list[Any], reports: list[dict[str, Any]],
+                  settings: Settings) -> MeltBundle:
+    """The rows the incident pages draw: of each incident's services (:func:`involved_services`),
+    from the lookback before it to its end; each service's windows merged, read by one task."""
+    from melt.reports.detail import involved_services
+
+    root = str(Path(data).resolve())
+    by_id = {r["incident_id"]: r for r in reports}
+    ranges: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
+    for incident in incidents:
+        for service in involved_services(incident, by_id.get(incident.id)):
+            ranges.setdefault(service, []).append((incident.start - settings.rca.lookback, incident.end))
+    tasks: dict[str, list[Any]] = {}
+    for name in partitions.present_signals(root):
+        for service, spans in sorted(ranges.items()):
+            tasks.setdefault(name, []).append(
+                client.submit(service_rows_task, root, name, service, merged(spans), pure=False))
+    frames = {}
+    for name, parts in tasks.items():
+        got = [t.result() for t in parts]
+        got = [g for g in got if g is not None and len(g)]
+        frames[name] = pd.concat(got, ignore_index=True).sort_values(TIME_COLUMNS[name], kind="stable",
+                                                                     ignore_index=True) if got else None
+    return partitions.bundle_of(root, {n: f for n, f in frames.items() if f is not None}) \
+        if any(f is not None for f in frames.values()) else MeltBundle(validate=False)
+
+
+def merged(ranges: list[tuple[pd.Timestamp, pd.Timestamp]]) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """Overlapping ``[start, end)`` ranges joined."""
+    out: list[list[pd.Timestamp]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(start, end) for start, end in out]
+
+
+def check_supported(settings: Settings, model_dir: str | Path | None) -> None:
+    """What ``--dask`` does not run yet, as one clear line before any work."""
+    if settings.detect.retrain_every is not None and model_dir is None:
+        raise ConfigError("--dask does not run rolling refits (detect.retrain_every); leave one of them out")

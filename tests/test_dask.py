@@ -1,0 +1,116 @@
+"""`melt detect --dask` / `melt train --dask` on a LocalCluster: the same reports, bounded workers, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from melt.cli import cli
+from melt.core.bundle import MeltBundle
+from melt.core.config import default_settings
+from melt.evaluation.same_reports import compare_runs
+from melt.pipeline.batch import detect
+
+# every kind of part: per service (metrics; logs that read traces; events), per trace shard (teg reads
+# logs), and whole (call_edges declares no partition)
+MODELS = "zscore,log_templates,change_events,span_latency,teg,call_edges"
+
+
+@pytest.fixture(scope="module")
+def parted(tiny_bundle: MeltBundle, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tiny_bundle.write(tmp_path_factory.mktemp("parted") / "bundle", partitioned=True))
+
+
+@pytest.mark.parametrize("layout", ["single", "partitioned"])
+def test_same_reports_on_a_local_cluster(layout, tiny_dir, parted, tmp_path) -> None:
+    """The reports with and without Dask, on the same bundle (the row order of a partitioned
+    bundle, in time, differs from a single file's, and so do the models fitted on it)."""
+    data = tiny_dir if layout == "single" else parted
+    plain = detect(data, MODELS, tmp_path / "plain", default_settings(), quiet=True)
+    assert plain.reports, "the tiny bundle has a fault: the comparison must cover at least one report"
+    got = detect(data, MODELS, tmp_path / "dask", default_settings(), quiet=True, dask="local:2")
+    assert compare_runs(tmp_path / "plain", tmp_path / "dask") == []
+    assert got.detectors == plain.detectors
+    kinds = {task["part"].split(":")[0] for task in got.dask_tasks}
+    assert {"fit", "service", "trace", "whole"} <= kinds
+
+
+def test_train_on_workers_gives_the_same_models(tiny_dir, tmp_path) -> None:
+    runner = CliRunner()
+    for name, extra in (("plain", []), ("dask", ["--dask", "local:2"])):
+        result = runner.invoke(cli, ["train", "--data", str(tiny_dir), "--models", "zscore,teg",
+                                     "--out", str(tmp_path / f"m-{name}"), *extra])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(cli, ["detect", "--data", str(tiny_dir), "--model", str(tmp_path / f"m-{name}"),
+                                     "--models", "zscore,teg", "--out", str(tmp_path / f"r-{name}"), "--quiet",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+    assert compare_runs(tmp_path / "r-plain", tmp_path / "r-dask") == []
+    for name in ("zscore", "teg"):
+        a = json.loads((tmp_path / "m-plain" / name / "calibration.json").read_text())
+        b = json.loads((tmp_path / "m-dask" / name / "calibration.json").read_text())
+        np.testing.assert_allclose(a["anchors"], b["anchors"], rtol=0, atol=1e-9)
+
+
+def _big_logs(root, services: int = 20, lines: int = 4_000_000) -> int:
+    """A logs-only bundle of ~200-byte lines over 6 h, written as hive partitions, and a reference
+    bundle of one line in 100 of it; the bundle's size in memory, in bytes."""
+    rng = np.random.default_rng(0)
+    words = np.array(["request", "served", "cache", "miss", "retry", "upstream", "payload", "accepted"])
+    filler = " ".join(f"field{i}=value" for i in range(14))
+    chosen = rng.integers(0, len(words), size=(lines, 2))
+    messages = pd.Series(words[chosen[:, 0]]).str.cat(pd.Series(words[chosen[:, 1]]), sep=" ") \
+        .str.cat(pd.Series(rng.integers(0, 10_000, lines)).astype(str), sep=" id=").str.cat([filler] * lines, sep=" ")
+    frame = pd.DataFrame({
+        "timestamp": pd.Timestamp("2026-01-05", tz="UTC") + pd.to_timedelta(np.sort(rng.integers(0, 6 * 3600, lines)), unit="s"),
+        "service": np.array([f"svc-{i:02d}" for i in range(services)], dtype=object)[rng.integers(0, services, lines)],
+        "level": "INFO", "message": messages.to_numpy(dtype=object)})
+    del messages, chosen
+    size = int(frame.memory_usage(deep=True).sum())
+    MeltBundle(logs=frame).write(root / "big", partitioned=True)
+    MeltBundle(logs=frame.iloc[::100].reset_index(drop=True)).write(root / "reference")
+    return size
+
+
+def test_a_bundle_larger_than_a_worker_completes(tmp_path) -> None:
+    """A worker limited below the bundle's size in memory still finishes it: each task reads one
+    service's partition. (A worker past 95% of its limit is restarted by its nanny, and a task
+    that kills 4 workers fails the run.)"""
+    size = _big_logs(tmp_path)
+    limit = 800 * 2**20  # a worker holds ~300 MB of imports and model before it reads a part
+    assert size > limit * 1.1, f"the bundle ({size / 2**20:.0f} MiB) must be larger than a worker's limit"
+    result = detect(tmp_path / "big", "log_templates", tmp_path / "out", default_settings(), quiet=True,
+                    train_dir=tmp_path / "reference", dask=f"local:1:{limit}")
+    assert result.detectors == ["log_templates"]
+    assert len([t for t in result.dask_tasks if t["part"].startswith("service:")]) == 20
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("local:0", "want local:N with N >= 1"),
+    ("local:two", "want local:N with N >= 1"),
+    ("local:1:lots", "'lots' is not a memory size"),
+    ("nonsense", "want a scheduler address"),
+])
+def test_bad_dask_spec_is_one_line(tiny_dir, tmp_path, spec, expected) -> None:
+    result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--models", "zscore", "--out",
+                                      str(tmp_path / "r"), "--dask", spec])
+    assert result.exit_code == 2
+    assert expected in result.output and "Traceback" not in result.output
+
+
+def test_unreachable_scheduler_is_one_line(tiny_dir, tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--models", "zscore", "--out",
+                                      str(tmp_path / "r"), "--dask", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "cannot reach the scheduler" in result.output
+
+
+def test_rolling_refits_are_refused_before_any_work(tiny_dir, tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--models", "zscore", "--out",
+                                      str(tmp_path / "r"), "--dask", "local:1", "--retrain-every", "10m"])
+    assert result.exit_code == 2
+    assert "does not run rolling refits" in result.output

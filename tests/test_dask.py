@@ -32,8 +32,12 @@ def test_same_reports_on_a_local_cluster(layout, tiny_dir, parted, tmp_path) -> 
     data = tiny_dir if layout == "single" else parted
     plain = detect(data, MODELS, tmp_path / "plain", default_settings(), quiet=True)
     assert plain.reports, "the tiny bundle has a fault: the comparison must cover at least one report"
-    got = detect(data, MODELS, tmp_path / "dask", default_settings(), quiet=True, dask="local:2")
+    got = detect(data, MODELS, tmp_path / "dask", default_settings(), quiet=True, dask="local:2",
+                 sinks=["files", "html"])
     assert compare_runs(tmp_path / "plain", tmp_path / "dask") == []
+    for report in got.reports:  # the pages draw the rows the workers sent for each incident
+        page = (tmp_path / "dask" / "html" / f"{report['incident_id']}.html").read_text()
+        assert "plotly" in page and report["incident_id"] in page
     assert got.detectors == plain.detectors
     kinds = {task["part"].split(":")[0] for task in got.dask_tasks}
     assert {"fit", "service", "trace", "whole"} <= kinds

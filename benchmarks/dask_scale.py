@@ -7,10 +7,9 @@ Usage:
 Each bundle is analysed once per worker count, in this process's LocalCluster of one-thread worker
 processes. Per run: wall time, the peak RSS of each worker process (sampled every 0.2 s from
 /proc through psutil) against the memory limit, and whether the reports equal the first run's
-(same incidents and ranked causes, numbers within 1e-6). The projection for more workers is a
-list schedule of the measured task times (fits first, then each detector's scoring parts, longest
-first) plus the client's serial part (wall time minus the 1-worker run's task time): a projection
-from this run's task graph, not a measurement.
+(same incidents and ranked causes, numbers within 1e-6). The projection for more workers is the
+client's serial part (the first run's wall time less its tasks' time per worker) plus Brent's
+bounds on the measured task graph (:func:`bounds`): a projection, not a measurement.
 """
 
 from __future__ import annotations
@@ -58,18 +57,26 @@ class WorkerMemory:
         self._thread.join()
 
 
-def makespan(tasks: list[dict], workers: int) -> float:
-    """Greedy list schedule: fits first (all ready at once), then scoring parts, longest first."""
-    loads = [0.0] * workers
-    fit_end: dict[str, float] = {}
-    for task in sorted((t for t in tasks if t["part"] == "fit"), key=lambda t: -t["seconds"]):
-        slot = loads.index(min(loads))
-        loads[slot] += task["seconds"]
-        fit_end[task["detector"]] = loads[slot]
-    for task in sorted((t for t in tasks if t["part"] != "fit"), key=lambda t: -t["seconds"]):
-        slot = loads.index(min(loads))
-        loads[slot] = max(loads[slot], fit_end.get(task["detector"], 0.0)) + task["seconds"]
-    return max(loads)
+def bounds(tasks: list[dict], workers: int) -> tuple[float, float]:
+    """Brent's bounds on the task graph's time on ``workers``: max(T1/W, Tinf) <= T_W <= T1/W + Tinf,
+    with T1 the sum of the task times and Tinf the longest chain (a detector's fit, its rounds one
+    after another with their longest part each, then its longest scoring part)."""
+    total = sum(t["seconds"] for t in tasks)
+    chains: dict[str, float] = {}
+    rounds: dict[tuple[str, str], float] = {}
+    scoring: dict[str, float] = {}
+    for task in tasks:
+        name, part, seconds = task["detector"], task["part"], task["seconds"]
+        if part == "fit":
+            chains[name] = chains.get(name, 0.0) + seconds
+        elif part.startswith("fit-round-"):
+            rounds[(name, part)] = max(rounds.get((name, part), 0.0), seconds)
+        else:
+            scoring[name] = max(scoring.get(name, 0.0), seconds)
+    for (name, _), seconds in rounds.items():
+        chains[name] = chains.get(name, 0.0) + seconds
+    longest = max((chains.get(n, 0.0) + scoring.get(n, 0.0) for n in set(chains) | set(scoring)), default=0.0)
+    return max(total / workers, longest), total / workers + longest
 
 
 def main() -> None:
@@ -82,40 +89,34 @@ def main() -> None:
     parser.add_argument("--project", default="8,32,128")
     args = parser.parse_args()
     settings = load_settings(None)
-    rows = []
+    projected = [int(x) for x in args.project.split(",")]
     for bundle in args.bundles:
         first: Path | None = None
-        serial = None
+        walls: dict[int, float] = {}
         for count in (int(w) for w in args.workers.split(",")):
             out = Path(args.out) / f"{Path(bundle).name}-w{count}"
             began = time.perf_counter()
             with WorkerMemory() as memory:
                 result = detect(bundle, args.models, out, settings, quiet=True,
                                 dask=f"local:{count}:{args.memory_limit}")
-            wall = time.perf_counter() - began
-            reports = reports_in(out)
+            wall = walls[count] = time.perf_counter() - began
             first = first or out
             task_time = sum(t["seconds"] for t in result.dask_tasks)
-            if serial is None:
-                serial = max(wall - task_time, 0.0)
-            peaks = sorted(memory.peaks.values(), reverse=True)[:count]
+            peaks = sorted(memory.peaks.values(), reverse=True)[:count]  # the workers, not their nannies
             row = {"bundle": bundle, "workers": count, "wall_s": round(wall, 1), "task_s": round(task_time, 1),
-                   "tasks": len(result.dask_tasks), "incidents": len(reports),
-                   "same_reports": not compare_runs(first, out),
-                   "peak_worker_mb": [round(p / 2**20) for p in peaks], "limit": args.memory_limit,
-                   "projected_s": {w: round(serial + makespan(result.dask_tasks, w), 1)
-                                   for w in [int(x) for x in args.project.split(",")]}}
-            rows.append(row)
+                   "tasks": len(result.dask_tasks), "incidents": len(reports_in(out)),
+                   "same_reports_as_first": not compare_runs(first, out),
+                   "peak_worker_mb": [round(p / 2**20) for p in peaks], "limit": args.memory_limit}
+            if count == 1:  # what is not task time in a one-worker run is the client's serial part
+                serial = max(wall - task_time, 0.0)
+                row["serial_s"] = round(serial, 1)
+                row["projected_s (Brent bounds)"] = {w: [round(serial + b, 1) for b in bounds(result.dask_tasks, w)]
+                                                     for w in projected}
             (Path(args.out) / f"{Path(bundle).name}-w{count}-tasks.json").write_text(
                 json.dumps(result.dask_tasks, indent=1) + "\n")
             print(json.dumps(row), flush=True)
-    by_bundle: dict[str, dict[int, float]] = {}
-    for row in rows:
-        by_bundle.setdefault(row["bundle"], {})[row["workers"]] = row["wall_s"]
-    for bundle, walls in by_bundle.items():
         if 1 in walls and 2 in walls:
-            print(f"{bundle}: 2 workers {walls[1] / walls[2]:.2f}x faster than 1")
-
+            print(f"{bundle}: 2 workers {walls[1] / walls[2]:.2f}x faster than 1", flush=True)
 
 if __name__ == "__main__":
     main()

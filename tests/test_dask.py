@@ -40,21 +40,21 @@ def test_same_reports_on_a_local_cluster(layout, tiny_dir, parted, tmp_path) -> 
         assert "plotly" in page and report["incident_id"] in page
     assert got.detectors == plain.detectors
     kinds = {task["part"].split(":")[0] for task in got.dask_tasks}
-    assert {"fit", "service", "trace", "whole"} <= kinds
+    assert {"fit", "fit-round-0", "fit-round-calibrate", "service", "trace", "whole"} <= kinds  # zscore by parts
 
 
 def test_train_on_workers_gives_the_same_models(tiny_dir, tmp_path) -> None:
     runner = CliRunner()
     for name, extra in (("plain", []), ("dask", ["--dask", "local:2"])):
-        result = runner.invoke(cli, ["train", "--data", str(tiny_dir), "--models", "zscore,teg",
+        result = runner.invoke(cli, ["train", "--data", str(tiny_dir), "--models", "zscore,log_templates",
                                      "--out", str(tmp_path / f"m-{name}"), *extra])
         assert result.exit_code == 0, result.output
         result = runner.invoke(cli, ["detect", "--data", str(tiny_dir), "--model", str(tmp_path / f"m-{name}"),
-                                     "--models", "zscore,teg", "--out", str(tmp_path / f"r-{name}"), "--quiet",
+                                     "--models", "zscore,log_templates", "--out", str(tmp_path / f"r-{name}"), "--quiet",
                                      *extra])
         assert result.exit_code == 0, result.output
     assert compare_runs(tmp_path / "r-plain", tmp_path / "r-dask") == []
-    for name in ("zscore", "teg"):
+    for name in ("zscore", "log_templates"):
         a = json.loads((tmp_path / "m-plain" / name / "calibration.json").read_text())
         b = json.loads((tmp_path / "m-dask" / name / "calibration.json").read_text())
         np.testing.assert_allclose(a["anchors"], b["anchors"], rtol=0, atol=1e-9)

@@ -108,6 +108,33 @@ class CusumChangepoint(Detector):
         self.seen_until_: pd.Timestamp | None = None
         return self
 
+    # ---------------------------------------------- fitting by parts (melt.core.sharded_fit)
+    fit_rounds = 3  # the baseline's two (time span, series baselines), then each series' inflation
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> object:
+        if step < 2:
+            if step == 0:
+                self.building_ = self._baseline()
+            return self.building_.fit_map(bundle, step)
+        frame = self.require(bundle).dropna(subset=["value"]).sort_values("timestamp", kind="stable")
+        trained = self.baseline_.deviations(frame) if len(frame) else None
+        return None if trained is None else self._inflation(trained.z, trained.series, trained.keys)
+
+    def fit_reduce(self, step: int, parts: list) -> None:
+        if step == 0:
+            self.building_ = self._baseline()
+        if step < 2:
+            self.building_.fit_reduce(step, parts)
+            if step == 1:
+                self.building_.pool_history([])  # history=False: no history, as its fit leaves it
+                self.baseline_ = self.building_
+                del self.building_
+            return
+        found = [p for p in parts if p is not None]
+        self.inflation_ = pd.concat(found) if found else pd.Series(dtype=float)
+        self.state_ = {}
+        self.seen_until_ = None
+
     def _inflation(self, z: np.ndarray, series: np.ndarray, keys: list[np.ndarray]) -> pd.Series:
         """Per series: how much wider its sums spread than independent noise's, ``sqrt((1 + phi) / (1 - phi))``.
 

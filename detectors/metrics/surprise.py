@@ -134,13 +134,20 @@ class SurpriseMixin:
         return self.points(bundle)
 
     def learn_history(self, bundle: MeltBundle) -> None:
+        points = self.prior_points(bundle) if self.history else None
+        sums = [] if points is None or not len(points.deviation) else \
+            [deviation_sums(self._learned(points), points.keys, list(self.series_names))]
+        self.pool_history(sums)
+
+    def pool_history(self, sums: list[pd.DataFrame]) -> None:
+        """The history from the :func:`deviation_sums` of every series (several parts' tables, each
+        holding its own series), and the fleet's spread."""
         self.score_history_: pd.DataFrame | None = None
         self.pending_: pd.DataFrame | None = None  # hour sums seen but not yet `adapt` old (a stream's)
         self.seen_until_: pd.Timestamp | None = None
-        points = self.prior_points(bundle) if self.history else None
         self.fleet_spread_ = 0.0
-        if points is not None and len(points.deviation):
-            self.score_history_ = deviation_sums(self._learned(points), points.keys, list(self.series_names))
+        if sums:
+            self.score_history_ = pd.concat(sums).sort_index() if len(sums) > 1 else sums[0]
             # a floor from the fleet's training spreads (pool_quantile: the widest, or the typical one):
             # a unit with a short or calm history is not judged on its own few points (one unit's 14
             # held-out errors); alone, a series keeps its own

@@ -26,7 +26,7 @@ import pandas as pd
 from detectors.metrics.level_shift import shift_level
 from detectors.metrics.matrix import series_metric, smooth
 from detectors.metrics.seasonal import DAY, stl_profiles, week_phase
-from detectors.metrics.surprise import HALF_NORMAL_SD, Points, SurpriseMixin
+from detectors.metrics.surprise import HALF_NORMAL_SD, Points, SurpriseMixin, deviation_sums
 from detectors.robust import fleet_floored, robust_baseline, severity_direction
 from melt.core.bundle import MeltBundle
 from melt.core.calibration import ALERT_SIGMAS, effect_size_floor
@@ -108,26 +108,64 @@ class RobustZScore(SurpriseMixin, Detector):
 
     def fit(self, bundle: MeltBundle) -> Self:
         frame = self.require(bundle).dropna(subset=["value"])
-        keys = self._keys(frame)
-        baseline = robust_baseline(frame["value"], keys, rel_floor=self.rel_floor, tail_quantile=0.99)
-        self.profile_: pd.Series | None = None
-        span = frame["timestamp"].max() - frame["timestamp"].min() if len(frame) else pd.Timedelta(0)
-        if len(frame) and span >= DAY * self.min_seasons:
-            named = frame.assign(**{k.name: k.to_numpy() for k in keys})
-            profile = stl_profiles(named, list(SERIES_KEYS), parse_duration(self.profile_bucket), self.weekly,
-                                   self.min_seasons)
-            phase = pd.Series(self._phase(frame["timestamp"]), index=frame.index, name="phase")
-            expected = profile.reindex(pd.MultiIndex.from_arrays([*keys, phase])).to_numpy()
-            expected = np.where(np.isnan(expected), baseline["median"].reindex(
-                pd.MultiIndex.from_arrays(keys)).to_numpy(), expected)
-            residual = robust_baseline(pd.Series(frame["value"].to_numpy() - expected), keys, rel_floor=0.0, tail_quantile=0.99)
-            floor = np.maximum(baseline["median"].abs() * self.rel_floor, 1e-6)
-            baseline["sigma"] = np.maximum(residual["sigma"].reindex(baseline.index).to_numpy(), floor)
-            self.profile_ = profile if len(profile) else None
-        baseline["sigma"] = fleet_floored(baseline, self.fleet_floor, self.rel_floor)
-        self.baseline_ = baseline[baseline["count"] >= self.min_points]
+        self._pool_baselines([self._series_baselines(frame, self._seasonal(frame["timestamp"]))])
         self.learn_history(bundle)
         return self
+
+    def _seasonal(self, timestamps: pd.Series) -> bool:
+        """Whether the training holds ``min_seasons`` days, so the expected value is the STL profile."""
+        return bool(len(timestamps)) and timestamps.max() - timestamps.min() >= DAY * self.min_seasons
+
+    def _series_baselines(self, frame: pd.DataFrame, seasonal: bool) -> tuple[pd.DataFrame, pd.Series | None]:
+        """Each series' median and robust sigma (of the residuals from its STL profile, when
+        ``seasonal``), and the profiles: series by series, so a part of the series gives its rows."""
+        keys = self._keys(frame)
+        baseline = robust_baseline(frame["value"], keys, rel_floor=self.rel_floor, tail_quantile=0.99)
+        if not (seasonal and len(frame)):
+            return baseline, None
+        named = frame.assign(**{k.name: k.to_numpy() for k in keys})
+        profile = stl_profiles(named, list(SERIES_KEYS), parse_duration(self.profile_bucket), self.weekly,
+                               self.min_seasons)
+        phase = pd.Series(self._phase(frame["timestamp"]), index=frame.index, name="phase")
+        expected = profile.reindex(pd.MultiIndex.from_arrays([*keys, phase])).to_numpy()
+        expected = np.where(np.isnan(expected), baseline["median"].reindex(
+            pd.MultiIndex.from_arrays(keys)).to_numpy(), expected)
+        residual = robust_baseline(pd.Series(frame["value"].to_numpy() - expected), keys, rel_floor=0.0, tail_quantile=0.99)
+        floor = np.maximum(baseline["median"].abs() * self.rel_floor, 1e-6)
+        baseline["sigma"] = np.maximum(residual["sigma"].reindex(baseline.index).to_numpy(), floor)
+        return baseline, profile
+
+    def _pool_baselines(self, parts: list[tuple[pd.DataFrame, pd.Series | None]]) -> None:
+        """The fleet's steps over every series' baseline: the fleet floor, then ``min_points``."""
+        baseline = pd.concat([b for b, _ in parts]).sort_index() if len(parts) > 1 else parts[0][0]
+        profiles = [p for _, p in parts if p is not None]
+        profile = (pd.concat(profiles).sort_index() if len(profiles) > 1 else profiles[0]) if profiles else None
+        self.profile_: pd.Series | None = profile if profile is not None and len(profile) else None
+        baseline["sigma"] = fleet_floored(baseline, self.fleet_floor, self.rel_floor)
+        self.baseline_ = baseline[baseline["count"] >= self.min_points]
+
+    # ---------------------------------------------- fitting by parts (melt.core.sharded_fit)
+    fit_rounds = 3
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> object:
+        frame = self.require(bundle).dropna(subset=["value"])
+        if step == 0:
+            return (frame["timestamp"].min(), frame["timestamp"].max()) if len(frame) else None
+        if step == 1:
+            return self._series_baselines(frame, self.seasonal_)
+        points = self.prior_points(bundle) if self.history else None
+        return None if points is None or not len(points.deviation) else \
+            deviation_sums(self._learned(points), points.keys, list(self.series_names))
+
+    def fit_reduce(self, step: int, parts: list) -> None:
+        if step == 0:
+            found = [p for p in parts if p is not None]
+            self.seasonal_ = bool(found) and max(p[1] for p in found) - min(p[0] for p in found) >= DAY * self.min_seasons
+        elif step == 1:
+            self._pool_baselines(parts)
+            del self.seasonal_
+        else:
+            self.pool_history([p for p in parts if p is not None])
 
     def points(self, bundle: MeltBundle) -> Points | None:
         """Each row's |z| (:meth:`SurpriseMixin.points`)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -46,6 +47,9 @@ class Detector:
     # ``reads``) gives the rows the whole bundle gives for that service; "trace" = the same for a
     # set of whole traces and the lines they logged; None = scored whole, on one worker.
     partition: ClassVar[str | None] = None
+    # > 0: fit splits by service too, in this many map/reduce rounds (fit_map on each service's
+    # training rows, fit_reduce over their results); see fit_calibrated_by_parts
+    fit_rounds: ClassVar[int] = 0
 
     # ----------------------------------------------------------- to implement
     def fit(self, bundle: MeltBundle) -> Self:  # pragma: no cover - abstract
@@ -89,6 +93,29 @@ class Detector:
         self.require(bundle)
         self.fit(bundle)
         self.calibrator_ = ScoreCalibrator().fit(self.calibration_scores(bundle))
+        return self
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> Any:  # pragma: no cover - with fit_rounds
+        """Round ``step`` of a fit by parts, on one service's training rows: their statistics
+        (small: per-series tables, never the rows). Reads the state the earlier rounds pooled."""
+        raise NotImplementedError
+
+    def fit_reduce(self, step: int, parts: list[Any]) -> None:  # pragma: no cover - with fit_rounds
+        """Pool round ``step``'s :meth:`fit_map` results into the detector's state."""
+        raise NotImplementedError
+
+    def fit_calibrated_by_parts(self, map_parts: Callable[[Detector, int], list[Any]]) -> Self:
+        """What :meth:`fit_calibrated` gives on the union of a set of parts (one service's rows
+        each), fitted in ``fit_rounds`` map/reduce rounds, then calibrated on every part's scores.
+
+        ``map_parts(detector, step)`` gives :func:`map_part` of each part, in one process or on the
+        workers of a Dask run (:mod:`melt.pipeline.dask_run`), which passes a copy of ``detector``.
+        """
+        if not self.fit_rounds:
+            raise PluginError(f"detector '{self.name}' does not fit by parts")
+        for step in range(self.fit_rounds):
+            self.fit_reduce(step, map_parts(self, step))
+        self.calibrator_ = ScoreCalibrator().fit(np.concatenate([np.zeros(0), *map_parts(self, CALIBRATE)]))
         return self
 
     def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:
@@ -210,6 +237,14 @@ class Detector:
 
         for key, value in joblib.load(root / "state.joblib").items():
             setattr(self, key, value)
+
+
+CALIBRATE = -1  # map_part's step that gives the part's calibration scores
+
+
+def map_part(detector: Detector, bundle: MeltBundle, step: int) -> Any:
+    """One part's share of round ``step`` of :meth:`Detector.fit_calibrated_by_parts`."""
+    return detector.calibration_scores(bundle) if step == CALIBRATE else detector.fit_map(bundle, step)
 
 
 def _library_versions() -> dict[str, str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,13 @@ import pandas as pd
 
 from melt.core import partitions
 from melt.core.bundle import TIME_COLUMNS, MeltBundle
-from melt.core.detector import Detector
+from melt.core.detector import CALIBRATE, Detector, map_part
 from melt.core.errors import ConfigError, MeltError, PluginError
 from melt.core.progress import log
-from melt.core.registry import LeftOut, get_plugin
+from melt.core.registry import LeftOut, build_detector, get_plugin
 from melt.core.schema import SIGNALS
 from melt.core.settings import Settings
-from melt.pipeline.fitting import SCORE_ORDER, fit_detectors, score_all
+from melt.pipeline.fitting import SCORE_ORDER, dropped, fit_detectors, score_all, too_little
 from rca.graph import call_table, graph_of_calls
 
 LOCAL = "local:"
@@ -93,7 +93,7 @@ def connect(spec: str, memory_limit: str | float | None = None) -> Iterator[Any]
     if "://" not in spec and ":" not in spec:
         raise ConfigError(f"--dask {spec}: want a scheduler address (tcp://host:8786) or local:N")
     try:
-        client = Client(spec, timeout="20s")
+        client = Client(spec, timeout="10s")
     except (OSError, TimeoutError) as exc:
         raise MeltError(f"--dask {spec}: cannot reach the scheduler ({exc})".splitlines()[0]) from None
     with client:
@@ -168,7 +168,88 @@ def _release_arrow_memory() -> None:
 
 
 def _fit_summary(fitted: dict[str, Any]) -> dict[str, Any]:
-    return {"notes": fitted["notes"], "seconds": fitted.get("seconds", 0.0), "fitted": fitted["model"] is not None}
+    return {"notes": fitted["notes"], "seconds": fitted.get("seconds"), "fitted": fitted["model"] is not None}
+
+
+def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings, cutoff: pd.Timestamp | None,
+                   round_tasks: list[dict[str, Any]],
+                   then: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+    """Per detector, a future of its fit (:func:`fit_task`'s result): one task each, or rounds over
+    the services for those that fit by parts (their parts' times go to ``round_tasks``).
+
+    The whole fits are submitted first and ``then(name, future)`` is called for each as soon as
+    its future exists, so the work after them (scoring) is queued while the client pools the
+    rounds, whose tasks jump the queue.
+    """
+    fitted = {}
+    for name in [n for n in names if not fits_by_parts(n)]:
+        fitted[name] = client.submit(fit_task, root, name, settings, cutoff, key=f"fit-{name}", pure=False)
+        if then is not None:
+            then(name, fitted[name])
+    for name in [n for n in names if fits_by_parts(n)]:  # in rounds, each service's part on a worker
+        result = fit_by_parts(client, root, name, settings, cutoff)
+        round_tasks.extend(result.pop("tasks"))
+        fitted[name] = client.scatter([result])[0]
+        if then is not None:
+            then(name, fitted[name])
+    return {name: fitted[name] for name in names}  # the order of a run without Dask (ties follow it)
+
+
+def fits_by_parts(name: str) -> bool:
+    """Whether detector ``name`` is fitted service by service (:meth:`Detector.fit_calibrated_by_parts`):
+    it declares rounds, scores by service, and reads only frames without traces."""
+    detector = get_plugin(name).cls
+    return bool(detector.fit_rounds) and detector.partition == "service" and set(_frames_of(name)) <= {"metrics", "events"}
+
+
+def part_map_task(root: str, name: str, service: str, cutoff: pd.Timestamp | None, detector: Detector,
+                  step: int) -> tuple[Any, float]:
+    """One service's share of a round of ``detector``'s fit by parts, on its rows before ``cutoff``;
+    :data:`ROWS` counts them."""
+    import time
+
+    began = time.perf_counter()
+    frames = {}
+    for frame in _frames_of(name):
+        path = partitions.frame_path(root, frame)
+        where = None if path is None else partitions.service_is(path, frame, service)
+        if where is not None and cutoff is not None:
+            where = where & partitions.time_in(frame, [(None, cutoff)])
+        frames[frame] = None if path is None else partitions.read_rows(root, frame, where)
+    bundle = partitions.bundle_of(root, frames)
+    result = len(bundle.frame(detector.signal)) if step == ROWS else map_part(detector, bundle, step)
+    return result, time.perf_counter() - began
+
+
+ROWS = -2  # part_map_task's step that counts the part's rows of the detector's signal
+
+
+def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
+    """Fit detector ``name`` in rounds over the services' training rows (each part read and
+    mapped on a worker, the small results pooled here), as :func:`fit_task` reports a fit."""
+    detector = build_detector(name, settings.detector_params(name))
+    services = client.submit(services_task, root, detector.signal, pure=False).result()
+    tasks: list[dict[str, Any]] = []
+
+    def map_parts(shipped: Detector, step: int) -> list[Any]:
+        copy = client.scatter(shipped, hash=False)  # a new key each round: the state changed since the last
+        got = client.gather([client.submit(part_map_task, root, name, s, cutoff, copy, step, priority=10, pure=False)
+                             for s in services])
+        copy.release()
+        label = {ROWS: "rows", CALIBRATE: "calibrate"}.get(step, str(step))
+        tasks.extend({"detector": name, "part": f"fit-round-{label}", "seconds": t} for _, t in got)
+        return [value for value, _ in got]
+
+    try:
+        rows = sum(map_parts(detector, ROWS))
+        if detector.signal != "events" and rows < settings.detect.min_train_rows:
+            return {"model": None, "tasks": tasks, "notes": [too_little(name, detector.signal, rows, settings)]}
+        detector.fit_calibrated_by_parts(map_parts)
+    except MeltError:
+        raise
+    except Exception as exc:  # a plugin's failure drops that plugin, not the run
+        return {"model": None, "notes": [dropped(name, "fit", exc)], "tasks": tasks}
+    return {"model": detector, "notes": [], "tasks": tasks}
 
 
 def services_task(root: str, name: str) -> list[str]:
@@ -188,12 +269,9 @@ def calls_task(root: str, shard: int, shards: int) -> tuple[pd.DataFrame, list[s
 
 
 # ------------------------------------------------------------------ the client's side
-def _parts(client: Any, root: str, detector: type[Detector], shards: int,
-           services: dict[str, Any]) -> list[tuple[str, Any]]:
+def _parts(detector: type[Detector], shards: int, services: dict[str, list[str]]) -> list[tuple[str, Any]]:
     if detector.partition == "service":
-        if detector.signal not in services:
-            services[detector.signal] = client.submit(services_task, root, detector.signal, pure=False).result()
-        return [("service", s) for s in services[detector.signal]] or [("whole", None)]
+        return [("service", s) for s in services.get(detector.signal, [])] or [("whole", None)]
     if detector.partition == "trace":
         return [("trace", (k, shards)) for k in range(shards)]
     return [("whole", None)]
@@ -212,26 +290,30 @@ def dask_scores(client: Any, data: str | Path, names: list[str], settings: Setti
     root = str(Path(data).resolve())
     shards = 4 * workers(client)
     skipped: list[LeftOut] = []
-    fitted: dict[str, Any] = {}
-    if models is not None:
-        fitted = {name: client.scatter([{"model": model, "notes": []}])[0] for name, model in models.items()}
-    else:
-        cutoff = None
-        if train_dir is None:
-            start, end = client.submit(time_range_task, root, pure=False).result()
-            cutoff = start + (end - start) * settings.detect.train_fraction
-        fit_root = str(Path(train_dir).resolve()) if train_dir else root
-        fitted = {name: client.submit(fit_task, fit_root, name, settings, cutoff, key=f"fit-{name}", pure=False)
-                  for name in names}
-    services: dict[str, Any] = {}
+    round_tasks: list[dict[str, Any]] = []  # the parts of fits by parts, timed
+    signals = sorted({get_plugin(name).cls.signal for name in (names if models is None else models)})
+    listed = {signal: client.submit(services_task, root, signal, priority=100, pure=False) for signal in signals}
+    services = {signal: task.result() for signal, task in listed.items()}
     scored: list[Any] = []
     parts: dict[Any, tuple[str, tuple[str, Any]]] = {}  # task key -> detector, part (in submission order)
-    for name, future in fitted.items():
-        detector = get_plugin(name).cls
-        for part in _parts(client, root, detector, shards, services):
+
+    def score_parts(name: str, future: Any) -> None:
+        for part in _parts(get_plugin(name).cls, shards, services):
             task = client.submit(score_task, root, future, part, key=f"score-{name}-{part[0]}-{part[1]}", pure=False)
             scored.append(task)
             parts[task.key] = (name, part)
+
+    if models is not None:
+        fitted = {name: client.scatter([{"model": model, "notes": []}])[0] for name, model in models.items()}
+        for name, future in fitted.items():
+            score_parts(name, future)
+    else:
+        cutoff = None
+        if train_dir is None:
+            start, end = client.submit(time_range_task, root, priority=100, pure=False).result()
+            cutoff = start + (end - start) * settings.detect.train_fraction
+        fit_root = str(Path(train_dir).resolve()) if train_dir else root
+        fitted = fit_on_workers(client, fit_root, names, settings, cutoff, round_tasks, then=score_parts)
     graph_tasks = [client.submit(calls_task, root, k, shards, pure=False) for k in range(shards)] \
         if partitions.frame_path(root, "traces") else []
     total = len(scored)
@@ -250,7 +332,9 @@ def dask_scores(client: Any, data: str | Path, names: list[str], settings: Setti
     fit_info = {name: client.submit(_fit_summary, fitted[name], pure=False).result() for name in fitted}
     for name, info in fit_info.items():
         skipped.extend(info["notes"])
-        tasks.append({"detector": name, "part": "fit", "seconds": info["seconds"]})
+        if info["seconds"] is not None:
+            tasks.append({"detector": name, "part": "fit", "seconds": info["seconds"]})
+    tasks.extend(round_tasks)
     signal_of, frames = {}, []
     for name in fitted:
         got = [results[key] for key, (owner, _) in parts.items() if owner == name]
@@ -277,9 +361,8 @@ def dask_scores(client: Any, data: str | Path, names: list[str], settings: Setti
 
 def fetch_models(client: Any, data: str | Path, names: list[str], settings: Settings,
                  quiet: bool = False) -> tuple[dict[str, Detector], list[LeftOut]]:
-    """``melt train --dask``: each detector fitted by one task on the workers; the models come back."""
-    root = str(Path(data).resolve())
-    futures = {name: client.submit(fit_task, root, name, settings, None, pure=False) for name in names}
+    """``melt train --dask``: the detectors fitted on the workers (:func:`fit_on_workers`); the models come back."""
+    futures = fit_on_workers(client, str(Path(data).resolve()), names, settings, None, [])
     models, skipped = {}, []
     for name, future in futures.items():
         result = future.result()

@@ -33,6 +33,12 @@ def enough_training_data(train: MeltBundle, signal: str, settings: Settings) -> 
     return frame is not None and (signal == "events" or len(frame) >= settings.detect.min_train_rows)
 
 
+def too_little(name: str, signal: str, rows: int, settings: Settings) -> LeftOut:
+    """The note of a detector left out for too little training data."""
+    return LeftOut(name, f"detector '{name}' has too little training data: {rows} {signal} rows "
+                         f"(need {settings.detect.min_train_rows}; use --train or a longer bundle)")
+
+
 def check_detector_settings(settings: Settings) -> None:
     """Build every detector the config sets parameters for, so that a bad value fails before any
     data is read (:class:`ConfigError` naming ``detectors.<name>.<key>``)."""
@@ -59,9 +65,7 @@ def fit_detectors(train: MeltBundle, names: list[str], settings: Settings, quiet
     for name, detector in progress(detectors.items(), "fitting", quiet, total=len(detectors)):
         frame = getattr(train, detector.signal)
         if not enough_training_data(train, detector.signal, settings):
-            rows = 0 if frame is None else len(frame)
-            short.append(LeftOut(name, f"detector '{name}' has too little training data: {rows} {detector.signal} "
-                                       f"rows (need {settings.detect.min_train_rows}; use --train or a longer bundle)"))
+            short.append(too_little(name, detector.signal, 0 if frame is None else len(frame), settings))
             continue
         began = time.perf_counter()
         try:

@@ -26,7 +26,7 @@ from melt.core.config import load_settings
 from melt.evaluation.same_reports import compare_runs, reports_in
 from melt.pipeline.batch import detect
 
-DEFAULT_MODELS = "zscore,changepoint,iforest,log_templates,log_patterns,span_latency,gat_gae"
+DEFAULT_MODELS = "zscore,iforest,log_templates,span_latency,gat_gae"  # every kind of part: service, trace shard, fit by parts
 
 
 class WorkerMemory:

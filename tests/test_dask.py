@@ -60,12 +60,12 @@ def test_train_on_workers_gives_the_same_models(tiny_dir, tmp_path) -> None:
         np.testing.assert_allclose(a["anchors"], b["anchors"], rtol=0, atol=1e-9)
 
 
-def _big_logs(root, services: int = 20, lines: int = 4_000_000) -> int:
-    """A logs-only bundle of ~200-byte lines over 6 h, written as hive partitions, and a reference
+def _big_logs(root, services: int = 20, lines: int = 2_200_000) -> int:
+    """A logs-only bundle of ~430-byte lines over 6 h, written as hive partitions, and a reference
     bundle of one line in 100 of it; the bundle's size in memory, in bytes."""
     rng = np.random.default_rng(0)
     words = np.array(["request", "served", "cache", "miss", "retry", "upstream", "payload", "accepted"])
-    filler = " ".join(f"field{i}=value" for i in range(14))
+    filler = " ".join(f"field{i}=value" for i in range(30))
     chosen = rng.integers(0, len(words), size=(lines, 2))
     messages = pd.Series(words[chosen[:, 0]]).str.cat(pd.Series(words[chosen[:, 1]]), sep=" ") \
         .str.cat(pd.Series(rng.integers(0, 10_000, lines)).astype(str), sep=" id=").str.cat([filler] * lines, sep=" ")
@@ -81,8 +81,8 @@ def _big_logs(root, services: int = 20, lines: int = 4_000_000) -> int:
 
 
 def test_a_bundle_larger_than_a_worker_completes(tmp_path) -> None:
-    """A worker limited below the bundle's size in memory still finishes it: each task reads one
-    service's partition. (A worker past 95% of its limit is restarted by its nanny, and a task
+    """A worker limited below the bundle's size in memory (~1 GB of log lines) still finishes it:
+    each task reads one service's partition. (A worker past 95% of its limit is restarted by its nanny, and a task
     that kills 4 workers fails the run.)"""
     size = _big_logs(tmp_path)
     limit = 800 * 2**20  # a worker holds ~300 MB of imports and model before it reads a part

@@ -33,13 +33,25 @@ import pandas as pd
 
 from melt.core import partitions
 from melt.core.bundle import TIME_COLUMNS, MeltBundle
-from melt.core.detector import CALIBRATE, Detector, map_part
+from melt.core.detector import CALIBRATE, Detector
 from melt.core.errors import ConfigError, MeltError, PluginError
 from melt.core.progress import log
 from melt.core.registry import LeftOut, build_detector, get_plugin
-from melt.core.schema import SIGNALS
 from melt.core.settings import Settings
-from melt.pipeline.fitting import SCORE_ORDER, dropped, fit_detectors, score_all, too_little
+from melt.pipeline.dask_tasks import (
+    ROWS,
+    active_task,
+    calls_task,
+    fit_summary,
+    fit_task,
+    frames_of,
+    part_map_task,
+    score_task,
+    service_rows_task,
+    services_task,
+    time_range_task,
+)
+from melt.pipeline.fitting import SCORE_ORDER, dropped, score_all, too_little
 from rca.graph import call_table, graph_of_calls
 
 LOCAL = "local:"
@@ -104,73 +116,6 @@ def workers(client: Any) -> int:
     return max(len(client.scheduler_info().get("workers", {})), 1)
 
 
-# ------------------------------------------------------------------ tasks (run on the workers)
-def _frames_of(name: str) -> list[str]:
-    detector = get_plugin(name).cls
-    return [s for s in SIGNALS if s == detector.signal or s in detector.reads]
-
-
-def fit_task(root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
-    """Fit detector ``name`` on bundle ``root``'s rows before ``cutoff`` (all rows: ``None``), as
-    :func:`fit_detectors` does: a detector with too little data, or whose fit raises, is a note."""
-    import time
-
-    began = time.perf_counter()
-    frames = _frames_of(name)
-    if cutoff is None:
-        train = partitions.bundle_of(root, {f: partitions.read_rows(root, f) for f in frames})
-    else:
-        train = partitions.before_part(root, frames, cutoff)
-    notes: list[LeftOut] = []
-    _release_arrow_memory()
-    try:
-        models = fit_detectors(train, [name], settings, quiet=True, skipped=notes)
-    except PluginError:
-        return {"model": None, "notes": notes, "seconds": time.perf_counter() - began}
-    return {"model": models[name], "notes": notes, "seconds": time.perf_counter() - began}
-
-
-def score_task(root: str, fitted: dict[str, Any], part: tuple[str, Any]) -> dict[str, Any]:
-    """Score one part of bundle ``root`` with ``fitted``'s model: ``("service", name)``,
-    ``("trace", (shard, shards))`` or ``("whole", None)``."""
-    import time
-
-    model: Detector | None = fitted["model"]
-    if model is None:
-        return {"scores": None, "notes": [], "seconds": 0.0}
-    began = time.perf_counter()
-    frames = _frames_of(model.name)
-    kind, key = part
-    if kind == "service":
-        bundle = partitions.service_part(root, frames, key)
-    elif kind == "trace":
-        bundle = partitions.shard_part(root, frames, *key)
-    else:
-        bundle = partitions.bundle_of(root, {f: partitions.read_rows(root, f) for f in frames})
-    notes: list[LeftOut] = []
-    if bundle.frame(model.signal).empty:
-        return {"scores": None, "notes": notes, "seconds": time.perf_counter() - began}
-    try:
-        scores = score_all({model.name: model}, bundle, quiet=True, skipped=notes)
-    except PluginError:
-        scores = None
-    del bundle
-    _release_arrow_memory()
-    return {"scores": scores, "notes": notes, "seconds": time.perf_counter() - began}
-
-
-def _release_arrow_memory() -> None:
-    """Hand the memory pyarrow's pool keeps for reuse back to the system: a worker reads part after
-    part, and its memory limit counts what the pool holds."""
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-
-
-def _fit_summary(fitted: dict[str, Any]) -> dict[str, Any]:
-    return {"notes": fitted["notes"], "seconds": fitted.get("seconds"), "fitted": fitted["model"] is not None}
-
-
 def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings, cutoff: pd.Timestamp | None,
                    round_tasks: list[dict[str, Any]],
                    then: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
@@ -199,29 +144,7 @@ def fits_by_parts(name: str) -> bool:
     """Whether detector ``name`` is fitted service by service (:meth:`Detector.fit_calibrated_by_parts`):
     it declares rounds, scores by service, and reads only frames without traces."""
     detector = get_plugin(name).cls
-    return bool(detector.fit_rounds) and detector.partition == "service" and set(_frames_of(name)) <= {"metrics", "events"}
-
-
-def part_map_task(root: str, name: str, service: str, cutoff: pd.Timestamp | None, detector: Detector,
-                  step: int) -> tuple[Any, float]:
-    """One service's share of a round of ``detector``'s fit by parts, on its rows before ``cutoff``;
-    :data:`ROWS` counts them."""
-    import time
-
-    began = time.perf_counter()
-    frames = {}
-    for frame in _frames_of(name):
-        path = partitions.frame_path(root, frame)
-        where = None if path is None else partitions.service_is(path, frame, service)
-        if where is not None and cutoff is not None:
-            where = where & partitions.time_in(frame, [(None, cutoff)])
-        frames[frame] = None if path is None else partitions.read_rows(root, frame, where)
-    bundle = partitions.bundle_of(root, frames)
-    result = len(bundle.frame(detector.signal)) if step == ROWS else map_part(detector, bundle, step)
-    return result, time.perf_counter() - began
-
-
-ROWS = -2  # part_map_task's step that counts the part's rows of the detector's signal
+    return bool(detector.fit_rounds) and detector.partition == "service" and set(frames_of(name)) <= {"metrics", "events"}
 
 
 def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
@@ -252,23 +175,6 @@ def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: 
     return {"model": detector, "notes": [], "tasks": tasks}
 
 
-def services_task(root: str, name: str) -> list[str]:
-    return partitions.services_of(root, name)
-
-
-def time_range_task(root: str) -> tuple[pd.Timestamp, pd.Timestamp]:
-    return partitions.time_range_of(root)
-
-
-def calls_task(root: str, shard: int, shards: int) -> tuple[pd.DataFrame, list[str]]:
-    """The call table (:func:`rca.graph.call_table`) of one shard of whole traces, and its services."""
-    spans = partitions.shard_part(root, ["traces"], shard, shards).traces
-    if spans is None or spans.empty:
-        return call_table(None), []
-    return call_table(spans), spans["service_name"].dropna().unique().tolist()
-
-
-# ------------------------------------------------------------------ the client's side
 def _parts(detector: type[Detector], shards: int, services: dict[str, list[str]]) -> list[tuple[str, Any]]:
     if detector.partition == "service":
         return [("service", s) for s in services.get(detector.signal, [])] or [("whole", None)]
@@ -329,7 +235,7 @@ def dask_scores(client: Any, data: str | Path, names: list[str], settings: Setti
         if done % max(total // 10, 1) == 0 or done == total:
             log(f"dask: scored {done}/{total} parts", quiet)
     # what each fit left: its notes and time (the model itself stays on the workers)
-    fit_info = {name: client.submit(_fit_summary, fitted[name], pure=False).result() for name in fitted}
+    fit_info = {name: client.submit(fit_summary, fitted[name], pure=False).result() for name in fitted}
     for name, info in fit_info.items():
         skipped.extend(info["notes"])
         if info["seconds"] is not None:
@@ -392,25 +298,10 @@ def active_services(client: Any, data: str | Path, windows: list[tuple[pd.Timest
     return found
 
 
-def active_task(root: str, name: str, service: str, windows: list[tuple[pd.Timestamp, pd.Timestamp]]) -> list[bool]:
-    path = partitions.frame_path(root, name)
-    column = TIME_COLUMNS[name]
-    times = partitions.read_rows(root, name, partitions.service_is(path, name, service), columns=[column])
-    values = pd.DatetimeIndex(pd.to_datetime(times[column], utc=True)).sort_values()
-    return [bool(values.searchsorted(start) < values.searchsorted(end)) for start, end in windows]
-
-
 def metric_rows(client: Any, data: str | Path, service: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame | None:
     """``service``'s metric rows in ``[start, end)``, read on a worker (a report's forecast)."""
     return client.submit(service_rows_task, str(Path(data).resolve()), "metrics", service, [(start, end)],
                          pure=False).result()
-
-
-def service_rows_task(root: str, name: str, service: str, ranges: list[tuple[pd.Timestamp, pd.Timestamp]]) -> pd.DataFrame | None:
-    path = partitions.frame_path(root, name)
-    if path is None:
-        return None
-    return partitions.read_rows(root, name, partitions.service_is(path, name, service) & partitions.time_in(name, ranges))
 
 
 def incident_rows(client: Any, data: str | Path, incidents: list[Any], reports: list[dict[str, Any]],

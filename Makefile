@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gat_synth.py
 	$(BIN)/python benchmarks/serve_ingest.py
 	$(BIN)/python benchmarks/serve_load.py --spans 20000 --minutes 10
+	$(BIN)/python benchmarks/dask_bundle.py out/dask/large --days 1 --requests-per-minute 23
+	$(BIN)/python benchmarks/dask_bundle.py out/dask/large5 --days 5 --requests-per-minute 23
+	$(BIN)/python benchmarks/dask_scale.py out/dask/large5 out/dask/large --workers 2,1 --out out/dask/runs
 	@if [ -d "$(DATA)/nab-dev" ]; then $(BIN)/python benchmarks/metrics_nab.py $(DATA)/nab-dev --detectors zscore,iforest,lstm_ae,changepoint && \
 	$(BIN)/python benchmarks/forecast_backtest.py $(DATA)/nab-dev; \
 	else echo "skipping NAB and the forecast backtest: no $(DATA)/nab-dev (set DATA=path/to/shared/data)"; fi

@@ -54,7 +54,8 @@ class DetectResult:
 def train(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings, quiet: bool = False,
           dask: str | None = None) -> Path:
     """Fit ``models_spec`` on all of bundle ``data`` and save the models; with ``dask`` (an address
-    or ``local:N``) each detector is fitted by a task on that cluster (:mod:`melt.pipeline.dask_run`)."""
+    or ``local:N``) they are fitted on that cluster's workers, by one task each or by parts
+    (:func:`melt.pipeline.dask_run.fit_on_workers`)."""
     requested_names(models_spec)
     check_detector_settings(settings)
     if dask is not None:
@@ -213,8 +214,12 @@ def detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Se
 def dask_detect(data: str | Path, models_spec: str, out_dir: str | Path, settings: Settings, train_dir: str | Path | None,
                 model_dir: str | Path | None, dask: str, outlets: list[Any], explainer: Explainer,
                 quiet: bool) -> DetectResult:
-    """:func:`detect`'s stages with fitting and scoring on a Dask cluster (:mod:`melt.pipeline.dask_run`):
-    the client holds the score table, the dependency graph and the rows inside incident windows."""
+    """:func:`detect`'s stages with fitting and scoring on a Dask cluster (:mod:`melt.pipeline.dask_run`).
+
+    The client holds the score table and the dependency graph, and asks the workers for what the
+    reports read: which services served in each incident's window, the forecast metric's history,
+    and (for incident pages) the rows of each incident's services in its window.
+    """
     from melt.core.partitions import present_signals
     from melt.pipeline.dask_run import (
         active_services,
@@ -230,13 +235,14 @@ def dask_detect(data: str | Path, models_spec: str, out_dir: str | Path, setting
     MeltBundle.check_dir(data)
     if train_dir is not None:
         MeltBundle.check_dir(train_dir)
-    names, skipped = resolve_models(models_spec, present_signals(data))
+    present = present_signals(data)
+    names, skipped = resolve_models(models_spec, present)
     for note in skipped:
         log(f"skipped {note}", quiet, stage="melt warning" if note.warn else "melt")
     models = None
     if model_dir is not None:
         models = load_models(model_dir, names if models_spec.strip() != "all" else None)
-        models = {n: m for n, m in models.items() if m.signal in present_signals(data)}
+        models = {n: m for n, m in models.items() if m.signal in present}
     with connect(dask) as client:
         found = dask_scores(client, data, names if models is None else list(models), settings, train_dir, models, quiet)
         scores, signal_of, graph = found.scores, found.signal_of, found.graph

@@ -164,13 +164,7 @@ class MeltBundle:
                 frames[name] = _read_parquet(file)
         if not frames:
             raise BundleError(f"{root}: no frame found (expected any of {', '.join(f'{s}.parquet' for s in SIGNALS)})")
-        truth = None
-        truth_file = root / "truth.json"
-        if truth_file.exists():
-            try:
-                truth = json.loads(truth_file.read_text())
-            except json.JSONDecodeError as exc:
-                raise BundleError(f"{truth_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        truth = read_truth(root)
         try:
             return cls(**frames, truth=truth)
         except BundleError as exc:
@@ -246,12 +240,32 @@ def check_output_dir(path: str | Path) -> Path:
     return root
 
 
+def read_truth(root: str | Path) -> dict[str, Any] | None:
+    """Bundle ``root``'s ``truth.json``, or ``None`` without one.
+
+    Raises:
+        BundleError: the file is not valid JSON.
+    """
+    file = Path(root) / "truth.json"
+    if not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def unreadable(path: Path, exc: BaseException, what: str = "parquet") -> BundleError:
+    """The one-line error of a file pyarrow could not read (it raises several unrelated types)."""
+    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return BundleError(f"{path}: cannot read {what} ({reason})")
+
+
 def _read_parquet(file: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(file)
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise BundleError(f"{file}: cannot read parquet ({reason})") from None
+        raise unreadable(file, exc) from None
 
 
 def _write_partitioned(frame: pd.DataFrame, name: str, target: Path) -> None:
@@ -311,13 +325,21 @@ def _read_partitioned(directory: Path, name: str) -> pd.DataFrame:
         dataset = ds.dataset(directory, format="parquet", partitioning="hive")
         table = dataset.to_table()
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise BundleError(f"{directory}: cannot read the partitioned parquet dataset ({reason})") from None
-    frame = table.to_pandas()
+        raise unreadable(directory, exc, "the partitioned parquet dataset") from None
+    return from_partitions(table.to_pandas(), name, dataset.schema.metadata)
+
+
+def from_partitions(frame: pd.DataFrame, name: str, metadata: dict[bytes, bytes] | None,
+                    whole: bool = True) -> pd.DataFrame:
+    """Rows read from a partitioned frame as :meth:`MeltBundle.read` gives them: the service key back
+    as a plain column (a trace's is its ``service_name``), no date key, the written column order
+    (``whole``: all columns were read), in time order (stable: a partition keeps its order)."""
     if "service" in frame.columns:
         frame["service"] = frame["service"].astype(object)  # from the path: dictionary-encoded there
     frame = frame.drop(columns=["date"] + (["service"] if name == "traces" else []), errors="ignore")
-    order = json.loads((dataset.schema.metadata or {}).get(COLUMN_ORDER, b"[]"))
-    if set(order) == set(frame.columns):
+    order = json.loads((metadata or {}).get(COLUMN_ORDER, b"[]"))
+    if whole and set(order) == set(frame.columns):
         frame = frame[order]
+    if TIME_COLUMNS[name] not in frame.columns:
+        return frame
     return frame.sort_values(TIME_COLUMNS[name], kind="stable", ignore_index=True)

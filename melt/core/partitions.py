@@ -9,7 +9,6 @@ within the whole bundle.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melt.core.bundle import COLUMN_ORDER, SERVICE_OF, TIME_COLUMNS, MeltBundle
+from melt.core.bundle import SERVICE_OF, TIME_COLUMNS, MeltBundle, from_partitions, read_truth, unreadable
 from melt.core.errors import BundleError
 from melt.core.schema import SIGNALS
 
 RowFilter = Callable[[pd.DataFrame], np.ndarray]  # rows of a batch to keep, for what pyarrow cannot filter
+TimeRanges = Sequence[tuple[pd.Timestamp | None, pd.Timestamp | None]]  # [start, end) each, open ends allowed
 
 
 def frame_path(root: str | Path, name: str) -> Path | None:
@@ -43,8 +43,7 @@ def _dataset(path: Path) -> Any:
             return ds.dataset(path, format="parquet", partitioning="hive")
         return ds.dataset(path, format="parquet")
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise BundleError(f"{path}: cannot read parquet ({reason})") from None
+        raise unreadable(path, exc) from None
 
 
 def service_is(path: Path, name: str, service: str) -> Any:
@@ -55,7 +54,7 @@ def service_is(path: Path, name: str, service: str) -> Any:
     return ds.field("service" if path.is_dir() else SERVICE_OF[name]) == service
 
 
-def time_in(name: str, ranges: Sequence[tuple[pd.Timestamp | None, pd.Timestamp | None]]) -> Any:
+def time_in(name: str, ranges: TimeRanges) -> Any:
     """The filter expression of rows whose time lies in any of ``ranges`` (``[start, end)``, open ends allowed)."""
     import pyarrow as pa
     import pyarrow.dataset as ds
@@ -104,33 +103,10 @@ def read_rows(root: str | Path, name: str, where: Any = None, keep: RowFilter | 
             table = pa.concat_tables(parts, promote_options="permissive") if parts else dataset.schema.empty_table()
             if columns is not None:
                 table = table.select([c for c in columns if c in table.column_names])
-    except BundleError:
-        raise
-    except Exception as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise BundleError(f"{path}: cannot read parquet ({reason})") from None
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        raise unreadable(path, exc) from None
     frame = table.to_pandas()
-    if not path.is_dir():
-        return frame
-    if "service" in frame.columns:
-        frame["service"] = frame["service"].astype(object)  # from the path: dictionary-encoded there
-    frame = frame.drop(columns=["date"] + (["service"] if name == "traces" else []), errors="ignore")
-    order = json.loads((dataset.schema.metadata or {}).get(COLUMN_ORDER, b"[]"))
-    if columns is None and set(order) == set(frame.columns):
-        frame = frame[order]
-    if TIME_COLUMNS[name] not in frame.columns:
-        return frame
-    return frame.sort_values(TIME_COLUMNS[name], kind="stable", ignore_index=True)
-
-
-def read_truth(root: str | Path) -> dict[str, Any] | None:
-    file = Path(root) / "truth.json"
-    if not file.exists():
-        return None
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return from_partitions(frame, name, dataset.schema.metadata, whole=columns is None) if path.is_dir() else frame
 
 
 def bundle_of(root: str | Path, frames: dict[str, pd.DataFrame | None]) -> MeltBundle:
@@ -141,13 +117,22 @@ def bundle_of(root: str | Path, frames: dict[str, pd.DataFrame | None]) -> MeltB
         raise BundleError(f"{root}/{exc}") from None
 
 
-def service_part(root: str | Path, names: Sequence[str], service: str) -> MeltBundle:
-    """``service``'s rows of frames ``names`` (a trace's spans by their own service)."""
-    frames = {}
-    for name in names:
-        path = frame_path(root, name)
-        frames[name] = None if path is None else read_rows(root, name, service_is(path, name, service))
-    return bundle_of(root, frames)
+def service_rows(root: str | Path, name: str, service: str, ranges: TimeRanges | None = None,
+                 columns: list[str] | None = None) -> pd.DataFrame | None:
+    """``service``'s rows of frame ``name`` (a trace's spans by their own service), within ``ranges``
+    when given; ``None`` without the frame."""
+    path = frame_path(root, name)
+    if path is None:
+        return None
+    where = service_is(path, name, service)
+    if ranges is not None:
+        where = where & time_in(name, ranges)
+    return read_rows(root, name, where, columns=columns)
+
+
+def service_part(root: str | Path, names: Sequence[str], service: str, ranges: TimeRanges | None = None) -> MeltBundle:
+    """``service``'s rows of frames ``names`` (:func:`service_rows`) as a bundle."""
+    return bundle_of(root, {name: service_rows(root, name, service, ranges) for name in names})
 
 
 def trace_shard(ids: pd.Series, shard: int, shards: int) -> np.ndarray:

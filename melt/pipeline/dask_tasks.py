@@ -95,14 +95,7 @@ def part_map_task(root: str, name: str, service: str, cutoff: pd.Timestamp | Non
     import time
 
     began = time.perf_counter()
-    frames = {}
-    for frame in frames_of(name):
-        path = partitions.frame_path(root, frame)
-        where = None if path is None else partitions.service_is(path, frame, service)
-        if where is not None and cutoff is not None:
-            where = where & partitions.time_in(frame, [(None, cutoff)])
-        frames[frame] = None if path is None else partitions.read_rows(root, frame, where)
-    bundle = partitions.bundle_of(root, frames)
+    bundle = partitions.service_part(root, frames_of(name), service, None if cutoff is None else [(None, cutoff)])
     result = len(bundle.frame(detector.signal)) if step == ROWS else map_part(detector, bundle, step)
     return result, time.perf_counter() - began
 
@@ -124,15 +117,11 @@ def calls_task(root: str, shard: int, shards: int) -> tuple[pd.DataFrame, list[s
 
 
 def active_task(root: str, name: str, service: str, windows: list[tuple[pd.Timestamp, pd.Timestamp]]) -> list[bool]:
-    path = partitions.frame_path(root, name)
     column = TIME_COLUMNS[name]
-    times = partitions.read_rows(root, name, partitions.service_is(path, name, service), columns=[column])
+    times = partitions.service_rows(root, name, service, columns=[column])
     values = pd.DatetimeIndex(pd.to_datetime(times[column], utc=True)).sort_values()
     return [bool(values.searchsorted(start) < values.searchsorted(end)) for start, end in windows]
 
 
 def service_rows_task(root: str, name: str, service: str, ranges: list[tuple[pd.Timestamp, pd.Timestamp]]) -> pd.DataFrame | None:
-    path = partitions.frame_path(root, name)
-    if path is None:
-        return None
-    return partitions.read_rows(root, name, partitions.service_is(path, name, service) & partitions.time_in(name, ranges))
+    return partitions.service_rows(root, name, service, ranges)

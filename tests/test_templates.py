@@ -251,3 +251,61 @@ def test_a_model_saved_before_the_shapes_parser_asks_to_be_fitted_again(tiny_bun
     (root / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     with pytest.raises(PluginError, match="model format 1 is not supported .want 2.; fit it again with 'melt train'"):
         type(detector).load(root)
+
+
+def _two_services(minutes: int, silent: int | None = None) -> pd.DataFrame:
+    """Two services that log the same two statements each minute; ``api`` is silent in minute ``silent``."""
+    rows = []
+    start = pd.Timestamp("2026-03-01", tz="UTC")
+    for minute in range(minutes):
+        for service in ("api", "db"):
+            if service == "api" and minute == silent:
+                continue
+            for k in range(6):
+                at = start + pd.Timedelta(minutes=minute, seconds=5 * k)
+                rows.append({"timestamp": at, "service": service, "level": "INFO",
+                             "message": f"served request {minute * 10 + k} in {k + 3} ms"})
+                rows.append({"timestamp": at, "service": service, "level": "INFO",
+                             "message": f"cache hit ratio {k}.5 for shard {k}"})
+    return pd.DataFrame(rows)
+
+
+def test_a_service_silent_while_others_log_counts_zero_lines_in_its_own_part_too() -> None:
+    """A steady template of a service that logs nothing in a minute in which others do is a drop.
+    One service's part, scored on its own on a Dask worker, finds it too, from when the whole data
+    has lines (``MeltBundle.seen``); without that it cannot know the minute existed."""
+    from detectors.logs.log_templates import LogTemplateDetector
+    from melt.core.bundle import MeltBundle
+
+    detector = LogTemplateDetector().fit_calibrated(MeltBundle(logs=_two_services(30)))
+    logs = _two_services(10, silent=4)
+    whole = detector.detect(MeltBundle(logs=logs))
+    api = MeltBundle(logs=logs[logs["service"] == "api"].reset_index(drop=True))
+    seen = pd.DatetimeIndex(logs["timestamp"]).floor("s").unique()
+    part = detector.detect(MeltBundle(logs=api.logs, seen={"logs": seen}))
+    alone = detector.detect(api)
+
+    def drops(scores: pd.DataFrame) -> list[pd.Timestamp]:
+        kinds = scores["evidence"].map(lambda e: e["anomaly_type"])
+        return sorted(set(scores.loc[kinds.eq("log_drop") & scores["service"].eq("api"), "timestamp"]))
+
+    silent = pd.Timestamp("2026-03-01 00:04", tz="UTC")
+    assert drops(whole) == [silent]
+    assert drops(part) == [silent]
+    assert drops(alone) == []
+    mine = whole[whole["service"] == "api"].sort_values(["timestamp", "entity"], ignore_index=True)
+    np.testing.assert_allclose(part.sort_values(["timestamp", "entity"])["score"], mine["score"], atol=1e-12)
+
+
+def test_templates_learned_from_lines_do_not_depend_on_their_row_order() -> None:
+    """The detector learns from each distinct masked line in order of its first time (ties by text),
+    so a file and its partitioned copy (rows in another order) learn the same templates."""
+    from detectors.logs.log_templates import LogTemplateDetector
+    from melt.core.bundle import MeltBundle
+
+    logs = _two_services(20)
+    shuffled = logs.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    a = LogTemplateDetector().fit(MeltBundle(logs=logs))
+    b = LogTemplateDetector().fit(MeltBundle(logs=shuffled))
+    assert a.miner_.templates() == b.miner_.templates()
+    pd.testing.assert_frame_equal(a.baseline_, b.baseline_)

@@ -9,7 +9,7 @@ template count as a new template, keyed by their masked text, without changing t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -57,23 +57,63 @@ class LogTemplateDetector(Detector):
     def _miner(self) -> TemplateMiner:
         return TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
 
+    # Fitting runs as two map/reduce rounds, whole (one part) or service by service on a Dask
+    # cluster (``Detector.fit_calibrated_by_parts``); both learn the same state.
+    fit_rounds = 2  # the parts' masked lines, buckets and names; then their template counts
+
     def fit(self, bundle: MeltBundle) -> Self:
+        self.require(bundle)
+        for step in range(self.fit_rounds):
+            self.fit_reduce(step, [self.fit_map(bundle, step)])
+        return self
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
         logs = self.require(bundle)
-        self.miner_ = self._miner()
-        ids = self.miner_.fit(logs["message"])
-        self.services_ = tuple(known_services(logs, bundle.traces))
+        if step == 0:  # each distinct masked line, when it first appears; the buckets; the names
+            codes, distinct = self._miner().distinct(logs["message"])
+            first = pd.Series(logs["timestamp"].to_numpy()).groupby(codes).min()
+            return {"texts": pd.DataFrame({"text": distinct.astype(str), "first": first.to_numpy()}),
+                    "buckets": bundle.buckets("logs", parse_duration(self.window)),
+                    "services": known_services(logs, bundle.traces)}
+        codes, distinct = self.miner_.distinct(logs["message"])
+        ids = np.array([self.fitting_[text] for text in distinct.astype(str)], dtype=np.int64)[codes]
         template = label_peers(ids.astype(str), logs, bundle.traces, self.services_)
         counts = self._counts(logs, template)
-        n_windows = max(counts["bucket"].nunique(), 1)
         counts["square"] = counts["count"].astype(float) ** 2
-        sums = counts.groupby(["service", "template"], observed=True)[["count", "square"]].sum()
-        mean, sq = sums["count"] / n_windows, sums["square"]
-        var = (sq / n_windows - mean**2).clip(lower=0)
-        level = logs.assign(template=template).groupby("template", observed=True)["level"].agg(lambda s: s.mode().iat[0])
+        return {"sums": counts.groupby(["service", "template"], observed=True)[["count", "square"]].sum(),
+                "levels": pd.DataFrame({"template": template, "level": logs["level"].to_numpy()})
+                .groupby(["template", "level"], observed=True).size()}
+
+    def fit_reduce(self, step: int, parts: list[dict[str, Any]]) -> None:
+        if step == 0:
+            # learned once, from every part's distinct masked lines in order of first appearance
+            # (ties by text): the state one pass over all lines in time order would reach, whatever
+            # the parts or the order of rows within a file
+            texts = pd.concat([p["texts"] for p in parts], ignore_index=True).groupby("text", sort=False)["first"].min()
+            order = texts.reset_index().sort_values(["first", "text"], kind="stable")["text"]
+            self.miner_ = self._miner()
+            self.fitting_ = dict(zip(order, self.miner_.learn(order.tolist()).tolist(), strict=True))
+            buckets = pd.concat([pd.Series(p["buckets"]) for p in parts], ignore_index=True)
+            self.train_buckets_ = pd.DatetimeIndex(buckets).unique().sort_values()
+            self.services_ = tuple(sorted(set().union(*(p["services"] for p in parts))))
+            return
+        sums = pd.concat([p["sums"] for p in parts]).groupby(level=[0, 1]).sum().sort_index()
+        n_windows = max(len(self.train_buckets_), 1)
+        mean = sums["count"] / n_windows
+        var = (sums["square"] / n_windows - mean**2).clip(lower=0)
         self.baseline_ = pd.DataFrame({"mean": mean, "var": var})
-        self.template_level_ = level.to_dict()
+        self.baseline_.index.names = ["service", "template"]
+        # each template's most common level (ties: the first in order, as ``Series.mode`` picks)
+        levels = pd.concat([p["levels"] for p in parts]).groupby(level=[0, 1]).sum().rename("n").reset_index()
+        levels = levels.sort_values(["template", "n", "level"], ascending=[True, False, True], kind="stable")
+        self.template_level_ = dict(levels.drop_duplicates("template")[["template", "level"]].itertuples(index=False))
         self.template_text_ = {str(k): v for k, v in self.miner_.templates().items()}
-        return self
+        del self.fitting_
+
+    def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:
+        """The training data's scores, with the training data's buckets whether ``bundle`` is all
+        of it or one service's part."""
+        return self._checked(self._scores(bundle, self.train_buckets_))["score"].to_numpy()
 
     def _counts(self, logs: pd.DataFrame, template: np.ndarray) -> pd.DataFrame:
         bucket = logs["timestamp"].dt.floor(parse_duration(self.window))
@@ -84,14 +124,20 @@ class LogTemplateDetector(Detector):
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         logs = self.require(bundle)
+        return self._scores(bundle, bundle.buckets("logs", parse_duration(self.window)) if len(logs) else None)
+
+    def _scores(self, bundle: MeltBundle, grid: pd.DatetimeIndex | None) -> pd.DataFrame:
+        """Scores of ``bundle``'s logs; a steady template's missing count in a ``grid`` bucket is a zero."""
+        logs = self.require(bundle)
         if logs.empty:
             return empty_scores()
         ids, masked = self.miner_.match(logs["message"])
         template = np.where(ids == UNMATCHED, "new:" + pd.Series(masked).astype(str).to_numpy(), ids.astype(str))
         template = label_peers(template, logs, bundle.traces, self.services_)
         counts = self._counts(logs, template)
-        grid_buckets = counts["bucket"].unique()
-        # steady templates that vanish have no row: add zero counts for them
+        grid_buckets = grid if grid is not None else counts["bucket"].unique()
+        # steady templates that vanish have no row: add zero counts for them (in every bucket in
+        # which the data has lines: a service silent then, while others log, counts zero lines)
         steady = self.baseline_[self.baseline_["mean"] >= self.steady_min_mean].index
         active_services = counts["service"].unique()
         steady = [k for k in steady if k[0] in set(active_services)]

@@ -144,8 +144,9 @@ class TemplateMiner:
                 text = pc.replace_with_mask(text, holds, _replace(pc.filter(text, holds), pattern, token))
         return pd.Series(text, index=lines.index, dtype="string[pyarrow]")
 
-    def _distinct(self, lines: pd.Series) -> tuple[np.ndarray, pd.Index]:
-        """Codes mapping each line to its distinct masked form (masking runs on distinct raw lines)."""
+    def distinct(self, lines: pd.Series) -> tuple[np.ndarray, pd.Index]:
+        """Codes mapping each line to its distinct masked form, in order of first appearance
+        (masking runs on distinct raw lines)."""
         raw_codes, raw_unique = pd.factorize(lines.astype("string[pyarrow]"), use_na_sentinel=False)
         masked = self.mask(pd.Series(raw_unique, dtype="string[pyarrow]").fillna(""))
         masked_codes, masked_unique = pd.factorize(masked, use_na_sentinel=False)
@@ -153,24 +154,33 @@ class TemplateMiner:
 
     def fit(self, lines: pd.Series) -> np.ndarray:
         """Learn templates from ``lines``; returns each line's template id."""
-        codes, distinct = self._distinct(lines)
-        texts = distinct.astype(str)
+        codes, distinct = self.distinct(lines)
+        return self.learn(distinct)[codes]
+
+    def learn(self, masked: pd.Index | list[str]) -> np.ndarray:
+        """Learn templates from distinct masked lines, in the order given; returns each one's template id.
+
+        The parsers see nothing but these texts and their order, so two sets of lines with the same
+        distinct masked texts in the same order learn the same templates: what lets a fit by parts
+        (one service's lines per part, :mod:`detectors.logs.log_templates`) pool the parts'
+        texts and learn once.
+        """
+        texts = pd.Index(masked).astype(str)
         if self.parser == "shapes":
             learn = self._shapes.learn
             ids = np.array([learn(*line_shape(m)) for m in texts], dtype=np.int64)
             # a later line can merge two templates: each early id resolves to its template's id
             find = self._shapes.find
-            return np.array([find(i) for i in ids], dtype=np.int64)[codes] if len(ids) else ids[codes]
+            return np.array([find(i) for i in ids], dtype=np.int64)
         # drain3's Drain directly: its TemplateMiner wrapper would re-mask (nothing to do here), profile,
         # and build a result dict with the template text on every call
         learn = self._miner.drain.add_log_message
-        ids = np.array([learn(m)[0].cluster_id for m in texts], dtype=np.int64)
         # a later line can widen an earlier cluster; ids stay stable, so map through ids directly
-        return ids[codes]
+        return np.array([learn(m)[0].cluster_id for m in texts], dtype=np.int64)
 
     def match(self, lines: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Template id per line without learning (``UNMATCHED`` for none), plus the masked line."""
-        codes, distinct = self._distinct(lines)
+        codes, distinct = self.distinct(lines)
         texts = distinct.astype(str)
         if self.parser == "shapes":
             lookup = self._shapes.match

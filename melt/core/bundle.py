@@ -40,6 +40,9 @@ class MeltBundle:
         events: change events (deploys, config changes, restarts, scaling).
         truth: ground truth (``{"faults": [...]}``) when the data is labelled.
         validate: check and coerce every frame against :mod:`melt.core.schema`.
+        seen: per frame, the whole seconds at which the data this bundle is one part of has rows,
+            when it is a part (one service's rows, read on a Dask worker): what a part knows of
+            the whole (:meth:`buckets`). ``None``: the bundle is the whole.
     """
 
     metrics: pd.DataFrame | None = None
@@ -48,6 +51,7 @@ class MeltBundle:
     events: pd.DataFrame | None = None
     truth: dict[str, Any] | None = None
     validate: bool = field(default=True, repr=False)
+    seen: dict[str, pd.DatetimeIndex] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.validate:
@@ -81,6 +85,14 @@ class MeltBundle:
             column = "service_name" if name == "traces" else "service"
             names.update(self.frame(name)[column].dropna().unique().tolist())
         return sorted(names)
+
+    def buckets(self, name: str, width: pd.Timedelta) -> pd.DatetimeIndex:
+        """The ``width`` buckets in which frame ``name`` has rows: of the whole data when this bundle
+        is a part of it (``seen``, for widths of whole seconds), else of its own rows."""
+        seen = (self.seen or {}).get(name)
+        if seen is not None and width % pd.Timedelta(seconds=1) == pd.Timedelta(0):
+            return seen.floor(width).unique()
+        return pd.DatetimeIndex(self.frame(name)[TIME_COLUMNS[name]]).floor(width).unique()
 
     def time_range(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         """Earliest and latest timestamp over all frames that carry one."""

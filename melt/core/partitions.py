@@ -109,10 +109,12 @@ def read_rows(root: str | Path, name: str, where: Any = None, keep: RowFilter | 
     return from_partitions(frame, name, dataset.schema.metadata, whole=columns is None) if path.is_dir() else frame
 
 
-def bundle_of(root: str | Path, frames: dict[str, pd.DataFrame | None]) -> MeltBundle:
-    """A validated bundle of ``frames`` read from ``root`` (its ``truth.json`` too)."""
+def bundle_of(root: str | Path, frames: dict[str, pd.DataFrame | None],
+              seen: dict[str, pd.DatetimeIndex] | None = None) -> MeltBundle:
+    """A validated bundle of ``frames`` read from ``root`` (its ``truth.json`` too); ``seen`` as
+    :class:`MeltBundle` takes it, for a part."""
     try:
-        return MeltBundle(**frames, truth=read_truth(root))
+        return MeltBundle(**frames, truth=read_truth(root), seen=seen)
     except BundleError as exc:
         raise BundleError(f"{root}/{exc}") from None
 
@@ -130,9 +132,21 @@ def service_rows(root: str | Path, name: str, service: str, ranges: TimeRanges |
     return read_rows(root, name, where, columns=columns)
 
 
-def service_part(root: str | Path, names: Sequence[str], service: str, ranges: TimeRanges | None = None) -> MeltBundle:
-    """``service``'s rows of frames ``names`` (:func:`service_rows`) as a bundle."""
-    return bundle_of(root, {name: service_rows(root, name, service, ranges) for name in names})
+def service_part(root: str | Path, names: Sequence[str], service: str, ranges: TimeRanges | None = None,
+                 seen: dict[str, pd.DatetimeIndex] | None = None) -> MeltBundle:
+    """``service``'s rows of frames ``names`` (:func:`service_rows`) as a bundle; ``seen`` (from
+    :func:`seen_seconds`) tells it when the whole data has rows."""
+    return bundle_of(root, {name: service_rows(root, name, service, ranges) for name in names}, seen)
+
+
+def seen_seconds(root: str | Path, name: str) -> pd.DatetimeIndex | None:
+    """The whole seconds at which frame ``name`` has rows (:attr:`MeltBundle.seen`), sorted;
+    ``None`` without the frame."""
+    column = TIME_COLUMNS[name]
+    times = read_rows(root, name, columns=[column])
+    if times is None:
+        return None
+    return pd.DatetimeIndex(pd.to_datetime(times[column], utc=True)).floor("s").unique().sort_values()
 
 
 def trace_shard(ids: pd.Series, shard: int, shards: int) -> np.ndarray:
@@ -194,29 +208,43 @@ def time_range_of(root: str | Path) -> tuple[pd.Timestamp, pd.Timestamp]:
     return min(lows), max(highs)
 
 
-def before_part(root: str | Path, names: Sequence[str], cutoff: pd.Timestamp) -> MeltBundle:
+def early_traces(root: str | Path, cutoff: pd.Timestamp) -> Any:
+    """The ids of the traces that start before ``cutoff`` (a pyarrow string array), or ``None``
+    when the bundle has no traces: what :func:`before_part` keeps of traces and their lines."""
+    import pyarrow as pa
+
+    if frame_path(root, "traces") is None:
+        return None
+    starts = read_rows(root, "traces", time_in("traces", [(None, cutoff)]), columns=["trace_id"])
+    return pa.array(pd.unique(starts["trace_id"].dropna().astype(str)), type=pa.string())
+
+
+def before_part(root: str | Path, names: Sequence[str], cutoff: pd.Timestamp, service: str | None = None,
+                early: Any = None) -> MeltBundle:
     """What ``MeltBundle.read(root).slice_time(None, cutoff)`` holds of frames ``names``, read without
     the rest: whole traces that start before ``cutoff``, with every line they logged, and the other
-    rows before it (:meth:`MeltBundle.slice_time`'s rules)."""
+    rows before it (:meth:`MeltBundle.slice_time`'s rules). ``service`` keeps only its rows (a
+    trace's spans by their own service); ``early`` is :func:`early_traces`, when already read."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    has_traces = frame_path(root, "traces") is not None
-    early = None
-    if has_traces and ("traces" in names or "logs" in names):
-        starts = read_rows(root, "traces", time_in("traces", [(None, cutoff)]), columns=["trace_id"])
-        early = pa.array(pd.unique(starts["trace_id"].dropna().astype(str)), type=pa.string())
+    if early is None and ("traces" in names or "logs" in names):
+        early = early_traces(root, cutoff)
     frames: dict[str, pd.DataFrame | None] = {}
     for name in names:
         path = frame_path(root, name)
         if path is None:
             frames[name] = None
             continue
+
+        def where(expression: Any, name: str = name, path: Path = path) -> Any:
+            return expression if service is None else service_is(path, name, service) & expression
+
         if name == "traces":
-            frames[name] = read_rows(root, name, ds.field("trace_id").isin(early))
+            frames[name] = read_rows(root, name, where(ds.field("trace_id").isin(early)))
             continue
         if name == "logs" and early is not None and "trace_id" in _dataset(path).schema.names:
-            logs = read_rows(root, name, time_in(name, [(None, cutoff)]) | ds.field("trace_id").isin(early))
+            logs = read_rows(root, name, where(time_in(name, [(None, cutoff)]) | ds.field("trace_id").isin(early)))
             # a line of a trace that starts at or after the cutoff goes with its trace
             others = logs["trace_id"].notna() & ~logs["trace_id"].astype(str).isin(set(early.to_pylist()))
             named = pd.unique(logs.loc[others, "trace_id"].astype(str))
@@ -226,5 +254,5 @@ def before_part(root: str | Path, names: Sequence[str], cutoff: pd.Timestamp) ->
                 logs = logs[~(others & logs["trace_id"].astype(str).isin(set(late["trace_id"])))]
             frames[name] = logs.reset_index(drop=True)
             continue
-        frames[name] = read_rows(root, name, time_in(name, [(None, cutoff)]))
+        frames[name] = read_rows(root, name, where(time_in(name, [(None, cutoff)])))
     return bundle_of(root, frames)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import pandas as pd
@@ -34,7 +34,11 @@ from melt.pipeline.fitting import (
 from melt.pipeline.rolling import rolling_scores
 from rca.graph import dependency_graph
 
-MetricRows = Callable[[str, pd.Timestamp, pd.Timestamp], "pd.DataFrame | None"]  # a service's metric rows in [start, end)
+if TYPE_CHECKING:
+    from melt.reports.detail import RowDrawer
+
+# a report's forecast block made elsewhere (a Dask worker): (ranked causes, evidence, origin) -> block
+Forecaster = Callable[[list[dict[str, Any]], list[dict[str, Any]], pd.Timestamp], "dict[str, Any] | None"]
 
 
 @dataclass
@@ -80,7 +84,7 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
                      signal_of: dict[str, str], settings: Settings, graph: nx.DiGraph | None = None,
                      explainer: Explainer | None = None, quiet: bool = True, first_number: int = 0,
                      serving: Callable[[pd.Timestamp, pd.Timestamp], set[str]] | None = None,
-                     metrics: pd.DataFrame | MetricRows | None = None) -> list[dict[str, Any]]:
+                     metrics: pd.DataFrame | Forecaster | None = None) -> list[dict[str, Any]]:
     """Rank root causes, pick evidence and explain each incident: one validated report per incident.
 
     Explanations come from ``explainer`` (default: the offline template), all incidents at once so
@@ -89,9 +93,9 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
     ``serving(start, end)`` names the services that served requests then; by default they are read
     from ``bundle``'s spans and logs (a stream that no longer holds them keeps the names instead).
     The forecast of the top cause's metric (``report.forecast_horizon``) is made from ``metrics``,
-    by default ``bundle``'s (a stream keeps a bounded history instead), or read when needed:
-    ``metrics(service, start, end)`` gives that service's rows (a Dask run reads them on a worker);
-    a failed forecast costs a warning line and the forecast block, never the report.
+    by default ``bundle``'s (a stream keeps a bounded history instead), or made elsewhere:
+    ``metrics(candidates, evidence, origin)`` gives the block (a Dask run makes it on a worker, where
+    the metric's rows are); a failed forecast costs a warning line and the block, never the report.
     """
     from explain.facts import build_facts
     from melt.reports.evidence import select_evidence
@@ -130,12 +134,11 @@ def report_incidents(incidents: list[Incident], scores: pd.DataFrame, bundle: Me
         for candidate in candidates:
             candidate["evidence_ids"] = [e["id"] for e in evidence if e["service"] == candidate["service"]]
         try:
-            rows = metrics
             if callable(metrics):
-                history = settings.report.forecast_history
-                rows = metrics(candidates[0]["service"], incident.end - history, incident.end) \
-                    if candidates and settings.report.forecast_horizon is not None else None
-            forecast = report_forecast(candidates, evidence, rows, incident.end, settings.report)
+                forecast = metrics(candidates, evidence, incident.end) \
+                    if settings.report.forecast_horizon is not None else None
+            else:
+                forecast = report_forecast(candidates, evidence, metrics, incident.end, settings.report)
         except Exception as exc:  # noqa: BLE001 - a forecast is an extra: its failure never costs the report
             log(f"{incident.id}: no forecast ({type(exc).__name__}: {exc})", quiet, stage="melt warning")
             forecast = None
@@ -217,8 +220,8 @@ def dask_detect(data: str | Path, models_spec: str, out_dir: str | Path, setting
     """:func:`detect`'s stages with fitting and scoring on a Dask cluster (:mod:`melt.pipeline.dask_run`).
 
     The client holds the score table and the dependency graph, and asks the workers for what the
-    reports read: which services served in each incident's window, the forecast metric's history,
-    and (for incident pages) the rows of each incident's services in its window.
+    reports read: which services served in each incident's window, each report's forecast (made
+    where the metric's rows are), and (for incident pages) the rows of each incident's services in its window.
     """
     from melt.core.partitions import present_signals
     from melt.pipeline.dask_run import (
@@ -226,8 +229,8 @@ def dask_detect(data: str | Path, models_spec: str, out_dir: str | Path, setting
         check_supported,
         connect,
         dask_scores,
-        incident_rows,
-        metric_rows,
+        page_rows,
+        worker_forecast,
     )
     from rca.rank import evidence_window
 
@@ -253,24 +256,27 @@ def dask_detect(data: str | Path, models_spec: str, out_dir: str | Path, setting
         active = dict(zip(windows, active_services(client, data, windows), strict=True))
         reports = report_incidents(incidents, scores, None, signal_of, settings, graph, explainer, quiet,
                                    serving=lambda start, end: set(active[(start, end)]),
-                                   metrics=lambda service, start, end: metric_rows(client, data, service, start, end))
+                                   metrics=lambda causes, evidence, origin: worker_forecast(
+                                       client, data, causes, evidence, origin, settings.report))
         pages = any(isinstance(sink, HtmlSink) for sink in outlets)
-        context = incident_rows(client, data, incidents, reports, settings) if pages else MeltBundle(validate=False)
-    result = delivered(incidents, reports, scores, context, signal_of, graph, settings, outlets, skipped, out_dir,
-                       explainer, quiet)
+        drawn = page_rows(client, data, incidents, reports, settings) if pages else None
+        result = delivered(incidents, reports, scores, MeltBundle(validate=False), signal_of, graph, settings, outlets,
+                           skipped, out_dir, explainer, quiet, drawn)
     result.dask_tasks = found.tasks
     return result
 
 
 def delivered(incidents: list[Incident], reports: list[dict[str, Any]], scores: pd.DataFrame, bundle: MeltBundle,
               signal_of: dict[str, str], graph: nx.DiGraph, settings: Settings, outlets: list[Any],
-              skipped: list[LeftOut], out_dir: str | Path | None, explainer: Explainer, quiet: bool) -> DetectResult:
-    """The last stage of :func:`detect`: incident pages, then every sink (files first)."""
+              skipped: list[LeftOut], out_dir: str | Path | None, explainer: Explainer, quiet: bool,
+              rows: RowDrawer | None = None) -> DetectResult:
+    """The last stage of :func:`detect`: incident pages, then every sink (files first). The pages
+    draw from ``bundle``'s rows, or from what ``rows`` makes elsewhere (a Dask run's workers)."""
     pages = [sink for sink in outlets if isinstance(sink, HtmlSink)]
     if pages:  # the incident pages also draw the curves behind each report
         from melt.reports.detail import incident_details
 
-        details = incident_details(incidents, reports, scores, bundle, signal_of, graph, settings, quiet)
+        details = incident_details(incidents, reports, scores, bundle, signal_of, graph, settings, quiet, rows)
         for sink in pages:
             sink.details = details
     # files first, then the webhook and its spool: every report is kept before any sink can fail

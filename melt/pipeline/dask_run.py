@@ -26,33 +26,39 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import pandas as pd
 
 from melt.core import partitions
-from melt.core.bundle import TIME_COLUMNS, MeltBundle
+from melt.core.bundle import MeltBundle
 from melt.core.detector import CALIBRATE, Detector
 from melt.core.errors import ConfigError, MeltError, PluginError
 from melt.core.progress import log
 from melt.core.registry import LeftOut, build_detector, get_plugin
-from melt.core.settings import Settings
+from melt.core.settings import ReportSettings, Settings
 from melt.pipeline.dask_tasks import (
     ROWS,
     active_task,
     calls_task,
+    early_task,
     fit_summary,
     fit_task,
+    forecast_task,
     frames_of,
+    page_task,
     part_map_task,
     score_task,
-    service_rows_task,
+    seen_task,
     services_task,
     time_range_task,
 )
 from melt.pipeline.fitting import SCORE_ORDER, dropped, score_all, too_little
 from rca.graph import call_table, graph_of_calls
+
+if TYPE_CHECKING:
+    from melt.reports.detail import RowDrawer
 
 LOCAL = "local:"
 
@@ -134,30 +140,49 @@ def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings,
     for name in [n for n in names if fits_by_parts(n)]:  # in rounds, each service's part on a worker
         result = fit_by_parts(client, root, name, settings, cutoff)
         round_tasks.extend(result.pop("tasks"))
-        fitted[name] = client.scatter([result])[0]
+        fitted[name] = shipped(client, result)
         if then is not None:
             then(name, fitted[name])
     return {name: fitted[name] for name in names}  # the order of a run without Dask (ties follow it)
 
 
+def shipped(client: Any, value: Any) -> Any:
+    """A future of ``value`` made on the client (a model): a task that returns it, not scattered data,
+    so that the scheduler can make it again on another worker when the one holding it is restarted
+    (a worker past its memory limit is)."""
+    return client.submit(_same, value, pure=False)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 def fits_by_parts(name: str) -> bool:
     """Whether detector ``name`` is fitted service by service (:meth:`Detector.fit_calibrated_by_parts`):
-    it declares rounds, scores by service, and reads only frames without traces."""
+    it declares rounds and scores by service."""
     detector = get_plugin(name).cls
-    return bool(detector.fit_rounds) and detector.partition == "service" and set(frames_of(name)) <= {"metrics", "events"}
+    return bool(detector.fit_rounds) and detector.partition == "service"
 
 
 def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
     """Fit detector ``name`` in rounds over the services' training rows (each part read and
-    mapped on a worker, the small results pooled here), as :func:`fit_task` reports a fit."""
+    mapped on a worker, the small results pooled here), as :func:`fit_task` reports a fit.
+
+    The parts are the services of every frame the detector reads (a service with spans but no
+    lines still names a peer), and the training split's trace list is read once, on a worker.
+    """
     detector = build_detector(name, settings.detector_params(name))
-    services = client.submit(services_task, root, detector.signal, pure=False).result()
+    frames = frames_of(name)
+    listed = [client.submit(services_task, root, frame, pure=False) for frame in frames]
+    services = sorted(set().union(*(task.result() for task in listed)))
+    early = client.submit(early_task, root, cutoff, pure=False) \
+        if cutoff is not None and {"logs", "traces"} & set(frames) else None
     tasks: list[dict[str, Any]] = []
 
-    def map_parts(shipped: Detector, step: int) -> list[Any]:
-        copy = client.scatter(shipped, hash=False)  # a new key each round: the state changed since the last
-        got = client.gather([client.submit(part_map_task, root, name, s, cutoff, copy, step, priority=10, pure=False)
-                             for s in services])
+    def map_parts(current: Detector, step: int) -> list[Any]:
+        copy = shipped(client, current)  # a new key each round: the state changed since the last
+        got = client.gather([client.submit(part_map_task, root, name, s, cutoff, copy, step, early, priority=10,
+                                           pure=False) for s in services])
         copy.release()
         label = {ROWS: "rows", CALIBRATE: "calibrate"}.get(step, str(step))
         tasks.extend({"detector": name, "part": f"fit-round-{label}", "seconds": t} for _, t in got)
@@ -203,14 +228,20 @@ def dask_scores(client: Any, data: str | Path, names: list[str], settings: Setti
     scored: list[Any] = []
     parts: dict[Any, tuple[str, tuple[str, Any]]] = {}  # task key -> detector, part (in submission order)
 
+    seen: dict[str, Any] = {}  # per signal scored by service: when the whole data has rows (a future)
+
     def score_parts(name: str, future: Any) -> None:
-        for part in _parts(get_plugin(name).cls, shards, services):
-            task = client.submit(score_task, root, future, part, key=f"score-{name}-{part[0]}-{part[1]}", pure=False)
+        detector = get_plugin(name).cls
+        if detector.partition == "service" and detector.signal not in seen:
+            seen[detector.signal] = client.submit(seen_task, root, detector.signal, priority=100, pure=False)
+        for part in _parts(detector, shards, services):
+            task = client.submit(score_task, root, future, part, seen.get(detector.signal) if part[0] == "service" else None,
+                                 key=f"score-{name}-{part[0]}-{part[1]}", pure=False)
             scored.append(task)
             parts[task.key] = (name, part)
 
     if models is not None:
-        fitted = {name: client.scatter([{"model": model, "notes": []}])[0] for name, model in models.items()}
+        fitted = {name: shipped(client, {"model": model, "notes": []}) for name, model in models.items()}
         for name, future in fitted.items():
             score_parts(name, future)
     else:
@@ -298,37 +329,37 @@ def active_services(client: Any, data: str | Path, windows: list[tuple[pd.Timest
     return found
 
 
-def metric_rows(client: Any, data: str | Path, service: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame | None:
-    """``service``'s metric rows in ``[start, end)``, read on a worker (a report's forecast)."""
-    return client.submit(service_rows_task, str(Path(data).resolve()), "metrics", service, [(start, end)],
+def worker_forecast(client: Any, data: str | Path, candidates: list[dict[str, Any]], evidence: list[dict[str, Any]],
+                    origin: pd.Timestamp, settings: ReportSettings) -> dict[str, Any] | None:
+    """A report's forecast block (:func:`melt.reports.report_forecast.report_forecast`), made on a
+    worker from the metric's history there: only the block comes back."""
+    return client.submit(forecast_task, str(Path(data).resolve()), candidates, evidence, origin, settings,
                          pure=False).result()
 
 
-def incident_rows(client: Any, data: str | Path, incidents: list[Any], reports: list[dict[str, Any]],
-                  settings: Settings) -> MeltBundle:
-    """The rows the incident pages draw: of each incident's services (:func:`involved_services`),
-    from the lookback before it to its end; each service's windows merged, read by one task."""
+def page_rows(client: Any, data: str | Path, incidents: list[Any], reports: list[dict[str, Any]],
+              settings: Settings) -> RowDrawer:
+    """What each incident page draws from the data's rows (:func:`melt.reports.detail.drawn_rows`),
+    made on a worker from the rows of the incident's services, from the lookback before it to its
+    end: one task per incident, all submitted now; only the drawn records come back."""
     from melt.reports.detail import involved_services
 
     root = str(Path(data).resolve())
+    step = settings.ensemble.window
+
+    def submit(incident: Any, evidence: list[dict[str, Any]], services: list[str]) -> Any:
+        return client.submit(page_task, root, services, evidence, incident.start - settings.rca.lookback,
+                             (incident.start, incident.end), step, pure=False)
+
     by_id = {r["incident_id"]: r for r in reports}
-    ranges: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
-    for incident in incidents:
-        for service in involved_services(incident, by_id.get(incident.id)):
-            ranges.setdefault(service, []).append((incident.start - settings.rca.lookback, incident.end))
-    tasks: dict[str, list[Any]] = {}
-    for name in partitions.present_signals(root):
-        for service, spans in sorted(ranges.items()):
-            tasks.setdefault(name, []).append(
-                client.submit(service_rows_task, root, name, service, merged(spans), pure=False))
-    frames = {}
-    for name, parts in tasks.items():
-        got = [t.result() for t in parts]
-        got = [g for g in got if g is not None and len(g)]
-        frames[name] = pd.concat(got, ignore_index=True).sort_values(TIME_COLUMNS[name], kind="stable",
-                                                                     ignore_index=True) if got else None
-    return partitions.bundle_of(root, {n: f for n, f in frames.items() if f is not None}) \
-        if any(f is not None for f in frames.values()) else MeltBundle(validate=False)
+    submitted = {incident.id: submit(incident, by_id[incident.id]["evidence"], involved_services(incident, by_id[incident.id]))
+                 for incident in incidents if incident.id in by_id}
+
+    def drawn(incident: Any, evidence: list[dict[str, Any]], services: list[str]) -> dict[str, Any]:
+        future = submitted.pop(incident.id, None) or submit(incident, evidence, services)
+        return future.result()
+
+    return drawn
 
 
 def merged(ranges: list[tuple[pd.Timestamp, pd.Timestamp]]) -> list[tuple[pd.Timestamp, pd.Timestamp]]:

@@ -10,12 +10,12 @@ from typing import Any
 import pandas as pd
 
 from melt.core import partitions
-from melt.core.bundle import TIME_COLUMNS
+from melt.core.bundle import TIME_COLUMNS, MeltBundle
 from melt.core.detector import Detector, map_part
 from melt.core.errors import PluginError
 from melt.core.registry import LeftOut, get_plugin
 from melt.core.schema import SIGNALS
-from melt.core.settings import Settings
+from melt.core.settings import ReportSettings, Settings
 from melt.pipeline.fitting import fit_detectors, score_all
 from rca.graph import call_table
 
@@ -47,9 +47,11 @@ def fit_task(root: str, name: str, settings: Settings, cutoff: pd.Timestamp | No
     return {"model": models[name], "notes": notes, "seconds": time.perf_counter() - began}
 
 
-def score_task(root: str, fitted: dict[str, Any], part: tuple[str, Any]) -> dict[str, Any]:
+def score_task(root: str, fitted: dict[str, Any], part: tuple[str, Any],
+               seen: pd.DatetimeIndex | None = None) -> dict[str, Any]:
     """Score one part of bundle ``root`` with ``fitted``'s model: ``("service", name)``,
-    ``("trace", (shard, shards))`` or ``("whole", None)``."""
+    ``("trace", (shard, shards))`` or ``("whole", None)``; ``seen``: when the whole data has rows of
+    the model's signal (:func:`melt.core.partitions.seen_seconds`), for a service's part."""
     import time
 
     model: Detector | None = fitted["model"]
@@ -59,7 +61,7 @@ def score_task(root: str, fitted: dict[str, Any], part: tuple[str, Any]) -> dict
     frames = frames_of(model.name)
     kind, key = part
     if kind == "service":
-        bundle = partitions.service_part(root, frames, key)
+        bundle = partitions.service_part(root, frames, key, seen=None if seen is None else {model.signal: seen})
     elif kind == "trace":
         bundle = partitions.shard_part(root, frames, *key)
     else:
@@ -89,19 +91,30 @@ def fit_summary(fitted: dict[str, Any]) -> dict[str, Any]:
 
 
 def part_map_task(root: str, name: str, service: str, cutoff: pd.Timestamp | None, detector: Detector,
-                  step: int) -> tuple[Any, float]:
-    """One service's share of a round of ``detector``'s fit by parts, on its rows before ``cutoff``;
-    :data:`ROWS` counts them."""
+                  step: int, early: Any = None) -> tuple[Any, float]:
+    """One service's share of a round of ``detector``'s fit by parts, on its rows of the training
+    split before ``cutoff`` (whole traces, as :func:`melt.core.partitions.before_part` keeps them;
+    ``early`` is its trace list, read once); :data:`ROWS` counts them."""
     import time
 
     began = time.perf_counter()
-    bundle = partitions.service_part(root, frames_of(name), service, None if cutoff is None else [(None, cutoff)])
+    frames = frames_of(name)
+    bundle = partitions.service_part(root, frames, service) if cutoff is None else \
+        partitions.before_part(root, frames, cutoff, service, early)
     result = len(bundle.frame(detector.signal)) if step == ROWS else map_part(detector, bundle, step)
     return result, time.perf_counter() - began
 
 
 def services_task(root: str, name: str) -> list[str]:
     return partitions.services_of(root, name)
+
+
+def early_task(root: str, cutoff: pd.Timestamp) -> Any:
+    return partitions.early_traces(root, cutoff)
+
+
+def seen_task(root: str, name: str) -> pd.DatetimeIndex | None:
+    return partitions.seen_seconds(root, name)
 
 
 def time_range_task(root: str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -123,5 +136,39 @@ def active_task(root: str, name: str, service: str, windows: list[tuple[pd.Times
     return [bool(values.searchsorted(start) < values.searchsorted(end)) for start, end in windows]
 
 
-def service_rows_task(root: str, name: str, service: str, ranges: list[tuple[pd.Timestamp, pd.Timestamp]]) -> pd.DataFrame | None:
-    return partitions.service_rows(root, name, service, ranges)
+def forecast_task(root: str, candidates: list[dict[str, Any]], evidence: list[dict[str, Any]], origin: pd.Timestamp,
+                  settings: ReportSettings) -> dict[str, Any] | None:
+    """A report's forecast block, from the history of its metric's service read here."""
+    from melt.reports.report_forecast import forecast_evidence, report_forecast
+
+    item = forecast_evidence(candidates, evidence)
+    if item is None or settings.forecast_horizon is None:
+        return None
+    rows = partitions.service_rows(root, "metrics", item["service"], [(origin - settings.forecast_history, origin)])
+    return report_forecast(candidates, evidence, rows, origin, settings)
+
+
+def page_task(root: str, services: list[str], evidence: list[dict[str, Any]], start: pd.Timestamp,
+              incident: tuple[pd.Timestamp, pd.Timestamp], step: pd.Timedelta) -> dict[str, Any]:
+    """An incident page's records drawn from rows (:func:`melt.reports.detail.drawn_rows`): the
+    rows of ``services`` from ``start`` to the incident's end, read here, and the spans of the
+    slowest spans' traces, for their children."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from melt.reports.detail import drawn_rows
+
+    ranges = [(start, incident[1])]
+    frames = {}
+    for name in partitions.present_signals(root):
+        got = [partitions.service_rows(root, name, service, ranges) for service in services]
+        got = [g for g in got if g is not None and len(g)]
+        frames[name] = pd.concat(got, ignore_index=True).sort_values(TIME_COLUMNS[name], kind="stable",
+                                                                     ignore_index=True) if got else None
+    bundle = partitions.bundle_of(root, {n: f for n, f in frames.items() if f is not None}) \
+        if any(f is not None for f in frames.values()) else MeltBundle(validate=False)
+
+    def family(trace_ids: list[str]) -> pd.DataFrame:
+        return partitions.read_rows(root, "traces", ds.field("trace_id").isin(pa.array(trace_ids, type=pa.string())))
+
+    return drawn_rows(bundle, evidence, services, start, incident, step, family)

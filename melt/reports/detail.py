@@ -10,6 +10,7 @@ the same data (:mod:`melt.reports.page`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import networkx as nx
@@ -142,18 +143,27 @@ def log_examples(logs: pd.DataFrame | None, evidence: list[dict[str, Any]], star
     return out
 
 
-def slowest_spans(traces: pd.DataFrame | None, services: list[str], start: pd.Timestamp,
-                  end: pd.Timestamp) -> list[dict[str, Any]]:
+def slowest_spans(traces: pd.DataFrame | None, services: list[str], start: pd.Timestamp, end: pd.Timestamp,
+                  family: Callable[[list[str]], pd.DataFrame] | None = None) -> list[dict[str, Any]]:
     """The :data:`SLOWEST_SPANS` longest spans of the involved services that started in the incident,
     the longest of each (service, operation), so one busy entry point does not fill the list; with
-    their self time (duration minus the children's, the part spent in the span itself)."""
+    their self time (duration minus the children's, the part spent in the span itself).
+
+    ``family(trace_ids)`` gives every span of those traces, for ``traces`` that hold only the
+    involved services' spans (a child may be another service's).
+    """
     if traces is None or traces.empty or "start_time" not in traces.columns:
         return []
-    spans = traces[(traces["start_time"] >= start) & (traces["start_time"] < end)]
-    children = (spans.dropna(subset=["parent_span_id"]).groupby(["trace_id", "parent_span_id"], observed=True)
-                ["duration"].sum().rename("children"))
+
+    def within(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[(frame["start_time"] >= start) & (frame["start_time"] < end)]
+
+    spans = within(traces)
     slow = (spans[spans["service_name"].isin(services)].sort_values("duration", ascending=False, kind="stable")
             .drop_duplicates(["service_name", "span_name"]).head(SLOWEST_SPANS))
+    relatives = spans if family is None else within(family(slow["trace_id"].astype(str).unique().tolist()))
+    children = (relatives.dropna(subset=["parent_span_id"]).groupby(["trace_id", "parent_span_id"], observed=True)
+                ["duration"].sum().rename("children"))
     slow = slow.join(children, on=["trace_id", "span_id"]).fillna({"children": 0.0})
     status = slow["status_code"] if "status_code" in slow.columns else pd.Series(pd.NA, index=slow.index)
     return [{"trace_id": str(r.trace_id), "span_id": str(r.span_id), "service": str(r.service_name),
@@ -173,9 +183,23 @@ def call_edges(graph: nx.DiGraph | None, services: list[str]) -> list[dict[str, 
              "latency_ms": data.get("latency_ms")} for a, b, data in sorted(sub.edges(data=True))]
 
 
+def drawn_rows(bundle: MeltBundle, evidence: list[dict[str, Any]], services: list[str], start: pd.Timestamp,
+               incident: tuple[pd.Timestamp, pd.Timestamp], step: pd.Timedelta,
+               family: Callable[[list[str]], pd.DataFrame] | None = None) -> dict[str, Any]:
+    """What the page draws from the data's rows: the evidence's metric curves and log lines from
+    ``start`` (the lookback) to the incident's end, and the slowest spans within ``incident``."""
+    return {"metrics": metric_series(bundle.metrics, evidence, start, incident[1], step),
+            "logs": log_examples(bundle.logs, evidence, start, incident[1]),
+            "spans": slowest_spans(bundle.traces, services, incident[0], incident[1], family)}
+
+
+# the rows' part of a page made elsewhere (a Dask worker): (incident, evidence, services) -> drawn_rows
+RowDrawer = Callable[[Incident, list[dict[str, Any]], list[str]], dict[str, Any]]
+
+
 def incident_detail(incident: Incident, scores: pd.DataFrame, bundle: MeltBundle, signal_of: dict[str, str],
                     graph: nx.DiGraph | None, settings: Settings,
-                    report: dict[str, Any] | None = None) -> dict[str, Any]:
+                    report: dict[str, Any] | None = None, rows: RowDrawer | None = None) -> dict[str, Any]:
     """Everything the incident page draws beyond ``report``, as JSON-serialisable records.
 
     Args:
@@ -188,6 +212,7 @@ def incident_detail(incident: Incident, scores: pd.DataFrame, bundle: MeltBundle
         report: the incident's report; its evidence items and ranked causes pick the metrics, the
             templates and the services shown. Without it, the strongest rows of the incident's
             services stand in, as :func:`melt.reports.evidence.select_evidence` picks them.
+        rows: makes the part drawn from the data's rows (:func:`drawn_rows`) instead of ``bundle``.
 
     Returns:
         ``window`` (lookback start, incident end), ``threshold``, ``step`` (seconds), ``timeline``,
@@ -201,23 +226,24 @@ def incident_detail(incident: Incident, scores: pd.DataFrame, bundle: MeltBundle
         near = scores[(scores["timestamp"] >= start) & (scores["timestamp"] < end)]
         evidence = select_evidence(near, services, signal_of, settings.report.max_evidence)
     step = settings.ensemble.window
+    drawn = rows(incident, evidence, services) if rows is not None else \
+        drawn_rows(bundle, evidence, services, start, (incident.start, incident.end), step)
     return {
         "incident_id": incident.id,
         "window": {"start": start.isoformat(), "end": end.isoformat()},
         "threshold": float(settings.ensemble.threshold),
         "step": float(step.total_seconds()),
         "timeline": timeline(scores, signal_of, services, start, end, settings),
-        "metrics": metric_series(bundle.metrics, evidence, start, end, step),
-        "logs": log_examples(bundle.logs, evidence, start, end),
-        "spans": slowest_spans(bundle.traces, services, incident.start, incident.end),
+        **drawn,
         "edges": call_edges(graph, services),
     }
 
 
 def incident_details(incidents: list[Incident], reports: list[dict[str, Any]], scores: pd.DataFrame,
                      bundle: MeltBundle, signal_of: dict[str, str], graph: nx.DiGraph | None, settings: Settings,
-                     quiet: bool = True) -> dict[str, dict[str, Any]]:
-    """:func:`incident_detail` of each incident by id, paired with its report by ``incident_id``.
+                     quiet: bool = True, rows: RowDrawer | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`incident_detail` of each incident by id, paired with its report by ``incident_id``
+    (``rows``: as there).
 
     The page still renders from the report alone, so an incident whose detail cannot be cut (odd
     data) costs one warning line, not the run: its page is drawn without the curves.
@@ -227,7 +253,7 @@ def incident_details(incidents: list[Incident], reports: list[dict[str, Any]], s
     for incident in incidents:
         try:
             details[incident.id] = incident_detail(incident, scores, bundle, signal_of, graph, settings,
-                                                   by_id.get(incident.id))
+                                                   by_id.get(incident.id), rows)
         except (KeyError, ValueError, TypeError, re.error) as exc:
             log(f"page of {incident.id}: drawn without detail ({type(exc).__name__}: {exc})", quiet,
                 stage="melt warning")

@@ -176,10 +176,13 @@ def test_fit_by_parts_equals_fit(name, data, split, tmp_path) -> None:
     assert sorted(vars(by_parts)) == sorted(vars(whole))
     if data == "three_days" and name == "zscore":
         assert whole.profile_ is not None  # the seasonal path was taken
-    if hasattr(whole, "miner_"):
+    if hasattr(whole, "miner_"):  # the log detectors: the same templates, the same tables
         assert by_parts.miner_.templates() == whole.miner_.templates()
-        pd.testing.assert_frame_equal(by_parts.baseline_, whole.baseline_)
-        assert by_parts.template_level_ == whole.template_level_
+        for key, value in whole.learned_state().items():
+            if isinstance(value, pd.DataFrame | pd.Series):
+                pd.testing.assert_frame_equal(pd.DataFrame(getattr(by_parts, key)), pd.DataFrame(value))
+            elif isinstance(value, dict | tuple):
+                assert getattr(by_parts, key) == value, key
     a, b = whole.detect(scored), by_parts.detect(scored)
     np.testing.assert_allclose(b["score"], a["score"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(by_parts.calibrator_.anchors_, whole.calibrator_.anchors_, rtol=0, atol=1e-12)

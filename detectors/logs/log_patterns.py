@@ -24,13 +24,13 @@ are called, both of which move raw template counts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
-from detectors.logs.templates import PARSERS, Parser, TemplateMiner
+from detectors.logs.templates import PARSERS, Parser, TemplateMiner, first_seen, learn_pooled
 from detectors.pattern_shares import (
     PAIR,
     change_kind,
@@ -139,15 +139,37 @@ class LogPatternDetector(Detector):
         """Each line's template label, keyed by the peer service the line names (:mod:`detectors.logs.peers`)."""
         return label_peers(self.miner_.labels(logs["message"]), logs, traces, self.services_)
 
+    # Fitting runs as two map/reduce rounds, whole (one part) or service by service on a Dask
+    # cluster (``Detector.fit_calibrated_by_parts``); both learn the same state.
+    fit_rounds = 2  # the parts' masked lines and names; then their units and patterns
+
+    def _miner(self) -> TemplateMiner:
+        return TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
+
     def fit(self, bundle: MeltBundle) -> Self:
-        logs = self.require(bundle)
-        self.miner_ = TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
-        self.miner_.fit(logs["message"])
-        self.services_ = tuple(known_services(logs, bundle.traces))
-        events, units = self._events(logs, bundle.traces, self._templates(logs, bundle.traces), None)
-        self.units_, self.baseline_ = fit_baseline(events, units)
-        self.template_text_ = {str(k): v for k, v in self.miner_.templates().items()}
+        self.require(bundle)
+        for step in range(self.fit_rounds):
+            self.fit_reduce(step, [self.fit_map(bundle, step)])
         return self
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
+        logs = self.require(bundle)
+        if step == 0:  # each distinct masked line and when it first appears; the names
+            return {"texts": first_seen(self._miner(), logs), "services": known_services(logs, bundle.traces)}
+        events, units = self._events(logs, bundle.traces, self._templates(logs, bundle.traces), None)
+        return dict(zip(("units", "baseline"), fit_baseline(events, units), strict=True))
+
+    def fit_reduce(self, step: int, parts: list[dict[str, Any]]) -> None:
+        if step == 0:  # the templates learned once from every part's lines (:func:`learn_pooled`)
+            self.miner_ = self._miner()
+            learn_pooled(self.miner_, [p["texts"] for p in parts])
+            self.services_ = tuple(sorted(set().union(*(p["services"] for p in parts))))
+            return
+        self.units_ = pd.concat([p["units"] for p in parts]).groupby(level=[0, 1]).sum().sort_index()
+        baseline = pd.concat([p["baseline"] for p in parts], ignore_index=True)
+        self.baseline_ = (baseline.groupby(["service", "op", "pattern"], observed=True)["base_k"].sum()
+                          .reset_index())
+        self.template_text_ = {str(k): v for k, v in self.miner_.templates().items()}
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         logs = self.require(bundle)
@@ -228,7 +250,7 @@ class LogPatternDetector(Detector):
     def _load_state(self, root: Path) -> None:
         import joblib
 
-        self.miner_ = TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
+        self.miner_ = self._miner()
         self.miner_.load(root / "templates.json")
         for key, value in joblib.load(root / "state.joblib").items():
             setattr(self, key, value)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.logs.peers import describe, known_services, label_peers, split_peer
-from detectors.logs.templates import PARSERS, UNMATCHED, Parser, TemplateMiner
+from detectors.logs.templates import PARSERS, UNMATCHED, Parser, TemplateMiner, first_seen, learn_pooled
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 from melt.core.timeutil import parse_duration
@@ -70,9 +70,7 @@ class LogTemplateDetector(Detector):
     def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
         logs = self.require(bundle)
         if step == 0:  # each distinct masked line, when it first appears; the buckets; the names
-            codes, distinct = self._miner().distinct(logs["message"])
-            first = pd.Series(logs["timestamp"].to_numpy()).groupby(codes).min()
-            return {"texts": pd.DataFrame({"text": distinct.astype(str), "first": first.to_numpy()}),
+            return {"texts": first_seen(self._miner(), logs),
                     "buckets": bundle.buckets("logs", parse_duration(self.window)),
                     "services": known_services(logs, bundle.traces)}
         codes, distinct = self.miner_.distinct(logs["message"])
@@ -86,13 +84,8 @@ class LogTemplateDetector(Detector):
 
     def fit_reduce(self, step: int, parts: list[dict[str, Any]]) -> None:
         if step == 0:
-            # learned once, from every part's distinct masked lines in order of first appearance
-            # (ties by text): the state one pass over all lines in time order would reach, whatever
-            # the parts or the order of rows within a file
-            texts = pd.concat([p["texts"] for p in parts], ignore_index=True).groupby("text", sort=False)["first"].min()
-            order = texts.reset_index().sort_values(["first", "text"], kind="stable")["text"]
             self.miner_ = self._miner()
-            self.fitting_ = dict(zip(order, self.miner_.learn(order.tolist()).tolist(), strict=True))
+            self.fitting_ = learn_pooled(self.miner_, [p["texts"] for p in parts])
             buckets = pd.concat([pd.Series(p["buckets"]) for p in parts], ignore_index=True)
             self.train_buckets_ = pd.DatetimeIndex(buckets).unique().sort_values()
             self.services_ = tuple(sorted(set().union(*(p["services"] for p in parts))))

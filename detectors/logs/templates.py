@@ -253,6 +253,27 @@ class TemplateMiner:
         self._miner.drain = drain
 
 
+def first_seen(miner: TemplateMiner, logs: pd.DataFrame) -> pd.DataFrame:
+    """Each distinct masked line of ``logs`` (``text``) and the time it first appears (``first``):
+    what one part of a fit sends for :func:`learn_pooled`, a few rows per statement, not the lines."""
+    codes, distinct = miner.distinct(logs["message"])
+    first = pd.Series(logs["timestamp"].to_numpy()).groupby(codes).min()
+    return pd.DataFrame({"text": distinct.astype(str), "first": first.to_numpy()})
+
+
+def learn_pooled(miner: TemplateMiner, parts: list[pd.DataFrame]) -> dict[str, int]:
+    """Learn from every part's :func:`first_seen` table at once, each distinct masked line in order of
+    its first appearance (ties by text); returns masked text -> template id.
+
+    The parser sees nothing but those texts and their order (:meth:`TemplateMiner.learn`), so the
+    state is the one a single pass over all lines in time order reaches, whatever the parts (one
+    per service on a Dask cluster, or one) and whatever the order of rows within a file.
+    """
+    texts = pd.concat(parts, ignore_index=True).groupby("text", sort=False)["first"].min()
+    order = texts.reset_index().sort_values(["first", "text"], kind="stable")["text"]
+    return dict(zip(order, miner.learn(order.tolist()).tolist(), strict=True))
+
+
 _DRAIN_VALUE = re.compile(r"<\*>|<([A-Z]+)>")
 
 

@@ -18,17 +18,18 @@ from sklearn.ensemble import IsolationForest
 
 from detectors.metrics.matrix import (
     UNIT_KEYS,
-    fit_scaler,
+    pool_scaler,
     scale,
     scorable_wide,
     score_frame,
     series_metric,
+    series_scales,
     smooth,
     trailing_mean,
     unit_codes,
     wide_metrics,
 )
-from detectors.metrics.surprise import Points, SurpriseMixin
+from detectors.metrics.surprise import Points, SurpriseMixin, deviation_sums
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 
@@ -39,6 +40,16 @@ def isolation_score(score_samples: np.ndarray) -> np.ndarray:
     every clear outlier just under 1, so calibration could not tell a pinned CPU from the most
     unusual training minute."""
     return 1.0 / np.maximum(-np.log2(np.clip(-score_samples, 1e-12, 1.0)), 1e-3)
+
+
+def sampled(keys: pd.DataFrame, share: float, seed: int) -> np.ndarray:
+    """Whether each row (by its key: service, instance, timestamp) is in a ``share`` sample: a hash of
+    the key, so a row is in or out whatever part of the data it is read with. The trees draw only
+    ``n_estimators x max_samples`` rows, so a sample that large loses nothing they could see."""
+    if share >= 1.0:
+        return np.ones(len(keys), dtype=bool)
+    hashed = pd.util.hash_pandas_object(keys, index=False, hash_key=f"melt-iforest{seed:04d}"[:16]).to_numpy()
+    return hashed < np.uint64(share * float(2**64 - 1))
 
 
 class IsolationForestDetector(SurpriseMixin, Detector):
@@ -83,15 +94,46 @@ class IsolationForestDetector(SurpriseMixin, Detector):
         peaks = np.stack([np.abs(z).max(axis=1), np.abs(deviation).max(axis=1)], axis=1) if z.size else np.zeros((len(z), 2))
         return np.hstack([z, deviation, peaks]), z, units
 
+    # Fitting runs as map/reduce rounds, whole (one part) or service by service on a Dask cluster
+    # (``Detector.fit_calibrated_by_parts``); both learn the same forest.
+    fit_rounds = 3  # the series' scales and the row count; the forest's rows; each unit's history
+
     def fit(self, bundle: MeltBundle) -> Self:
-        frame = self.require(bundle)
-        self.scaler_ = fit_scaler(frame)
-        self.features_ = sorted(series_metric(frame).unique())
-        x, _, _ = self._features(wide_metrics(frame))
-        self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(x)),
-                                       random_state=self.seed).fit(x)
-        self.learn_history(bundle)
+        self.require(bundle)
+        for step in range(self.fit_rounds):
+            self.fit_reduce(step, [self.fit_map(bundle, step)])
         return self
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> object:
+        frame = self.require(bundle)
+        if step == 0:
+            return {"scales": series_scales(frame), "features": set(series_metric(frame).unique()),
+                    "rows": len(wide_metrics(frame))}
+        if step == 1:  # the rows the trees may draw from: this part's share of the sample
+            wide = wide_metrics(frame)
+            x = self._features(wide)[0]
+            keys = wide.index.to_frame(index=False)
+            chosen = sampled(keys, self.sample_share_, self.seed)
+            return keys[chosen].reset_index(drop=True), x[chosen]
+        points = self.prior_points(bundle) if self.history else None
+        return None if points is None or not len(points.deviation) else \
+            deviation_sums(self._learned(points), points.keys, list(self.series_names))
+
+    def fit_reduce(self, step: int, parts: list) -> None:
+        if step == 0:
+            self.scaler_ = pool_scaler([p["scales"] for p in parts])
+            self.features_ = sorted(set().union(*(p["features"] for p in parts)))
+            rows = sum(p["rows"] for p in parts)
+            self.sample_share_ = min(1.0, self.n_estimators * self.max_samples / max(rows, 1))
+        elif step == 1:
+            keys = pd.concat([k for k, _ in parts], ignore_index=True)
+            order = keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
+            x = np.concatenate([x for _, x in parts])[order]
+            self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(x)),
+                                           random_state=self.seed).fit(x)
+            del self.sample_share_
+        else:
+            self.pool_history([p for p in parts if p is not None])
 
     def points(self, bundle: MeltBundle) -> Points | None:
         """Each (service, instance, timestamp) row's isolation score, unsmoothed."""

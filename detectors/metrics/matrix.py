@@ -58,11 +58,24 @@ def fit_scaler(frame: pd.DataFrame, rel_floor: float = 0.02, min_points: int = 1
     rate that stayed 0 through a short training window would otherwise turn its first error into
     the clip value (on the demo bundle, 360 calibrated sigma from ``lstm_ae`` on an innocent service).
     """
+    return pool_scaler([series_scales(frame, rel_floor)], rel_floor, min_points, fleet_floor)
+
+
+def series_scales(frame: pd.DataFrame, rel_floor: float = 0.02) -> pd.DataFrame:
+    """:func:`fit_scaler`'s per-series step (median, sigma, count), series by series: a part of the
+    series (one service's, in a fit by parts) gives its rows of the table."""
     clean = frame.dropna(subset=["value"])
     keys = [clean["service"].astype(str).rename("service"), series_metric(clean).rename("metric")]
     stats = robust_baseline(clean["value"], keys, rel_floor=rel_floor)
     std = clean["value"].astype(float).groupby(keys, observed=True).std().fillna(0.0)
     stats["sigma"] = np.maximum(stats["sigma"], std.reindex(stats.index).fillna(0.0).to_numpy())
+    return stats
+
+
+def pool_scaler(parts: list[pd.DataFrame], rel_floor: float = 0.02, min_points: int = 10,
+                fleet_floor: float = 0.5) -> pd.DataFrame:
+    """:func:`fit_scaler` from the :func:`series_scales` of every series: the fleet floor, then ``min_points``."""
+    stats = pd.concat(parts).sort_index() if len(parts) > 1 else parts[0].copy()
     stats["sigma"] = fleet_floored(stats, fleet_floor, rel_floor)
     return stats.loc[stats["count"] >= min_points, ["median", "sigma"]]
 

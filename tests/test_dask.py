@@ -121,7 +121,8 @@ def test_bad_dask_spec_is_one_line(tiny_dir, tmp_path, spec, expected) -> None:
     assert expected in result.output and "Traceback" not in result.output
 
 
-def test_unreachable_scheduler_is_one_line(tiny_dir, tmp_path) -> None:
+def test_unreachable_scheduler_is_one_line(tiny_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("melt.pipeline.dask_run.CONNECT_TIMEOUT", "1s")  # the default 10 s, shortened
     result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--models", "zscore", "--out",
                                       str(tmp_path / "r"), "--dask", "tcp://127.0.0.1:9"])
     assert result.exit_code == 2

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from melt.reports.detail import RowDrawer
 
 LOCAL = "local:"
+CONNECT_TIMEOUT = "10s"  # how long a scheduler address may take to answer
 
 
 @dataclass
@@ -111,7 +112,7 @@ def connect(spec: str, memory_limit: str | float | None = None) -> Iterator[Any]
     if "://" not in spec and ":" not in spec:
         raise ConfigError(f"--dask {spec}: want a scheduler address (tcp://host:8786) or local:N")
     try:
-        client = Client(spec, timeout="10s")
+        client = Client(spec, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise MeltError(f"--dask {spec}: cannot reach the scheduler ({exc})".splitlines()[0]) from None
     with client:

@@ -8,7 +8,7 @@ rescale is less suspicious than a rare deploy. RCA uses these scores as its chan
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -33,13 +33,23 @@ class ChangeEventDetector(Detector):
     def __init__(self, other_weight: float = 0.2) -> None:
         self.other_weight = other_weight
 
+    fit_rounds = 1  # one round: the parts' first and last event and counts per (service, kind)
+
     def fit(self, bundle: MeltBundle) -> Self:
+        return self.fit_in_rounds(bundle)
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
         events = self.require(bundle)
+        return {"times": [events["timestamp"].min(), events["timestamp"].max()] if len(events) else [],
+                "rows": len(events), "counts": events.groupby(["service", "kind"], observed=True).size()}
+
+    def fit_reduce(self, step: int, parts: list[dict[str, Any]]) -> None:
+        times = [t for p in parts for t in p["times"]]
         hours = 1.0
-        if len(events) > 1:
-            hours = max((events["timestamp"].max() - events["timestamp"].min()) / pd.Timedelta(hours=1), 1.0)
-        self.rate_per_hour_ = (events.groupby(["service", "kind"], observed=True).size() / hours).to_dict()
-        return self
+        if sum(p["rows"] for p in parts) > 1:
+            hours = max((max(times) - min(times)) / pd.Timedelta(hours=1), 1.0)
+        counts = pd.concat([p["counts"] for p in parts]).groupby(level=[0, 1]).sum()
+        self.rate_per_hour_ = (counts / hours).to_dict()
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         events = self.require(bundle)

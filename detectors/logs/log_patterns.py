@@ -147,10 +147,7 @@ class LogPatternDetector(Detector):
         return TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
 
     def fit(self, bundle: MeltBundle) -> Self:
-        self.require(bundle)
-        for step in range(self.fit_rounds):
-            self.fit_reduce(step, [self.fit_map(bundle, step)])
-        return self
+        return self.fit_in_rounds(bundle)
 
     def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
         logs = self.require(bundle)

@@ -62,10 +62,7 @@ class LogTemplateDetector(Detector):
     fit_rounds = 2  # the parts' masked lines, buckets and names; then their template counts
 
     def fit(self, bundle: MeltBundle) -> Self:
-        self.require(bundle)
-        for step in range(self.fit_rounds):
-            self.fit_reduce(step, [self.fit_map(bundle, step)])
-        return self
+        return self.fit_in_rounds(bundle)
 
     def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
         logs = self.require(bundle)

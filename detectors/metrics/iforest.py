@@ -99,10 +99,7 @@ class IsolationForestDetector(SurpriseMixin, Detector):
     fit_rounds = 3  # the series' scales and the row count; the forest's rows; each unit's history
 
     def fit(self, bundle: MeltBundle) -> Self:
-        self.require(bundle)
-        for step in range(self.fit_rounds):
-            self.fit_reduce(step, [self.fit_map(bundle, step)])
-        return self
+        return self.fit_in_rounds(bundle)
 
     def fit_map(self, bundle: MeltBundle, step: int) -> object:
         frame = self.require(bundle)

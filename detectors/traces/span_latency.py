@@ -72,15 +72,23 @@ class SpanLatencyDetector(Detector):
         spans["log_self"] = np.log1p(spans["self_ms"])
         return spans[~client_span_mask(spans)]  # a client span's own time is the call's: call_edges scores it
 
+    # one round: each operation's baseline is its own spans' (a fit by parts, one service's spans per part)
+    fit_rounds = 1
+
     def fit(self, bundle: MeltBundle) -> Self:
+        return self.fit_in_rounds(bundle)
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> pd.DataFrame:
         spans = self._spans(bundle)
         baseline = robust_baseline(spans["log_self"], [spans["service_name"].rename("service"),
                                                        spans["span_name"].rename("operation")], rel_floor=0.02, abs_floor=0.05)
         error_rate = spans.groupby(["service_name", "span_name"], observed=True)["own_error"].mean()
         baseline["error_rate"] = error_rate.to_numpy()
         baseline["median_ms"] = np.expm1(baseline["median"])
-        self.baseline_ = baseline
-        return self
+        return baseline
+
+    def fit_reduce(self, step: int, parts: list[pd.DataFrame]) -> None:
+        self.baseline_ = pd.concat(parts).sort_index() if len(parts) > 1 else parts[0]
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
         spans = self._spans(bundle)

@@ -104,6 +104,14 @@ class Detector:
         """Pool round ``step``'s :meth:`fit_map` results into the detector's state."""
         raise NotImplementedError
 
+    def fit_in_rounds(self, bundle: MeltBundle) -> Self:
+        """:meth:`fit` as the rounds of a fit by parts over one part, ``bundle``: a detector that
+        fits by parts and fits this way learns one state, whatever the parts."""
+        self.require(bundle)
+        for step in range(self.fit_rounds):
+            self.fit_reduce(step, [self.fit_map(bundle, step)])
+        return self
+
     def fit_calibrated_by_parts(self, map_parts: Callable[[Detector, int], list[Any]]) -> Self:
         """What :meth:`fit_calibrated` gives on the union of a set of parts (one service's rows
         each), fitted in ``fit_rounds`` map/reduce rounds, then calibrated on every part's scores.

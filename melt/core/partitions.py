@@ -75,9 +75,10 @@ def time_in(name: str, ranges: TimeRanges) -> Any:
 
 
 def read_rows(root: str | Path, name: str, where: Any = None, keep: RowFilter | None = None,
-              columns: list[str] | None = None) -> pd.DataFrame | None:
+              columns: list[str] | None = None, keep_reads: list[str] | None = None) -> pd.DataFrame | None:
     """The rows of frame ``name`` that pass ``where`` (a pyarrow expression) and ``keep`` (applied to
-    each batch as a pandas frame), in :meth:`MeltBundle.read`'s order; ``None`` without the frame.
+    each batch as a pandas frame of the ``keep_reads`` columns, or all of them), in
+    :meth:`MeltBundle.read`'s order; ``None`` without the frame. Only the rows kept are converted.
 
     ``columns`` reads only those columns (no schema check: for keys and times, not for detectors).
 
@@ -96,10 +97,10 @@ def read_rows(root: str | Path, name: str, where: Any = None, keep: RowFilter | 
         else:
             parts = []
             for batch in dataset.to_batches(filter=where, columns=columns):
-                rows = batch.to_pandas()
+                rows = (batch.select(keep_reads) if keep_reads else batch).to_pandas()
                 if "service" in rows.columns and path.is_dir():
                     rows["service"] = rows["service"].astype(object)
-                parts.append(pa.Table.from_pandas(rows[keep(rows)], preserve_index=False))
+                parts.append(pa.Table.from_batches([batch.filter(pa.array(np.asarray(keep(rows), dtype=bool)))]))
             table = pa.concat_tables(parts, promote_options="permissive") if parts else dataset.schema.empty_table()
             if columns is not None:
                 table = table.select([c for c in columns if c in table.column_names])
@@ -169,7 +170,7 @@ def shard_part(root: str | Path, names: Sequence[str], shard: int, shards: int) 
             frames[name] = None
             continue
         has_ids = "trace_id" in _dataset(path).schema.names
-        frames[name] = read_rows(root, name, keep=keep if has_ids else None)
+        frames[name] = read_rows(root, name, keep=keep if has_ids else None, keep_reads=["trace_id"])
     return bundle_of(root, frames)
 
 

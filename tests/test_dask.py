@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,14 +26,27 @@ def parted(tiny_bundle: MeltBundle, tmp_path_factory: pytest.TempPathFactory) ->
     return str(tiny_bundle.write(tmp_path_factory.mktemp("parted") / "bundle", partitioned=True))
 
 
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    """A LocalCluster of 2 one-thread workers that the module's runs share, reached by its address
+    (``--dask tcp://...``), as a user points melt at a cluster that is already running."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
 @pytest.mark.parametrize("layout", ["single", "partitioned"])
-def test_same_reports_on_a_local_cluster(layout, tiny_dir, parted, tmp_path) -> None:
+def test_same_reports_on_a_local_cluster(layout, tiny_dir, parted, scheduler, tmp_path) -> None:
     """The reports with and without Dask, on the same bundle (the row order of a partitioned
     bundle, in time, differs from a single file's, and so do the models fitted on it)."""
     data = tiny_dir if layout == "single" else parted
     plain = detect(data, MODELS, tmp_path / "plain", default_settings(), quiet=True, sinks=["files", "html"])
     assert plain.reports, "the tiny bundle has a fault: the comparison must cover at least one report"
-    got = detect(data, MODELS, tmp_path / "dask", default_settings(), quiet=True, dask="local:2",
+    got = detect(data, MODELS, tmp_path / "dask", default_settings(), quiet=True, dask=scheduler,
                  sinks=["files", "html"])
     assert compare_runs(tmp_path / "plain", tmp_path / "dask") == []
     for report in got.reports:  # the workers draw each page's curves, lines and spans from the rows
@@ -42,6 +56,24 @@ def test_same_reports_on_a_local_cluster(layout, tiny_dir, parted, tmp_path) -> 
     assert got.detectors == plain.detectors
     kinds = {task["part"].split(":")[0] for task in got.dask_tasks}
     assert {"fit", "fit-round-0", "fit-round-calibrate", "service", "trace", "whole"} <= kinds  # zscore by parts
+
+
+def test_too_little_training_data_is_the_same_note_with_and_without_dask(tiny_bundle, tiny_dir, scheduler,
+                                                                          tmp_path) -> None:
+    """A detector fitted by parts counts its rows as the first round reads them: one with fewer
+    than ``detect.min_train_rows`` is left out with the note a run without Dask gives."""
+    from melt.pipeline.fitting import training_split
+
+    train = training_split(tiny_bundle, default_settings().detect.train_fraction)
+    metrics, logs = train.rows("metrics"), train.rows("logs")
+    assert metrics != logs
+    settings = default_settings().with_overrides({"detect.min_train_rows": min(metrics, logs) + 1})
+    runs = [detect(tiny_dir, "zscore,log_templates", tmp_path / name, settings, quiet=True, **extra)
+            for name, extra in (("plain", {}), ("dask", {"dask": scheduler}))]
+    left_out = [sorted(str(note) for note in run.skipped) for run in runs]
+    assert left_out[0] == left_out[1] and len(left_out[0]) == 1 and "too little training data" in left_out[0][0]
+    assert runs[0].detectors == runs[1].detectors and len(runs[0].detectors) == 1
+    assert compare_runs(tmp_path / "plain", tmp_path / "dask") == []
 
 
 NUMBER = r"-?\d+\.\d+"

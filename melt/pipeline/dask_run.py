@@ -39,7 +39,6 @@ from melt.core.progress import log
 from melt.core.registry import LeftOut, build_detector, get_plugin
 from melt.core.settings import ReportSettings, Settings
 from melt.pipeline.dask_tasks import (
-    ROWS,
     active_task,
     calls_task,
     early_task,
@@ -100,8 +99,9 @@ def connect(spec: str, memory_limit: str | float | None = None) -> Iterator[Any]
                 memory_limit = parse_bytes(limit)
             except ValueError:
                 raise ConfigError(f"--dask {spec}: '{limit}' is not a memory size (e.g. 4GiB)") from None
+        # the scheduler's HTTP port free, not 8787: another cluster (or melt run) may hold that one
         cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True,
-                               memory_limit=memory_limit or "auto", dashboard_address=None,
+                               memory_limit=memory_limit or "auto", dashboard_address=":0",
                                silence_logs=logging.ERROR)
         try:
             with Client(cluster) as client:
@@ -133,18 +133,33 @@ def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings,
     its future exists, so the work after them (scoring) is queued while the client pools the
     rounds, whose tasks jump the queue.
     """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     fitted = {}
     for name in [n for n in names if not fits_by_parts(n)]:
         fitted[name] = client.submit(fit_task, root, name, settings, cutoff, key=f"fit-{name}", pure=False)
         if then is not None:
             then(name, fitted[name])
-    for name in [n for n in names if fits_by_parts(n)]:  # in rounds, each service's part on a worker
-        result = fit_by_parts(client, root, name, settings, cutoff)
-        round_tasks.extend(result.pop("tasks"))
-        fitted[name] = shipped(client, result)
-        if then is not None:
-            then(name, fitted[name])
+    by_parts = [n for n in names if fits_by_parts(n)]
+    if by_parts:  # in rounds, each service's part on a worker; the detectors' rounds side by side, so
+        # that the workers take one detector's parts while the client pools another's round
+        with ThreadPoolExecutor(len(by_parts), thread_name_prefix="melt-fit") as pool:
+            jobs = {pool.submit(fit_by_parts, client, root, name, settings, cutoff): name for name in by_parts}
+            for job in as_completed(jobs):
+                name, result = jobs[job], job.result()
+                round_tasks.extend(result.pop("tasks"))
+                fitted[name] = shipped(client, result)
+                if then is not None:
+                    then(name, fitted[name])
     return {name: fitted[name] for name in names}  # the order of a run without Dask (ties follow it)
+
+
+class TooLittleData(Exception):
+    """The parts of a fit by parts hold fewer rows than ``detect.min_train_rows``."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(rows)
+        self.rows = rows
 
 
 def shipped(client: Any, value: Any) -> Any:
@@ -185,15 +200,21 @@ def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: 
         got = client.gather([client.submit(part_map_task, root, name, s, cutoff, copy, step, early, priority=10,
                                            pure=False) for s in services])
         copy.release()
-        label = {ROWS: "rows", CALIBRATE: "calibrate"}.get(step, str(step))
-        tasks.extend({"detector": name, "part": f"fit-round-{label}", "seconds": t} for _, t in got)
-        return [value for value, _ in got]
+        label = "calibrate" if step == CALIBRATE else str(step)
+        tasks.extend({"detector": name, "part": f"fit-round-{label}", "seconds": t} for _, t, _ in got)
+        if step == 0:  # the rows to fit on, counted as the first round reads them
+            rows = sum(n for _, _, n in got)
+            if detector.signal != "events" and rows < settings.detect.min_train_rows:
+                raise TooLittleData(rows)
+            failed = next((value for value, _, _ in got if isinstance(value, Exception)), None)
+            if failed is not None:
+                raise failed
+        return [value for value, _, _ in got]
 
     try:
-        rows = sum(map_parts(detector, ROWS))
-        if detector.signal != "events" and rows < settings.detect.min_train_rows:
-            return {"model": None, "tasks": tasks, "notes": [too_little(name, detector.signal, rows, settings)]}
         detector.fit_calibrated_by_parts(map_parts)
+    except TooLittleData as exc:
+        return {"model": None, "tasks": tasks, "notes": [too_little(name, detector.signal, exc.rows, settings)]}
     except MeltError:
         raise
     except Exception as exc:  # a plugin's failure drops that plugin, not the run

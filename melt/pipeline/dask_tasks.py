@@ -19,8 +19,6 @@ from melt.core.settings import ReportSettings, Settings
 from melt.pipeline.fitting import fit_detectors, score_all
 from rca.graph import call_table
 
-ROWS = -2  # part_map_task's step that counts the part's rows of the detector's signal
-
 
 def frames_of(name: str) -> list[str]:
     detector = get_plugin(name).cls
@@ -91,18 +89,29 @@ def fit_summary(fitted: dict[str, Any]) -> dict[str, Any]:
 
 
 def part_map_task(root: str, name: str, service: str, cutoff: pd.Timestamp | None, detector: Detector,
-                  step: int, early: Any = None) -> tuple[Any, float]:
+                  step: int, early: Any = None) -> tuple[Any, float, int]:
     """One service's share of a round of ``detector``'s fit by parts, on its rows of the training
     split before ``cutoff`` (whole traces, as :func:`melt.core.partitions.before_part` keeps them;
-    ``early`` is its trace list, read once); :data:`ROWS` counts them."""
+    ``early`` is its trace list, read once): the round's result, the task's seconds and the part's
+    rows of the detector's signal.
+
+    The first round's failure comes back as the result, not raised: the client first checks that
+    the parts hold enough rows to fit on at all (a fit on too little data may fail anyhow).
+    """
     import time
 
     began = time.perf_counter()
     frames = frames_of(name)
     bundle = partitions.service_part(root, frames, service) if cutoff is None else \
         partitions.before_part(root, frames, cutoff, service, early)
-    result = len(bundle.frame(detector.signal)) if step == ROWS else map_part(detector, bundle, step)
-    return result, time.perf_counter() - began
+    rows = len(bundle.frame(detector.signal))
+    try:
+        result = map_part(detector, bundle, step)
+    except Exception as exc:  # noqa: BLE001 - sent back for the client to weigh (see above)
+        if step != 0:
+            raise
+        result = exc
+    return result, time.perf_counter() - began, rows
 
 
 def services_task(root: str, name: str) -> list[str]:

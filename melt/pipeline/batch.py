@@ -221,7 +221,8 @@ def dask_detect(data: str | Path, models_spec: str, out_dir: str | Path, setting
 
     The client holds the score table and the dependency graph, and asks the workers for what the
     reports read: which services served in each incident's window, each report's forecast (made
-    where the metric's rows are), and (for incident pages) the rows of each incident's services in its window.
+    where the metric's rows are), and (for incident pages) what each page draws from its services'
+    rows, drawn where those rows are read. No row reaches the client.
     """
     from melt.core.partitions import present_signals
     from melt.pipeline.dask_run import (

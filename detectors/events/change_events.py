@@ -8,7 +8,7 @@ rescale is less suspicious than a rare deploy. RCA uses these scores as its chan
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,9 +34,6 @@ class ChangeEventDetector(Detector):
         self.other_weight = other_weight
 
     fit_rounds = 1  # one round: the parts' first and last event and counts per (service, kind)
-
-    def fit(self, bundle: MeltBundle) -> Self:
-        return self.fit_in_rounds(bundle)
 
     def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
         events = self.require(bundle)

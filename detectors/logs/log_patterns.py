@@ -24,7 +24,7 @@ are called, both of which move raw template counts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -145,9 +145,6 @@ class LogPatternDetector(Detector):
 
     def _miner(self) -> TemplateMiner:
         return TemplateMiner(masks=self.masks, parser=self.parser, sim_th=self.sim_th, depth=self.depth)
-
-    def fit(self, bundle: MeltBundle) -> Self:
-        return self.fit_in_rounds(bundle)
 
     def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
         logs = self.require(bundle)

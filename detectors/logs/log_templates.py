@@ -9,7 +9,7 @@ template count as a new template, keyed by their masked text, without changing t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,9 +60,6 @@ class LogTemplateDetector(Detector):
     # Fitting runs as two map/reduce rounds, whole (one part) or service by service on a Dask
     # cluster (``Detector.fit_calibrated_by_parts``); both learn the same state.
     fit_rounds = 2  # the parts' masked lines, buckets and names; then their template counts
-
-    def fit(self, bundle: MeltBundle) -> Self:
-        return self.fit_in_rounds(bundle)
 
     def fit_map(self, bundle: MeltBundle, step: int) -> dict[str, Any]:
         logs = self.require(bundle)

@@ -10,8 +10,6 @@ the largest absolute scaled deviation, the per-feature attribution used by the s
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
@@ -97,9 +95,6 @@ class IsolationForestDetector(SurpriseMixin, Detector):
     # Fitting runs as map/reduce rounds, whole (one part) or service by service on a Dask cluster
     # (``Detector.fit_calibrated_by_parts``); both learn the same forest.
     fit_rounds = 3  # the series' scales and the row count; the forest's rows; each unit's history
-
-    def fit(self, bundle: MeltBundle) -> Self:
-        return self.fit_in_rounds(bundle)
 
     def fit_map(self, bundle: MeltBundle, step: int) -> object:
         frame = self.require(bundle)

@@ -12,8 +12,6 @@ z-score of the own-error rate.
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import pandas as pd
 
@@ -74,9 +72,6 @@ class SpanLatencyDetector(Detector):
 
     # one round: each operation's baseline is its own spans' (a fit by parts, one service's spans per part)
     fit_rounds = 1
-
-    def fit(self, bundle: MeltBundle) -> Self:
-        return self.fit_in_rounds(bundle)
 
     def fit_map(self, bundle: MeltBundle, step: int) -> pd.DataFrame:
         spans = self._spans(bundle)

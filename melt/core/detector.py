@@ -52,8 +52,12 @@ class Detector:
     fit_rounds: ClassVar[int] = 0
 
     # ----------------------------------------------------------- to implement
-    def fit(self, bundle: MeltBundle) -> Self:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def fit(self, bundle: MeltBundle) -> Self:
+        """Learn from ``bundle``. A detector that fits by parts (``fit_rounds``) gets
+        :meth:`fit_in_rounds`, so that a whole fit and a fit by parts learn one state."""
+        if self.fit_rounds:
+            return self.fit_in_rounds(bundle)
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -106,13 +106,14 @@ def test_train_on_workers_gives_the_same_models(tiny_dir, tmp_path) -> None:
         np.testing.assert_allclose(a["anchors"], b["anchors"], rtol=0, atol=1e-9)
 
 
-def _big_logs(root, services: int = 20, lines: int = 1_000_000) -> int:
-    """A logs-only bundle of ~1 KB lines over 6 h (each with one long payload token, cheap to
-    parse), written as hive partitions, and a reference bundle of one line in 100 of it; the
-    bundle's size in memory, in bytes."""
+def _big_logs(root, services: int = 20, lines: int = 250_000) -> int:
+    """A logs-only bundle of ~4 KB lines over 6 h (each with one long payload token, cheap to
+    parse; few long lines rather than many short ones, as the memory is what counts here),
+    written as hive partitions, and a reference bundle of one line in 100 of it; the bundle's
+    size in memory, in bytes."""
     rng = np.random.default_rng(0)
     words = np.array(["request", "served", "cache", "miss", "retry", "upstream", "payload", "accepted"])
-    filler = "payload=" + "a1b2c3d4" * 110
+    filler = "payload=" + "a1b2c3d4" * 470
     chosen = rng.integers(0, len(words), size=(lines, 2))
     messages = pd.Series(words[chosen[:, 0]]).str.cat(pd.Series(words[chosen[:, 1]]), sep=" ") \
         .str.cat(pd.Series(rng.integers(0, 10_000, lines)).astype(str), sep=" id=").str.cat([filler] * lines, sep=" ")
@@ -128,7 +129,7 @@ def _big_logs(root, services: int = 20, lines: int = 1_000_000) -> int:
 
 
 def test_a_bundle_larger_than_a_worker_completes(tmp_path) -> None:
-    """A worker limited below the bundle's size in memory (~1.1 GB of log lines) still finishes it:
+    """A worker limited below the bundle's size in memory (~1 GB of log lines) still finishes it:
     each task reads one service's partition. (A worker past 95% of its limit is restarted by its nanny, and a task
     that kills 4 workers fails the run.)"""
     size = _big_logs(tmp_path)

@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics_synth.py speed
 	$(BIN)/python benchmarks/teg_synth.py
 	$(BIN)/python benchmarks/gat_synth.py
+	$(BIN)/python benchmarks/logtraceguard_ablation.py
 	$(BIN)/python benchmarks/serve_ingest.py
 	$(BIN)/python benchmarks/serve_load.py --spans 20000 --minutes 10
 	$(BIN)/python benchmarks/dask_bundle.py out/dask/large --days 1 --requests-per-minute 23
@@ -53,7 +54,8 @@ bench: $(STAMP)
 	@if [ -d "$(DATA)/loghub-2k" ]; then $(BIN)/python benchmarks/logs_loghub.py $(DATA)/loghub-2k; \
 	else echo "skipping loghub: no $(DATA)/loghub-2k (set DATA=path/to/shared/data)"; fi
 	@if [ -d "$(DATA)/nezha-trainticket" ]; then $(BIN)/python benchmarks/import_nezha.py $(DATA)/nezha-trainticket && \
-	$(BIN)/python benchmarks/logs_nezha.py $(DATA)/nezha-trainticket; \
+	$(BIN)/python benchmarks/logs_nezha.py $(DATA)/nezha-trainticket && \
+	$(BIN)/python benchmarks/traces_nezha.py $(DATA)/nezha-trainticket; \
 	else echo "skipping Nezha: no $(DATA)/nezha-trainticket (set DATA=path/to/shared/data)"; fi
 	@if [ -f "$(BOUTIQUE_TAR)" ] && [ ! -d $(BOUTIQUE) ]; then mkdir -p data/real && tar -xJf $(BOUTIQUE_TAR) -C data/real; fi
 	@systems=""; for d in $(DATA)/nezha-trainticket $(BOUTIQUE); do [ -d "$$d" ] && systems="$$systems $$d"; done; \

@@ -69,6 +69,21 @@ def combine(a: MeltBundle, b: MeltBundle) -> MeltBundle:
     return MeltBundle(logs=logs.reset_index(drop=True), traces=traces.reset_index(drop=True), validate=False)
 
 
+def import_both(data: Path, config) -> tuple[MeltBundle, MeltBundle]:
+    """The 28 fault cases and the fault-free minute, imported (logs and traces) through a scratch directory."""
+    with tempfile.TemporaryDirectory() as scratch:
+        import_source("nezha", data, Path(scratch) / "rca", config, quiet=True)
+        import_source("nezha", data, Path(scratch) / "normal", config, nezha={"subset": "normal"}, quiet=True)
+        return (MeltBundle.read(Path(scratch) / "rca", signals=["logs", "traces"]),
+                MeltBundle.read(Path(scratch) / "normal", signals=["logs", "traces"]))
+
+
+def fault_windows(faults: list[dict]) -> tuple[list[tuple[pd.Timestamp, pd.Timestamp]], pd.Timestamp]:
+    """Each fault's window with its recovery, and the time that splits the day at the middle fault."""
+    windows = [(pd.Timestamp(f["start"]), pd.Timestamp(f["end"]) + RECOVERY) for f in faults]
+    return windows, sorted(pd.Timestamp(f["start"]) for f in faults)[len(faults) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
@@ -77,14 +92,9 @@ def main() -> None:
     args = parser.parse_args()
     names = args.detectors.split(",")
     config = load_settings(env={})
-    with tempfile.TemporaryDirectory() as scratch:
-        import_source("nezha", args.data, Path(scratch) / "rca", config, quiet=True)
-        import_source("nezha", args.data, Path(scratch) / "normal", config, nezha={"subset": "normal"}, quiet=True)
-        rca = MeltBundle.read(Path(scratch) / "rca", signals=["logs", "traces"])
-        normal = MeltBundle.read(Path(scratch) / "normal", signals=["logs", "traces"])
+    rca, normal = import_both(args.data, config)
     faults = rca.truth["faults"]
-    windows = [(pd.Timestamp(f["start"]), pd.Timestamp(f["end"]) + RECOVERY) for f in faults]
-    split = sorted(pd.Timestamp(f["start"]) for f in faults)[len(faults) // 2]
+    windows, split = fault_windows(faults)
     log_half = (rca.logs["timestamp"] >= split).to_numpy()
     trace_half = (rca.traces["start_time"] >= split).to_numpy()
     log_normal = outside(rca.logs["timestamp"], windows)

@@ -103,15 +103,27 @@ def server_tree(spans: pd.DataFrame) -> pd.DataFrame:
     from the client span's parent instead: the call tree as a trace of server spans draws it, for
     models that learn a trace's shape (a client span and its server span are one call there).
     Client spans whose request never arrived stay: they are the only trace of that call."""
+    return fold_calls(spans)[0]
+
+
+def fold_calls(spans: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """:func:`server_tree`, and per kept span what its folded client span said of the call into it:
+    the call's gap in ms (NaN where no client span was folded above it) and whether the client
+    span failed. A call edge of the server tree carries them (``logtraceguard``'s edge features)."""
     if spans.empty:
-        return spans
+        return spans, np.zeros(0), np.zeros(0, dtype=bool)
     s = call_structure(spans)
     drop = s.client & s.has_children
+    above = np.maximum(s.parent, 0)
+    folded = (s.parent >= 0) & drop[above]
+    duration = spans["duration"].to_numpy(dtype=float)
+    gap = np.where(folded, np.maximum(duration[above] - s.child_ms[above], 0.0), np.nan)
+    failed = folded & span_errors(spans)[above]
     if not drop.any():
-        return spans
+        return spans, gap, failed
     parent_ids = spans["parent_span_id"].to_numpy(dtype=object)
-    lifted = np.where((s.parent >= 0) & drop[np.maximum(s.parent, 0)], parent_ids[np.maximum(s.parent, 0)], parent_ids)
-    return spans.assign(parent_span_id=lifted)[~drop].reset_index(drop=True)
+    lifted = np.where(folded, parent_ids[above], parent_ids)
+    return spans.assign(parent_span_id=lifted)[~drop].reset_index(drop=True), gap[~drop], failed[~drop]
 
 
 def client_calls(spans: pd.DataFrame, known_callees: pd.Series | None = None) -> pd.DataFrame:

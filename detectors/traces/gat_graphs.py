@@ -62,7 +62,7 @@ def encode(values: np.ndarray, vocab: pd.Index) -> np.ndarray:
     return vocab.get_indexer(pd.Index(values, dtype=object)) + 1
 
 
-def _depths(parent: np.ndarray) -> np.ndarray:
+def depths(parent: np.ndarray) -> np.ndarray:
     """Depth of every span in its tree by pointer jumping (a few vectorised passes, not a walk per span)."""
     depth = np.zeros(parent.size, dtype=np.int64)
     ancestor = parent.copy()
@@ -93,7 +93,7 @@ class Baselines:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _span_table(spans: pd.DataFrame) -> pd.DataFrame:
+def span_table(spans: pd.DataFrame) -> pd.DataFrame:
     """Per span: trace code, operation, parent row, children, caller and root operation, trace span count."""
     trace = spans["trace_id"].astype(str)
     parent = parent_rows(spans)
@@ -113,7 +113,7 @@ def _span_table(spans: pd.DataFrame) -> pd.DataFrame:
 
 def learn_baselines(spans: pd.DataFrame) -> Baselines:
     """Per-key medians of normal spans: duration per operation, children per operation, span count per root."""
-    table = _span_table(spans.reset_index(drop=True))
+    table = span_table(spans.reset_index(drop=True))
     by_operation = table.groupby("operation")
     median = by_operation["log_duration"].median()
     spread = (table["log_duration"] - median.reindex(table["operation"]).to_numpy()).abs().groupby(table["operation"]).median()
@@ -130,15 +130,10 @@ def learn_baselines(spans: pd.DataFrame) -> Baselines:
                      usual, usual_count)
 
 
-def build_span_graphs(spans: pd.DataFrame, services: pd.Index, operations: pd.Index,
-                      baselines: Baselines) -> SpanGraphs:
-    """Build every trace's graph from a span frame (the bundle's traces schema)."""
-    spans = spans.reset_index(drop=True)
-    table = _span_table(spans)
-    known = table["operation"].isin(baselines.duration.index).to_numpy()
-    stats = baselines.duration.reindex(table["operation"])
-    duration_z = np.where(known, (table["log_duration"].to_numpy() - stats["median"].to_numpy())
-                          / stats["scale"].to_numpy(), 0.0).clip(-10, 10)
+def shape_features(table: pd.DataFrame, baselines: Baselines) -> tuple[np.ndarray, ...]:
+    """Per span of :func:`span_table`: its children and its trace's span count against the medians
+    for its operation and root operation (log ratios), whether its (caller, operation) pair is
+    unseen, and how many of its operation's usual calls it did not make."""
     children_delta = np.log1p(table["children"].to_numpy()) - np.log1p(
         baselines.children.reindex(table["operation"]).fillna(0).to_numpy())
     typical = baselines.span_count.reindex(table["root"]).to_numpy()
@@ -148,6 +143,19 @@ def build_span_graphs(spans: pd.DataFrame, services: pd.Index, operations: pd.In
     made = table.loc[(table["parent"] >= 0).to_numpy() & pairs.isin(baselines.usual_calls), ["parent", "operation"]]
     made_count = np.bincount(made.drop_duplicates()["parent"].to_numpy(), minlength=len(table))
     missing_calls = baselines.usual_count.reindex(table["operation"]).fillna(0).to_numpy() - made_count
+    return children_delta, span_count_delta, unseen_call, missing_calls
+
+
+def build_span_graphs(spans: pd.DataFrame, services: pd.Index, operations: pd.Index,
+                      baselines: Baselines) -> SpanGraphs:
+    """Build every trace's graph from a span frame (the bundle's traces schema)."""
+    spans = spans.reset_index(drop=True)
+    table = span_table(spans)
+    known = table["operation"].isin(baselines.duration.index).to_numpy()
+    stats = baselines.duration.reindex(table["operation"])
+    duration_z = np.where(known, (table["log_duration"].to_numpy() - stats["median"].to_numpy())
+                          / stats["scale"].to_numpy(), 0.0).clip(-10, 10)
+    children_delta, span_count_delta, unseen_call, missing_calls = shape_features(table, baselines)
     trace = spans["trace_id"].astype(str)
     parent = table["parent"].to_numpy()
     start = pd.to_datetime(spans["start_time"], utc=True).dt.as_unit("ns").astype("int64").to_numpy() \
@@ -183,7 +191,7 @@ def build_span_graphs(spans: pd.DataFrame, services: pd.Index, operations: pd.In
         np.log1p(duration), error,
         *(kind == k for k in KINDS), ~np.isin(kind, KINDS),
         status >= 100, np.where(status >= 100, status / 100.0, 0.0),
-        np.log1p(children), np.log1p(_depths(parent)),
+        np.log1p(children), np.log1p(depths(parent)),
         np.log1p(aggregates[trace_codes]), error_rate[trace_codes],
         duration_z, children_delta, span_count_delta, unseen_call, missing_calls,
     ]).astype(np.float32)

@@ -28,6 +28,13 @@ def batch_nodes(graphs: GraphTable, traces: np.ndarray) -> np.ndarray:
 
 def gather(graphs: GraphTable, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Block-diagonal batch of arbitrary (sorted) traces: features, re-indexed edges, graph index."""
+    x, edges, _, batch = gather_edges(graphs, traces)
+    return x, edges, batch
+
+
+def gather_edges(graphs: GraphTable, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`gather`, with the positions of the batch's edges in ``graphs.edge_index`` (to cut
+    per-edge features the same way)."""
     lo, hi = graphs.trace_ptr[traces], graphs.trace_ptr[traces + 1]
     nodes = batch_nodes(graphs, traces)
     new_id = np.full(graphs.x.shape[0], -1, dtype=np.int64)
@@ -35,4 +42,4 @@ def gather(graphs: GraphTable, traces: np.ndarray) -> tuple[np.ndarray, np.ndarr
     a, b = np.searchsorted(graphs.edge_index[0], lo), np.searchsorted(graphs.edge_index[0], hi)
     edge_cols = np.repeat(a - np.cumsum(b - a) + (b - a), b - a) + np.arange((b - a).sum())
     edges = new_id[graphs.edge_index[:, edge_cols]]
-    return graphs.x[nodes], edges, np.repeat(np.arange(traces.size), hi - lo)
+    return graphs.x[nodes], edges, edge_cols, np.repeat(np.arange(traces.size), hi - lo)

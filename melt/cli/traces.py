@@ -1,4 +1,4 @@
-"""``melt traces train|predict|evaluate``: the trace-anomaly seed tools' commands (see melt.pipeline.trace_models)."""
+"""``melt traces train|predict|evaluate|export``: the trace-anomaly seed tools' commands (see melt.pipeline.trace_models)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ AGGREGATION = click.Choice(["max", "mean", "percentile_95"])
 
 @click.group()
 def traces() -> None:
-    """Train, apply and evaluate a trace-graph model (gat_gae) on span files, like the seed tools."""
+    """Train, apply, evaluate and export a trace-graph model (gat_gae, logtraceguard, ...) on span files or bundles."""
 
 
 @traces.command("train")
@@ -23,17 +23,28 @@ def traces() -> None:
 @click.option("--learning-rate", type=float, default=None)
 @click.option("--latent-dim", type=int, default=None)
 @click.option("--batch-size", type=int, default=None, help="Traces per training step.")
-@click.option("--aggregation", type=AGGREGATION, default=None, help="Span errors to a trace score.")
+@click.option("--aggregation", type=AGGREGATION, default=None, help="Span errors to a trace score (gat_gae).")
+@click.option("--detector", "model", default="gat_gae", show_default=True,
+              help="Trace detector plugin that scores whole traces: gat_gae or logtraceguard (or a plugin with trace_scores).")
+@click.option("--labels", default=None,
+              help="Traces known to be faulty (logtraceguard's PU head): a file of trace ids, one per line, "
+                   "or 'truth' for the bundle's truth.json fault windows.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
-def train_command(ctx: click.Context, data: str, output: str, quiet: bool, **overrides: Any) -> None:
-    """Fit the model on normal traces."""
-    from melt.pipeline.trace_models import DEFAULT_MODEL, train
+def train_command(ctx: click.Context, data: str, output: str, model: str, labels: str | None, quiet: bool,
+                  **overrides: Any) -> None:
+    """Fit the model on normal traces (and labelled faulty ones, where the detector takes them)."""
+    from melt.core.registry import get_plugin
+    from melt.pipeline.trace_models import train
 
-    params = dict(settings_of(ctx).detector_params(DEFAULT_MODEL))
+    params = dict(settings_of(ctx).detector_params(model))
+    accepted = get_plugin(model).cls.param_defaults()
+    unknown = [k for k, v in overrides.items() if v is not None and k not in accepted]
+    if unknown:
+        raise click.UsageError(f"--{unknown[0].replace('_', '-')} does not apply to {model}")
     params.update({k: v for k, v in overrides.items() if v is not None})
-    path = train(data, output, params, quiet=quiet)
-    click.echo(f"saved {DEFAULT_MODEL} model to {path}")
+    path = train(data, output, params, model=model, labels=labels, quiet=quiet)
+    click.echo(f"saved {model} model to {path}")
 
 
 @traces.command("predict")
@@ -71,3 +82,14 @@ def evaluate_command(ctx: click.Context, model_dir: str, normal_data: str | None
     summary = results.get("overall") or next(iter(results["datasets"].values()))
     click.echo(f"ROC AUC {summary['roc_auc']:.3f}  precision {summary['precision']:.3f}  recall {summary['recall']:.3f}  "
                f"F1 {summary['f1']:.3f}  specificity {summary['specificity']:.3f}; wrote {output}/evaluation_results.json")
+
+
+@traces.command("export")
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Directory from 'melt traces train'.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="TorchScript file to write (model.ts).")
+def export_command(model_dir: str, output: str) -> None:
+    """Write the trained scorer as TorchScript, loadable with torch.jit.load without melt (docs/traces.md)."""
+    from melt.pipeline.trace_models import export
+
+    path = export(model_dir, output)
+    click.echo(f"wrote TorchScript model to {path}")

@@ -1,12 +1,15 @@
-"""``melt traces train|predict|evaluate``: the trace-anomaly seed tools' workflow over a trace
-detector plugin (``gat_gae`` by default), on span files or bundles.
+"""``melt traces train|predict|evaluate|export``: the trace-anomaly seed tools' workflow over a
+trace detector plugin (``gat_gae`` by default, or ``logtraceguard``), on span files or bundles.
 
 The plugin is found through the registry like every detector; it must offer
-``trace_scores(bundle, aggregation)`` (one row per trace with ``trace_id`` and ``score``).
+``trace_scores(bundle, aggregation)`` (one row per trace with ``trace_id`` and ``score``). A
+bundle directory also gives the detector the frames it reads besides spans (log lines for
+``logtraceguard``); a span file gives spans alone.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -22,11 +25,12 @@ from melt.evaluation.binary import binary_evaluation, plot_evaluation
 DEFAULT_MODEL = "gat_gae"
 
 
-def read_spans(path: str | Path) -> MeltBundle:
-    """Spans from a parquet or CSV span file, or from a bundle directory, as a validated bundle."""
+def read_spans(path: str | Path, reads: tuple[str, ...] = ()) -> MeltBundle:
+    """Spans from a parquet or CSV span file, or from a bundle directory (with the frames of
+    ``reads`` it holds), as a validated bundle."""
     source = Path(path)
     if source.is_dir():
-        return MeltBundle.read(source, signals=["traces"])
+        return MeltBundle.read(source, signals=["traces", *reads])
     if not source.is_file():
         raise BundleError(f"span file not found: {source}")
     try:
@@ -39,14 +43,47 @@ def read_spans(path: str | Path) -> MeltBundle:
         raise BundleError(f"{source}: {exc}") from None
 
 
+def read_labels(spec: str | Path | None) -> list[str] | str | None:
+    """``--labels``: ``truth`` (the bundle's truth.json fault windows), or a file of trace ids,
+    one per line (blank lines and ``#`` comments skipped)."""
+    if spec is None or str(spec) == "truth":
+        return None if spec is None else "truth"
+    source = Path(spec)
+    if not source.is_file():
+        raise BundleError(f"labels file not found: {source} (give a file of trace ids, one per line, or 'truth')")
+    ids = [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not ids:
+        raise BundleError(f"{source}: no trace ids (one per line)")
+    return ids
+
+
 def train(data: str | Path, output: str | Path, params: dict[str, Any], *, model: str = DEFAULT_MODEL,
-          quiet: bool = False) -> Path:
-    """Fit ``model`` on normal spans and save it to ``output``."""
-    bundle = read_spans(data)
+          labels: str | Path | None = None, quiet: bool = False) -> Path:
+    """Fit ``model`` on normal spans (and, for a detector that takes them, labelled faulty traces) and save it."""
+    plugin = get_plugin(model)
+    if not hasattr(plugin.cls, "trace_scores"):
+        raise MeltError(f"detector '{model}' does not score whole traces (melt traces takes gat_gae or logtraceguard)")
+    bundle = read_spans(data, plugin.cls.reads)
     detector = build_detector(model, params)
-    log(f"training {model} on {bundle.traces['trace_id'].nunique():,} traces", quiet)
-    detector.fit_calibrated(bundle)
+    known = read_labels(labels)
+    log(f"training {model} on {bundle.traces['trace_id'].nunique():,} traces"
+        + (f" ({'truth.json fault windows' if known == 'truth' else f'{len(known):,} labelled'} as faulty)" if known else ""),
+        quiet)
+    if known is None:
+        detector.fit_calibrated(bundle)
+    elif "labels" not in inspect.signature(detector.fit_calibrated).parameters:
+        raise MeltError(f"detector '{model}' learns from normal traces only and takes no --labels (logtraceguard does)")
+    else:
+        detector.fit_calibrated(bundle, labels=known)
     return detector.save(output)
+
+
+def export(model_dir: str | Path, output: str | Path) -> Path:
+    """Write a trained trace model as TorchScript (detectors with an ``export`` method)."""
+    detector = _load(model_dir)
+    if not hasattr(detector, "export"):
+        raise MeltError(f"detector '{detector.name}' has no TorchScript export (logtraceguard has)")
+    return detector.export(output)
 
 
 def _load(model_dir: str | Path) -> Any:
@@ -73,7 +110,8 @@ def score_traces(detector: Any, bundle: MeltBundle, aggregation: str | None, thr
 def predict(model_dir: str | Path, data: str | Path, output: str | Path, *, aggregation: str | None = None,
             threshold: float = 4.0) -> pd.DataFrame:
     """Score every trace of ``data`` and write them to ``output`` (CSV)."""
-    table = score_traces(_load(model_dir), read_spans(data), aggregation, threshold)
+    detector = _load(model_dir)
+    table = score_traces(detector, read_spans(data, detector.reads), aggregation, threshold)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)
     return table
@@ -99,11 +137,12 @@ def evaluate(model_dir: str | Path, output: str | Path, *, normal: str | Path | 
     else:
         raise MeltError("give --normal-data and --anomaly-data, or --test-dir")
     root = Path(output)
-    results: dict[str, Any] = {"model": str(model_dir), "aggregation": aggregation or detector.aggregation,
+    results: dict[str, Any] = {"model": str(model_dir), "detector": detector.name,
+                               "aggregation": aggregation or getattr(detector, "aggregation", None),
                                "threshold": threshold, "datasets": {}}
     every = []
     for name, (normal_file, anomalous_file) in pairs.items():
-        parts = [score_traces(detector, read_spans(f), aggregation, threshold).assign(label=label)
+        parts = [score_traces(detector, read_spans(f, detector.reads), aggregation, threshold).assign(label=label)
                  for f, label in ((normal_file, 0), (anomalous_file, 1))]
         table = pd.concat(parts, ignore_index=True)
         every.append(table)
@@ -124,4 +163,4 @@ def _evaluate_table(table: pd.DataFrame, out_dir: Path, title: str) -> dict[str,
     return metrics
 
 
-__all__ = ["read_spans", "train", "predict", "evaluate", "score_traces"]
+__all__ = ["read_spans", "read_labels", "train", "predict", "evaluate", "export", "score_traces"]

@@ -1,0 +1,553 @@
+"""Anomalous traces from log-aware trace graphs, learned by contrast and, where operators confirmed
+some faulty traces, by positive-unlabelled learning (plugin ``logtraceguard``).
+
+After LogTraceGuard (log-aware trace graphs, contrastive learning at node, edge and graph level,
+then a PU classifier). Every trace becomes a graph of its calls carrying their spans' log events
+(:mod:`detectors.traces.ltg_graphs`). The encoder (:mod:`detectors.traces.ltg_model`) is trained
+without labels on two views of each batch, one with nodes dropped and one with edges dropped:
+InfoNCE pulls the same node, the same edge and the same graph together across the views and
+pushes the others apart (GraphCL, You et al., NeurIPS 2020). Instance discrimination makes the
+embedding keep what tells one call of an operation from another: its self time, its gap, its log
+events. A trace then scores by how far its worst node lies from its operation's training nodes,
+and its graph from the training graphs (one-class). Given labels (``fit(bundle, labels=...)``: the
+ids of traces an operator confirmed as faulty, or ``"truth"`` for the traces of ``truth.json``'s
+fault windows that pass through the fault's service), a PU head learns from them and the rest, with
+the non-negative risk of Kiryo et al. (NeurIPS 2017). Ablation switches: ``use_logs``,
+``use_edges``, ``contrastive_levels`` and ``pu``. The scorer compiles to TorchScript
+(:meth:`LogTraceGuardDetector.export`).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from detectors.logs.templates import UNMATCHED, TemplateMiner
+from detectors.torch_model import (
+    EarlyStopping,
+    HeldOutCalibrationMixin,
+    TorchNetworkMixin,
+    reproducible_threads,
+    torch_device,
+    trailing_split,
+)
+from detectors.traces.client_calls import fold_calls
+from detectors.traces.graph_batch import gather_edges
+from detectors.traces.ltg_graphs import (
+    CALL_COLUMNS,
+    EDGE,
+    LOG_COLUMNS,
+    NUMERIC,
+    LogTraceGraphs,
+    build_log_trace_graphs,
+    learn_call_baselines,
+)
+from detectors.traces.teg_graphs import HASH_DIM
+from melt.core.bundle import MeltBundle
+from melt.core.detector import Detector, empty_scores
+from melt.core.errors import PluginError
+
+LEVELS = ("node", "edge", "graph")
+MIN_NODES = 5  # an operation with fewer training nodes uses the fleet's distance statistics
+FEATURE_FLOOR = 0.1  # least spread of an input feature per operation (unit-scale features)
+TAIL_Z = 2.576  # the 99th percentile of |N(0, 1)|
+SAMPLE = 512  # nodes or edges per InfoNCE term (the full similarity matrix of a batch is quadratic)
+
+
+def _levels(spec: str) -> tuple[str, ...]:
+    levels = tuple(part.strip() for part in spec.split(",") if part.strip())
+    wrong = [level for level in levels if level not in LEVELS]
+    if wrong:
+        raise PluginError(f"logtraceguard: contrastive_levels takes any of {', '.join(LEVELS)}, got {', '.join(wrong)}")
+    return levels
+
+
+def truth_traces(bundle: MeltBundle) -> np.ndarray:
+    """Ids of the traces that start inside a fault window of ``truth.json`` and pass through its
+    root-cause service: the faulty traces an operator would confirm."""
+    spans = bundle.traces
+    faults = (bundle.truth or {}).get("faults", [])
+    if spans is None or not faults:
+        return np.zeros(0, dtype=object)
+    start = pd.to_datetime(spans["start_time"], utc=True).groupby(spans["trace_id"].astype(str)).transform("min")
+    chosen = np.zeros(len(spans), dtype=bool)
+    for fault in faults:
+        inside = (start >= pd.Timestamp(fault["start"])) & (start < pd.Timestamp(fault["end"]))
+        chosen |= (inside & (spans["service_name"].astype(str) == str(fault.get("root_cause_service")))).to_numpy()
+    return pd.unique(spans["trace_id"].astype(str).to_numpy()[chosen])
+
+
+def per_code_spread(features: np.ndarray, code: np.ndarray, n_codes: int,
+                    rare: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per operation code and feature: the training nodes' median, and a spread that covers their
+    rare moves too: the larger of 1.4826 MAD and the 99th percentile deviation over 2.576 (where a
+    normal's 99th percentile lies), as :func:`detectors.robust.robust_baseline` does with its
+    ``tail_quantile``. An error flag or a child count that moves in 2% of an operation's training
+    calls then does not score as if it never moved.
+
+    Rare codes take the fleet's. The spread is floored at ``FEATURE_FLOOR`` (features are on unit
+    scales: z-scores over 3, log counts, flags, a normalised bag), so an input that never moved
+    for an operation scores its first move in tenths, not by division by zero.
+    """
+    frame = pd.DataFrame(features)
+    median = frame.groupby(code).median().reindex(np.arange(n_codes)).to_numpy()
+    deviation = (frame - median[code]).abs().groupby(code)
+    spread = np.maximum(1.4826 * deviation.median().reindex(np.arange(n_codes)).to_numpy(),
+                        deviation.quantile(0.99).reindex(np.arange(n_codes)).to_numpy() / TAIL_Z)
+    everyone = np.median(features, axis=0)
+    everyone_deviation = np.abs(features - everyone)
+    everyone_spread = np.maximum(1.4826 * np.median(everyone_deviation, axis=0),
+                                 np.quantile(everyone_deviation, 0.99, axis=0) / TAIL_Z)
+    median = np.where(rare[:, None] | np.isnan(median), everyone, median)
+    spread = np.where(rare[:, None] | np.isnan(spread), everyone_spread, spread)
+    return median, np.maximum(spread, FEATURE_FLOOR)
+
+
+class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector):
+    """Contrastive log-aware graph encoder with one-class or PU scoring.
+
+    Args:
+        hidden, embed_dim, layers: node embedding size, operation embedding size, GINE layers.
+        projection, temperature: contrastive heads' output size and InfoNCE temperature.
+        drop_node, drop_edge: share of nodes (never a trace's first) and of edges each view drops.
+        contrastive_levels: comma-separated levels trained: any of node, edge, graph ("" = none:
+            the encoder keeps its random weights, an ablation).
+        use_logs: node features from the span's log events; use_edges: edge features of the calls.
+        score_features: a node also scores by its largest input deviation from its operation's
+            training nodes (robust sigmas), not only by its embedding's distance.
+        pu: learn a PU head when labels are given; pu_prior: share of faulty traces among the
+            unlabelled ones; pu_epochs: full-batch steps of the head.
+        epochs, patience, batch_traces, learning_rate: training, with early stopping on the
+            held-out traces' contrastive loss.
+        max_train_traces: traces sampled for training.
+        validation_fraction: trailing share of training traces held out (early stopping, calibration).
+        top_nodes: worst nodes listed in the evidence.
+        device: "auto" (GPU if present), "cpu" or "cuda".
+        seed: seed of initialisation, augmentation, sampling and shuffling.
+    """
+
+    name = "logtraceguard"
+    signal = "traces"
+    partition = "trace"
+    reads = ("logs",)
+
+    def __init__(self, hidden: int = 32, embed_dim: int = 8, layers: int = 2, projection: int = 32,
+                 temperature: float = 0.2, drop_node: float = 0.2, drop_edge: float = 0.2,
+                 contrastive_levels: str = "node,edge,graph", use_logs: bool = True, use_edges: bool = True,
+                 score_features: bool = True, pu: bool = True, pu_prior: float = 0.05, pu_epochs: int = 300, epochs: int = 20, patience: int = 4,
+                 batch_traces: int = 128, learning_rate: float = 3e-3, max_train_traces: int = 5000,
+                 validation_fraction: float = 0.2, top_nodes: int = 3, device: str = "auto", seed: int = 0) -> None:
+        self.hidden = hidden
+        self.embed_dim = embed_dim
+        self.layers = layers
+        self.projection = projection
+        self.temperature = temperature
+        self.drop_node = drop_node
+        self.drop_edge = drop_edge
+        self.contrastive_levels = contrastive_levels
+        self.use_logs = use_logs
+        self.use_edges = use_edges
+        self.score_features = score_features
+        self.pu = pu
+        self.pu_prior = pu_prior
+        self.pu_epochs = pu_epochs
+        self.epochs = epochs
+        self.patience = patience
+        self.batch_traces = batch_traces
+        self.learning_rate = learning_rate
+        self.max_train_traces = max_train_traces
+        self.validation_fraction = validation_fraction
+        self.top_nodes = top_nodes
+        self.device = device
+        self.seed = seed
+
+    # ------------------------------------------------------------------ graphs
+    def _graphs(self, bundle: MeltBundle, spans: pd.DataFrame | None = None) -> LogTraceGraphs:
+        """The graphs of ``spans`` (the bundle's by default), with the bundle's log lines if used."""
+        tree, gap, failed = fold_calls(self.require(bundle) if spans is None else spans)
+        logs, keys, unseen = self._log_events(bundle)
+        graphs = build_log_trace_graphs(tree, gap, failed, self.baselines_, logs, keys, unseen)
+        if not self.use_logs:
+            graphs.x[:, LOG_COLUMNS] = 0.0
+            graphs.x[:, len(NUMERIC):len(NUMERIC) + HASH_DIM] = 0.0
+        if not self.use_edges:
+            graphs.edge_attr[:] = 0.0
+            graphs.x[:, CALL_COLUMNS] = 0.0
+        return graphs
+
+    def _log_events(self, bundle: MeltBundle) -> tuple[pd.DataFrame | None, np.ndarray | None, np.ndarray | None]:
+        """Log lines tied to a span, their template texts (values' kinds kept) and whether training saw none."""
+        logs = bundle.logs
+        if not self.use_logs or getattr(self, "miner_", None) is None or logs is None \
+                or not {"trace_id", "span_id"} <= set(logs.columns):
+            return None, None, None
+        logs = logs[logs["trace_id"].notna() & logs["span_id"].notna()]
+        if logs.empty:
+            return None, None, None
+        ids, masked = self.miner_.match(logs["message"])
+        unseen = ids == UNMATCHED
+        keys = np.where(unseen, masked, pd.Series(ids).map(self.miner_.marked_templates()).to_numpy(dtype=object))
+        return logs, keys, unseen
+
+    # ------------------------------------------------------------------ network
+    def _input_size(self) -> int:
+        return len(self.baselines_.operations)
+
+    def _encoder(self, n_operations: int):
+        import torch
+
+        from detectors.traces.ltg_model import LogTraceEncoder
+
+        torch.manual_seed(self.seed)
+        return LogTraceEncoder(len(NUMERIC) + HASH_DIM, len(EDGE), n_operations, self.embed_dim, self.hidden, self.layers)
+
+    def _build(self, n_operations: int):
+        """An untrained scorer of the fitted shape (its weights and statistics come from ``network.pt``)."""
+        import torch
+
+        from detectors.traces.ltg_model import LogTraceGuardScorer, pu_head_for
+
+        codes, features = n_operations + 1, len(NUMERIC) + HASH_DIM
+        return LogTraceGuardScorer(
+            self._encoder(n_operations), torch.zeros(codes, self.hidden), torch.zeros(codes), torch.ones(codes),
+            torch.zeros(codes, features), torch.zeros(codes, features), torch.zeros(2 * self.hidden), torch.zeros(1),
+            torch.ones(1), pu_head_for(self.hidden) if self.pu_fitted_ else None)
+
+    def _tensors(self, graphs: LogTraceGraphs, traces: np.ndarray, dtype: Any = None) -> tuple[Any, ...]:
+        import torch
+
+        x, edges, cols, batch = gather_edges(graphs, traces)
+        dtype = dtype or torch.float32
+        return (torch.from_numpy(x).to(dtype), torch.from_numpy(edges), torch.from_numpy(graphs.edge_attr[cols]).to(dtype),
+                torch.from_numpy(batch))
+
+    # ------------------------------------------------------------------ contract
+    def fit(self, bundle: MeltBundle, labels: Iterable[str] | str | None = None) -> Self:
+        """Learn from ``bundle``; ``labels``: ids of traces known to be faulty, or ``"truth"``."""
+
+        levels = _levels(self.contrastive_levels)
+        labels = labels if labels is not None else getattr(self, "_labels", None)
+        spans = self.require(bundle)
+        ids = spans["trace_id"].astype(str)
+        positive_ids = self._positive_ids(bundle, labels)
+        normal = spans[~ids.isin(positive_ids).to_numpy()]
+        if normal.empty:
+            raise PluginError("logtraceguard: every training trace is labelled faulty; it needs normal traces to learn from")
+        self.baselines_ = learn_call_baselines(*fold_calls(normal)[:2])
+        self.miner_ = None
+        logs = bundle.logs
+        if self.use_logs and logs is not None and {"trace_id", "span_id"} <= set(logs.columns):
+            own = logs[logs["trace_id"].notna() & ~logs["trace_id"].astype(str).isin(positive_ids)]
+            if len(own):
+                self.miner_ = TemplateMiner()
+                self.miner_.fit(own["message"])
+        graphs = self._graphs(bundle)
+        positive = np.isin(graphs.trace_id.astype(str), positive_ids)
+        rng = np.random.default_rng(self.seed)
+        unlabelled = np.flatnonzero(~positive)
+        train, validation, self.holdout_start_ = trailing_split(
+            graphs.trace_start[unlabelled], self.validation_fraction, self.max_train_traces, rng)
+        train, validation = unlabelled[train], unlabelled[validation]
+
+        device = torch_device(self.device)
+        encoder = self._encoder(len(self.baselines_.operations)).to(device)
+        self.history_: list[tuple[float, float]] = []
+        if levels:
+            self._train_contrastive(encoder, graphs, train, validation, levels, rng, device)
+        encoder = encoder.cpu().eval()
+        self.pu_fitted_ = False
+        scorer = self._one_class_scorer(encoder, graphs, train)
+        if self.pu and positive.any():
+            self._train_pu(scorer, graphs, np.flatnonzero(positive), unlabelled)
+        self.network_ = scorer.eval()
+        return self
+
+    def fit_calibrated(self, bundle: MeltBundle, labels: Iterable[str] | str | None = None) -> Self:
+        """:meth:`Detector.fit_calibrated` with labels; labelled traces stay out of the calibration."""
+        self._labels = labels
+        try:
+            return super().fit_calibrated(bundle)
+        finally:
+            del self._labels
+
+    def calibration_scores(self, bundle: MeltBundle) -> np.ndarray:
+        positives = self._positive_ids(bundle, getattr(self, "_labels", None))
+        if len(positives):
+            spans = self.require(bundle)
+            bundle = MeltBundle(traces=spans[~spans["trace_id"].astype(str).isin(positives).to_numpy()],
+                                logs=bundle.logs, validate=False)
+        return super().calibration_scores(bundle)
+
+    @staticmethod
+    def _positive_ids(bundle: MeltBundle, labels: Iterable[str] | str | None) -> np.ndarray:
+        if labels is None:
+            return np.zeros(0, dtype=object)
+        if isinstance(labels, str):
+            if labels != "truth":
+                raise PluginError(f"logtraceguard: labels must be trace ids or 'truth', got {labels!r}")
+            return truth_traces(bundle)
+        return np.asarray([str(label) for label in labels], dtype=object)
+
+    def _augment(self, graphs: LogTraceGraphs, chosen: np.ndarray, rng: np.random.Generator, device: Any):
+        """The batch ``chosen`` twice: view A without some nodes, view B without some edges."""
+        import torch
+
+        x, edges, edge_attr, batch = (t.to(device) for t in self._tensors(graphs, chosen))
+        n = x.shape[0]
+        first = np.r_[True, batch.cpu().numpy()[1:] != batch.cpu().numpy()[:-1]] if n else np.zeros(0, bool)
+        keep_node = (rng.random(n) >= self.drop_node) | first
+        kept = np.flatnonzero(keep_node)
+        new_id = np.full(n, -1)
+        new_id[kept] = np.arange(kept.size)
+        e = edges.cpu().numpy()
+        edge_in_a = keep_node[e[0]] & keep_node[e[1]] if e.size else np.zeros(0, bool)
+        edge_in_b = rng.random(e.shape[1]) >= self.drop_edge
+        view_a = (x[torch.from_numpy(kept).to(device)], torch.from_numpy(new_id[e[:, edge_in_a]]).to(device),
+                  edge_attr[torch.from_numpy(edge_in_a).to(device)], batch[torch.from_numpy(kept).to(device)])
+        view_b = (x, edges[:, torch.from_numpy(edge_in_b).to(device)], edge_attr[torch.from_numpy(edge_in_b).to(device)], batch)
+        both = edge_in_a & edge_in_b
+        shared_edges = (new_id[e[:, both]], e[:, both])  # the same edges, indexed in view A and in view B
+        return view_a, view_b, kept, shared_edges, chosen.size
+
+    def _contrastive_loss(self, encoder, heads, views, levels: tuple[str, ...], rng: np.random.Generator):
+        import torch
+
+        from detectors.traces.ltg_model import info_nce, pool
+
+        (xa, ea, aa, ba), (xb, eb, ab, bb), kept, (edges_a, edges_b), size = views
+        ha, hb = encoder(xa, ea, aa), encoder(xb, eb, ab)
+        device = ha.device
+        loss = torch.zeros((), device=device)
+        if "node" in levels and kept.size > 1:
+            pick = np.sort(rng.choice(kept.size, min(SAMPLE, kept.size), replace=False))
+            loss = loss + info_nce(heads.node(ha[torch.from_numpy(pick).to(device)]),
+                                   heads.node(hb[torch.from_numpy(kept[pick]).to(device)]), self.temperature)
+        if "edge" in levels and edges_a.shape[1] > 1:
+            pick = np.sort(rng.choice(edges_a.shape[1], min(SAMPLE, edges_a.shape[1]), replace=False))
+            src_a, dst_a = (torch.from_numpy(edges_a[i, pick]).to(device) for i in (0, 1))
+            src_b, dst_b = (torch.from_numpy(edges_b[i, pick]).to(device) for i in (0, 1))
+            loss = loss + info_nce(heads.edge(torch.cat([ha[src_a], ha[dst_a]], dim=1)),
+                                   heads.edge(torch.cat([hb[src_b], hb[dst_b]], dim=1)), self.temperature)
+        if "graph" in levels and size > 1:
+            loss = loss + info_nce(heads.graph(pool(ha, ba, size)), heads.graph(pool(hb, bb, size)), self.temperature)
+        return loss
+
+    def _train_contrastive(self, encoder, graphs: LogTraceGraphs, train: np.ndarray, validation: np.ndarray,
+                           levels: tuple[str, ...], rng: np.random.Generator, device: Any) -> None:
+        import torch
+        from tqdm.auto import tqdm
+
+        from detectors.traces.ltg_model import ContrastiveHeads
+
+        torch.manual_seed(self.seed)
+        heads = ContrastiveHeads(self.hidden, self.projection).to(device)
+        optimiser = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], lr=self.learning_rate)
+        stopper = EarlyStopping(self.patience, min_gain=0.005)
+        with reproducible_threads(device):
+            for _ in tqdm(range(self.epochs), desc="logtraceguard", unit="epoch", disable=None, leave=False):
+                encoder.train()
+                total = 0.0
+                shuffled = rng.permutation(train)
+                for start in range(0, shuffled.size, self.batch_traces):
+                    chosen = np.sort(shuffled[start:start + self.batch_traces])
+                    optimiser.zero_grad()
+                    loss = self._contrastive_loss(encoder, heads, self._augment(graphs, chosen, rng, device), levels, rng)
+                    if loss.requires_grad:
+                        loss.backward()
+                        optimiser.step()
+                    total += float(loss.detach()) * chosen.size
+                encoder.eval()
+                fixed = np.random.default_rng(self.seed + 1)  # the same views every epoch
+                with torch.no_grad():
+                    val = sum(float(self._contrastive_loss(encoder, heads, self._augment(graphs, part, fixed, device),
+                                                           levels, fixed)) * part.size
+                              for part in np.array_split(validation, max(1, int(np.ceil(validation.size / self.batch_traces))))
+                              if part.size) / max(validation.size, 1)
+                self.history_.append((total / max(train.size, 1), val))
+                if stopper.should_stop(val, encoder):
+                    break
+        stopper.restore(encoder)
+
+    def _embed(self, encoder, graphs: LogTraceGraphs, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Node embeddings and pooled graph embeddings of ``traces``, in float64 (batch-size independent)."""
+        import torch
+
+        from detectors.traces.ltg_model import pool
+
+        encoder = copy.deepcopy(encoder).double().eval()
+        nodes, pooled = [], []
+        with torch.no_grad():
+            for start in range(0, traces.size, 512):
+                chosen = traces[start:start + 512]
+                x, edges, attr, batch = self._tensors(graphs, chosen, torch.float64)
+                h = encoder(x, edges, attr)
+                nodes.append(h.numpy())
+                pooled.append(pool(h, batch, chosen.size).numpy())
+        return np.concatenate(nodes), np.concatenate(pooled)
+
+    def _one_class_scorer(self, encoder, graphs: LogTraceGraphs, train: np.ndarray):
+        """The scorer with the training nodes' per-operation centres and distance statistics."""
+        import torch
+
+        from detectors.traces.ltg_model import LogTraceGuardScorer
+
+        nodes, pooled = self._embed(encoder, graphs, train)
+        x, _, _, _ = gather_edges(graphs, train)
+        code = x[:, -1].astype(np.int64)
+        n_codes = len(self.baselines_.operations) + 1
+        counts = np.bincount(code, minlength=n_codes)
+        centre = np.zeros((n_codes, nodes.shape[1]))
+        np.add.at(centre, code, nodes)
+        rare = counts < MIN_NODES
+        centre = np.where(rare[:, None], nodes.mean(axis=0), centre / np.maximum(counts, 1)[:, None])
+        distance = np.linalg.norm(nodes - centre[code], axis=1)
+        frame = pd.DataFrame({"code": code, "d": distance})
+        median = frame.groupby("code")["d"].median().reindex(np.arange(n_codes)).to_numpy()
+        spread = (frame["d"] - median[code]).abs().groupby(frame["code"]).median().reindex(np.arange(n_codes)).to_numpy()
+        all_median = float(np.median(distance))
+        all_spread = float(np.median(np.abs(distance - all_median)))
+        median = np.where(rare, all_median, median)
+        scale = np.maximum(np.where(rare, all_spread, spread) * 1.4826, max(0.05 * all_median, 1e-3))
+        feature_median, feature_scale = np.zeros((n_codes, x.shape[1] - 1)), np.zeros((n_codes, x.shape[1] - 1))
+        if self.score_features:
+            feature_median, feature_scale = per_code_spread(x[:, :-1], code, n_codes, rare)
+        graph_centre = pooled.mean(axis=0)
+        graph_distance = np.linalg.norm(pooled - graph_centre, axis=1)
+        graph_median = float(np.median(graph_distance))
+        graph_scale = max(1.4826 * float(np.median(np.abs(graph_distance - graph_median))), 0.05 * graph_median, 1e-3)
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        return LogTraceGuardScorer(encoder, as_tensor(centre), as_tensor(median), as_tensor(scale),
+                                   as_tensor(feature_median), as_tensor(feature_scale), as_tensor(graph_centre),
+                                   as_tensor([graph_median]), as_tensor([graph_scale]))
+
+    def _features(self, scorer, graphs: LogTraceGraphs, traces: np.ndarray) -> Any:
+        """Per trace of ``traces``: its graph embedding and its three one-class components (float32)."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for start in range(0, traces.size, 512):
+                chosen = traces[start:start + 512]
+                x, edges, attr, batch = self._tensors(graphs, chosen)
+                _, graph, components = scorer.parts(x, edges, attr, batch, chosen.size)
+                out.append(torch.cat([graph, components], dim=1))
+        return torch.cat(out) if out else torch.zeros(0, 2 * self.hidden + 3)
+
+    def _train_pu(self, scorer, graphs: LogTraceGraphs, positive: np.ndarray, unlabelled: np.ndarray) -> None:
+        """Fit the PU head on the frozen encoder's graph features of labelled and unlabelled traces."""
+        import torch
+
+        from detectors.traces.ltg_model import nn_pu_loss, pu_head_for
+
+        torch.manual_seed(self.seed)
+        head = pu_head_for(self.hidden)
+        def features(traces: np.ndarray) -> Any:
+            both = self._features(scorer, graphs, traces)
+            return torch.cat([both[:, :-3], torch.asinh(both[:, -3:])], dim=1)
+
+        positives, unlabelled_features = features(positive), features(unlabelled)
+        optimiser = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+        with reproducible_threads(torch.device("cpu")):
+            for _ in range(self.pu_epochs):
+                optimiser.zero_grad()
+                loss = nn_pu_loss(head(positives).squeeze(1), head(unlabelled_features).squeeze(1), self.pu_prior)
+                loss.backward()
+                optimiser.step()
+        scorer.pu_head = head
+        scorer.use_pu.fill_(1.0)
+        self.pu_fitted_ = True
+
+    def trace_scores(self, bundle: MeltBundle, aggregation: str | None = None,
+                     batch_size: int | None = None) -> tuple[pd.DataFrame, LogTraceGraphs, np.ndarray]:
+        """One row per trace (trace_id, start_time, score, span_count, service), the graphs and node z-scores.
+
+        ``aggregation`` is accepted for ``melt traces`` and ignored: a trace scores by its worst
+        node and its graph, or by the PU head.
+        """
+        import torch
+
+        if getattr(self, "network_", None) is None:
+            self.check_is_fitted()
+        graphs = self._graphs(bundle)
+        scorer = copy.deepcopy(self.network_).double().eval()
+        size = batch_size or 512
+        scores, node_z = [], []
+        with torch.no_grad():
+            for start in range(0, graphs.n_traces, size):
+                chosen = np.arange(start, min(start + size, graphs.n_traces))
+                trace_score, z = scorer(*self._tensors(graphs, chosen, torch.float64), chosen.size)
+                scores.append(trace_score.numpy())
+                node_z.append(z.numpy())
+        score = np.concatenate(scores) if scores else np.zeros(0)
+        nodes = np.concatenate(node_z) if node_z else np.zeros(0)
+        worst = pd.Series(nodes).groupby(graphs.node_trace).idxmax().to_numpy() if nodes.size else np.zeros(0, np.int64)
+        table = pd.DataFrame({"trace_id": graphs.trace_id.astype(str), "start_time": graphs.trace_start, "score": score,
+                              "span_count": np.diff(graphs.trace_ptr), "service": graphs.service[worst].astype(str)})
+        return table, graphs, nodes
+
+    def score(self, bundle: MeltBundle) -> pd.DataFrame:
+        if self.require(bundle).empty:
+            return empty_scores()
+        table, graphs, node_z = self.trace_scores(bundle)
+        order = np.lexsort((-node_z, graphs.node_trace))
+        rank = np.arange(order.size) - graphs.trace_ptr[graphs.node_trace[order]]
+        top = order[rank < self.top_nodes]
+        nodes = pd.DataFrame({"service": graphs.service[top].astype(str),
+                              "operation": pd.Series(graphs.operation[top]).astype(str).str.slice(0, 200).to_numpy(),
+                              "score": np.round(node_z[top].astype(np.float64), 3)})
+        worst_nodes = pd.Series(nodes.to_dict("records")).groupby(graphs.node_trace[top]).agg(list)
+        first = pd.Series(top).groupby(graphs.node_trace[top]).first().reindex(np.arange(graphs.n_traces)).to_numpy()
+        evidence = pd.DataFrame({
+            "value": np.round(table["score"].to_numpy(), 6), "expected_range": [[None, None]] * len(table),
+            "anomaly_type": "trace_anomaly", "trace_id": table["trace_id"].to_numpy(),
+            "worst_nodes": worst_nodes.reindex(np.arange(graphs.n_traces)).to_numpy(),
+        }).to_dict("records")
+        return pd.DataFrame({
+            "timestamp": table["start_time"].to_numpy(), "service": table["service"].to_numpy(), "detector": self.name,
+            "entity": pd.Series(graphs.operation[first]).astype(str).str.slice(0, 200).to_numpy(),
+            "score": table["score"].to_numpy(), "evidence": evidence,
+        })
+
+    # ------------------------------------------------------------------ export and persistence
+    def export(self, path: str | Path) -> Path:
+        """Write the scorer as TorchScript: ``torch.jit.load(path)(x, edge_index, edge_attr, batch,
+        num_graphs)`` gives (trace scores, node z-scores) with no melt installed (float64 inputs;
+        docs/traces.md gives the layout)."""
+        import torch
+
+        self.check_is_fitted()
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        module = copy.deepcopy(self.network_).double().eval()
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        with warnings.catch_warnings():  # torch 2.x marks torch.jit deprecated; TorchScript is the asked-for format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.script(module).save(str(target))
+        return target
+
+    def learned_state(self) -> dict:
+        state = super().learned_state()
+        state.pop("miner_", None)
+        return state
+
+    def _save_state(self, root: Path) -> None:
+        super()._save_state(root)
+        if getattr(self, "miner_", None) is not None:
+            self.miner_.save(root / "templates.json")
+
+    def _load_state(self, root: Path) -> None:
+        super()._load_state(root)
+        self.miner_ = None
+        if (root / "templates.json").is_file():
+            self.miner_ = TemplateMiner()
+            self.miner_.load(root / "templates.json")
+
+
+__all__ = ["LogTraceGuardDetector", "truth_traces", "LEVELS"]

@@ -55,6 +55,7 @@ from melt.core.errors import PluginError
 
 LEVELS = ("node", "edge", "graph")
 MIN_NODES = 5  # an operation with fewer training nodes uses the fleet's distance statistics
+INPUT_FLOOR = 0.05  # least spread an input is standardised by (a constant input stays near 0)
 FEATURE_FLOOR = 0.1  # least spread of an input feature per operation (unit-scale features)
 TAIL_Z = 2.576  # the 99th percentile of |N(0, 1)|
 SAMPLE = 512  # nodes or edges per InfoNCE term (the full similarity matrix of a batch is quadratic)
@@ -230,6 +231,8 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
     # ------------------------------------------------------------------ contract
     def fit(self, bundle: MeltBundle, labels: Iterable[str] | str | None = None) -> Self:
         """Learn from ``bundle``; ``labels``: ids of traces known to be faulty, or ``"truth"``."""
+        import torch
+
 
         levels = _levels(self.contrastive_levels)
         labels = labels if labels is not None else getattr(self, "_labels", None)
@@ -256,7 +259,11 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
         train, validation = unlabelled[train], unlabelled[validation]
 
         device = torch_device(self.device)
-        encoder = self._encoder(len(self.baselines_.operations)).to(device)
+        encoder = self._encoder(len(self.baselines_.operations))
+        features = gather_edges(graphs, train)[0][:, :-1]
+        encoder.input_mean.copy_(torch.from_numpy(features.mean(axis=0)))
+        encoder.input_scale.copy_(torch.from_numpy(np.maximum(features.std(axis=0), INPUT_FLOOR)))
+        encoder = encoder.to(device)
         self.history_: list[tuple[float, float]] = []
         if levels:
             self._train_contrastive(encoder, graphs, train, validation, levels, rng, device)

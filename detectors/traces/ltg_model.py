@@ -3,7 +3,9 @@ scorer that turns its embeddings into trace scores. Pure ``nn.Module``s, written
 (``index_add_`` / ``scatter_reduce``) so that the scorer compiles with ``torch.jit.script`` and
 serves without melt or PyTorch Geometric; training lives in :mod:`detectors.traces.logtraceguard`.
 
-- Encoder: an operation embedding joined to the node's span and log features, then ``layers``
+- Encoder: an operation embedding joined to the node's span and log features (standardised by
+  their training mean and spread, so a flag that fires in 0.4% of training calls enters at about
+  15 and moves the embedding as much as a common input's ordinary range does), then ``layers``
   edge-conditioned GIN layers (GINE, Hu et al., ICLR 2020: a neighbour's message is
   ``relu(h_j + W e_ij)``, summed, then an MLP), each added to its input (residual), so a node's
   own features survive the message passing.
@@ -11,11 +13,10 @@ serves without melt or PyTorch Geometric; training lives in :mod:`detectors.trac
   projections of nodes, of edges (both ends) and of graphs (mean and max pooling), compared across
   two augmented views with InfoNCE.
 - Scorer: a node's distance to its operation's training centre, as a robust z-score against the
-  distances of that operation's training nodes, or (where larger) the node's input feature
-  deviations from the same operation's training nodes, in robust sigmas, beyond one sigma each and
-  combined as a Euclidean norm (a slow span moves its duration, its self time and its call's gap
-  together): an input that rarely varies in training (an error flag, a missing call) gets almost
-  no gradient from the contrastive loss, so the embedding alone barely moves with it. A graph's
+  distances of that operation's training nodes, or (where larger) the node's largest input
+  deviation from the same operation's training nodes, in robust sigmas: an input that rarely
+  varies in training (an error flag, a missing call) gets little gradient from the contrastive
+  loss, so the embedding alone moves less with it than a direct comparison does. A graph's
   distance to the training graphs' centre is a robust z-score likewise. The trace's one-class
   score is the largest of its three components (worst node by embedding, worst node by inputs,
   graph). (Putting the three on the held-out traces' 99th percentiles first did worse on the
@@ -64,10 +65,13 @@ class LogTraceEncoder(nn.Module):
         self.operation = nn.Embedding(n_operations + 1, embed_dim)
         self.inp = nn.Linear(feature_dim + embed_dim, hidden)
         self.convs = nn.ModuleList([EdgeConv(hidden, edge_dim) for _ in range(layers)])
+        self.register_buffer("input_mean", torch.zeros(feature_dim))
+        self.register_buffer("input_scale", torch.ones(feature_dim))
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         code = x[:, -1].long()
-        h = torch.tanh(self.inp(torch.cat([x[:, :-1], self.operation(code)], dim=1)))
+        features = (x[:, :-1] - self.input_mean) / self.input_scale
+        h = torch.tanh(self.inp(torch.cat([features, self.operation(code)], dim=1)))
         for conv in self.convs:
             h = h + torch.tanh(conv(h, edge_index, edge_attr))
         return h
@@ -143,8 +147,7 @@ class LogTraceGuardScorer(nn.Module):
         scale = self.feature_scale[code]
         deviation = torch.where(scale > 0, (x[:, :-1] - self.feature_median[code]).abs() / scale.clamp(min=1e-9),
                                 torch.zeros_like(scale))
-        excess = torch.relu(deviation.clamp(max=50.0) - 1.0)
-        feature_z = torch.sqrt((excess * excess).sum(dim=1))
+        feature_z = deviation.amax(dim=1).clamp(max=50.0)
         graph = pool(h, batch, num_graphs)
         graph_z = (torch.linalg.vector_norm(graph - self.graph_centre, dim=1) - self.graph_median) / self.graph_scale
         components = torch.stack([worst(embedding_z, batch, num_graphs), worst(feature_z, batch, num_graphs), graph_z], dim=1)

@@ -49,6 +49,20 @@ def tiny_dir(tiny_bundle: MeltBundle, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tiny_bundle: MeltBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every detector fitted as ``melt detect --models all`` fits them on the tiny bundle (its
+    training split), saved once for the tests that check what a run writes, not how it fits."""
+    from melt.core.config import load_settings
+    from melt.core.registry import resolve_models
+    from melt.pipeline.fitting import fit_detectors, save_models, training_split
+
+    settings = load_settings(env={})
+    names, _ = resolve_models("all", tiny_bundle.signals())
+    models = fit_detectors(training_split(tiny_bundle, settings.detect.train_fraction), names, settings, quiet=True)
+    return save_models(models, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
 def tiny_report(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real, valid incident report from the tiny bundle (``zscore,span_latency``)."""
     import json

@@ -40,8 +40,9 @@ def test_generate_train_detect_with_saved_models(tmp_path) -> None:
     assert (tmp_path / "reports" / "index.json").exists()
 
 
-def test_stdout_sink_writes_json_lines(tiny_dir, tmp_path) -> None:
-    result = run_melt("detect", "--data", str(tiny_dir), "--out", str(tmp_path / "r"), "--sink", "stdout", "--quiet")
+def test_stdout_sink_writes_json_lines(tiny_dir, tiny_models, tmp_path) -> None:
+    result = run_melt("detect", "--data", str(tiny_dir), "--model", str(tiny_models), "--out", str(tmp_path / "r"),
+                      "--sink", "stdout", "--quiet")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines and all("incident_id" in r for r in lines)

@@ -32,8 +32,9 @@ def test_pipeline_finds_the_injected_fault_and_ranks_its_service_first(tmp_path)
     assert hits >= 1, [(r["window"], r["service"]) for r in result.reports]
 
 
-def test_report_shape(tmp_path, tiny_dir) -> None:
-    result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--out", str(tmp_path), "--quiet"])
+def test_report_shape(tmp_path, tiny_dir, tiny_models) -> None:
+    result = CliRunner().invoke(cli, ["detect", "--data", str(tiny_dir), "--model", str(tiny_models), "--out",
+                                      str(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
     index = json.loads((tmp_path / "index.json").read_text())["incidents"]
     assert index

@@ -13,10 +13,12 @@ serves without melt or PyTorch Geometric; training lives in :mod:`detectors.trac
   projections of nodes, of edges (both ends) and of graphs (mean and max pooling), compared across
   two augmented views with InfoNCE.
 - Scorer: a node's distance to its operation's training centre, as a robust z-score against the
-  distances of that operation's training nodes, or (where larger) the node's largest input
-  deviation from the same operation's training nodes, in robust sigmas: an input that rarely
-  varies in training (an error flag, a missing call) gets little gradient from the contrastive
-  loss, so the embedding alone moves less with it than a direct comparison does. A graph's
+  distances of that operation's training nodes, or (where larger) the node's input deviations
+  from the same operation's training nodes, in robust sigmas, beyond one sigma each and combined
+  as a Euclidean norm: an input that rarely varies in training (an error flag, a missing call)
+  gets little gradient from the contrastive loss, so the embedding alone moves less with it than
+  a direct comparison does. (The largest single deviation instead of the norm did better on the
+  synthetic fault sets and worse on Nezha TrainTicket: docs/benchmarks.md.) A graph's
   distance to the training graphs' centre is a robust z-score likewise. The trace's one-class
   score is the largest of its three components (worst node by embedding, worst node by inputs,
   graph). (Putting the three on the held-out traces' 99th percentiles first did worse on the
@@ -147,7 +149,8 @@ class LogTraceGuardScorer(nn.Module):
         scale = self.feature_scale[code]
         deviation = torch.where(scale > 0, (x[:, :-1] - self.feature_median[code]).abs() / scale.clamp(min=1e-9),
                                 torch.zeros_like(scale))
-        feature_z = deviation.amax(dim=1).clamp(max=50.0)
+        excess = torch.relu(deviation.clamp(max=50.0) - 1.0)
+        feature_z = torch.sqrt((excess * excess).sum(dim=1))
         graph = pool(h, batch, num_graphs)
         graph_z = (torch.linalg.vector_norm(graph - self.graph_centre, dim=1) - self.graph_median) / self.graph_scale
         components = torch.stack([worst(embedding_z, batch, num_graphs), worst(feature_z, batch, num_graphs), graph_z], dim=1)

@@ -2,7 +2,7 @@
 ``teg`` and ``logtraceguard`` (unlabelled, and with 10% of the faulty traces labelled).
 
 Usage: python benchmarks/traces_nezha.py DATA_DIR [--detectors gat_gae,teg,logtraceguard]
-       [--labelled-share 0.1] [--seed 0]
+       [--labelled-share 0.1] [--seed 0] [--variants full,no_logs,...]
 
 DATA_DIR is ``nezha-trainticket``; both subsets are imported as in ``logs_nezha.py`` (the 28 fault
 cases and the fault-free minute). Labels come from the fault windows: a trace is *faulty* when it
@@ -14,7 +14,8 @@ cause) are left out.
 Two folds by time, as in ``logs_nezha.py``: the day is split at the middle fault; each half is
 scored by models fitted on the fault-free minute plus the other half's normal traces and their log
 lines. ``logtraceguard (10% labelled)`` also gets a seeded 10% of the other half's faulty traces,
-passed as ``labels``. Each detector's raw trace scores (``score``) give one ROC AUC per half, over
+passed as ``labels``. ``--variants`` runs ``logtraceguard`` with each ablation switch of
+``logtraceguard_ablation.py`` too (unlabelled and labelled). Each detector's raw trace scores (``score``) give one ROC AUC per half, over
 all faulty traces and per fault type; the table gives the mean of the two halves.
 """
 
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.logs_nezha import combine, fault_windows, import_both, outside, select  # noqa: E402
+from benchmarks.logtraceguard_ablation import VARIANTS  # noqa: E402
 from detectors.traces.logtraceguard import truth_traces  # noqa: E402
 from melt.core.bundle import MeltBundle  # noqa: E402
 from melt.core.config import load_settings  # noqa: E402
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--detectors", default="gat_gae,teg,logtraceguard")
     parser.add_argument("--labelled-share", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default="full", help="logtraceguard ablation variants (logtraceguard_ablation.py)")
     args = parser.parse_args()
     names = args.detectors.split(",")
     config = load_settings(env={})
@@ -81,7 +84,9 @@ def main() -> None:
     normal_ids = set(pd.unique(ids[trace_normal]))
     rng = np.random.default_rng(args.seed)
 
-    runs = [(name, False) for name in names] + ([("logtraceguard", True)] if "logtraceguard" in names else [])
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    runs = [(name, variant, with_labels) for name in names for variant in (variants if name == "logtraceguard" else [""])
+            for with_labels in ((False, True) if name == "logtraceguard" else (False,))]
     results: dict[str, list[dict[str, float]]] = {}
     counts, timings = [], []
     for half in (False, True):
@@ -96,9 +101,10 @@ def main() -> None:
         counts.append(f"half {int(half)}: trained on {train.traces['trace_id'].nunique():,} traces; scored "
                       f"{len(test_faulty):,} faulty and {len(test_normal):,} normal traces; {len(labelled):,} labelled "
                       f"for the labelled run (of {len(other_faulty):,} faulty in the other half)")
-        for name, with_labels in runs:
-            label = f"{name} ({args.labelled_share:.0%} labelled)" if with_labels else name
-            params = {**config.detector_params(name)}
+        for name, variant, with_labels in runs:
+            label = name + (f" [{variant}]" if variant and variant != "full" else "") + \
+                (f" ({args.labelled_share:.0%} labelled)" if with_labels else "")
+            params = {**config.detector_params(name), **VARIANTS.get(variant, {})}
             began = time.perf_counter()
             if with_labels:
                 extra = rca.traces[ids.isin(labelled).to_numpy()]

@@ -169,9 +169,9 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
         self.seed = seed
 
     # ------------------------------------------------------------------ graphs
-    def _graphs(self, bundle: MeltBundle, spans: pd.DataFrame | None = None) -> LogTraceGraphs:
-        """The graphs of ``spans`` (the bundle's by default), with the bundle's log lines if used."""
-        tree, gap, failed = fold_calls(self.require(bundle) if spans is None else spans)
+    def _graphs(self, bundle: MeltBundle) -> LogTraceGraphs:
+        """The graphs of the bundle's traces, with their log lines if used."""
+        tree, gap, failed = fold_calls(self.require(bundle))
         logs, keys, unseen = self._log_events(bundle)
         graphs = build_log_trace_graphs(tree, gap, failed, self.baselines_, logs, keys, unseen)
         if not self.use_logs:
@@ -232,7 +232,6 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
     def fit(self, bundle: MeltBundle, labels: Iterable[str] | str | None = None) -> Self:
         """Learn from ``bundle``; ``labels``: ids of traces known to be faulty, or ``"truth"``."""
         import torch
-
 
         levels = _levels(self.contrastive_levels)
         labels = labels if labels is not None else getattr(self, "_labels", None)

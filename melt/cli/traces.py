@@ -17,12 +17,13 @@ def traces() -> None:
 
 
 @traces.command("train")
-@click.option("--data", required=True, type=click.Path(), help="Normal spans: a parquet/CSV span file or a bundle.")
+@click.option("--data", required=True, type=click.Path(),
+              help="Normal spans: a parquet/CSV span file, or a bundle directory (its log lines too).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @click.option("--epochs", type=int, default=None)
 @click.option("--learning-rate", type=float, default=None)
-@click.option("--latent-dim", type=int, default=None)
-@click.option("--batch-size", type=int, default=None, help="Traces per training step.")
+@click.option("--latent-dim", type=int, default=None, help="Node latent size (gat_gae).")
+@click.option("--batch-size", type=int, default=None, help="Traces per training step (gat_gae).")
 @click.option("--aggregation", type=AGGREGATION, default=None, help="Span errors to a trace score (gat_gae).")
 @click.option("--detector", "model", default="gat_gae", show_default=True,
               help="Trace detector plugin that scores whole traces: gat_gae or logtraceguard (or a plugin with trace_scores).")

@@ -2,19 +2,22 @@
 some faulty traces, by positive-unlabelled learning (plugin ``logtraceguard``).
 
 After LogTraceGuard (log-aware trace graphs, contrastive learning at node, edge and graph level,
-then a PU classifier). Every trace becomes a graph of its calls carrying their spans' log events
-(:mod:`detectors.traces.ltg_graphs`). The encoder (:mod:`detectors.traces.ltg_model`) is trained
-without labels on two views of each batch, one with nodes dropped and one with edges dropped:
-InfoNCE pulls the same node, the same edge and the same graph together across the views and
-pushes the others apart (GraphCL, You et al., NeurIPS 2020). Instance discrimination makes the
-embedding keep what tells one call of an operation from another: its self time, its gap, its log
-events. A trace then scores by how far its worst node lies from its operation's training nodes,
-and its graph from the training graphs (one-class). Given labels (``fit(bundle, labels=...)``: the
-ids of traces an operator confirmed as faulty, or ``"truth"`` for the traces of ``truth.json``'s
-fault windows that pass through the fault's service), a PU head learns from them and the rest, with
-the non-negative risk of Kiryo et al. (NeurIPS 2017). Ablation switches: ``use_logs``,
-``use_edges``, ``contrastive_levels`` and ``pu``. The scorer compiles to TorchScript
-(:meth:`LogTraceGuardDetector.export`).
+then a PU classifier):
+- every trace becomes a graph of its calls carrying their spans' log events
+  (:mod:`detectors.traces.ltg_graphs`);
+- the encoder (:mod:`detectors.traces.ltg_model`) is trained without labels on two views of each
+  batch, one with nodes dropped and one with edges dropped: InfoNCE pulls the same node, the same
+  edge and the same graph together across the views and pushes the others apart (GraphCL, You et
+  al., NeurIPS 2020; :mod:`detectors.traces.ltg_contrastive`);
+- a trace scores by how far its worst node lies from its operation's training nodes, in the
+  embedding and in its inputs, and its graph from the training graphs (one-class;
+  :mod:`detectors.traces.ltg_one_class`);
+- given labels (``fit(bundle, labels=...)``: the ids of traces an operator confirmed as faulty, or
+  ``"truth"`` for the traces of ``truth.json``'s fault windows that pass through the fault's
+  service), a PU head learns from them and the rest, with the non-negative risk of Kiryo et al.
+  (NeurIPS 2017).
+Ablation switches: ``use_logs``, ``use_edges``, ``contrastive_levels``, ``score_features`` and
+``pu``. The scorer compiles to TorchScript (:meth:`LogTraceGuardDetector.export`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import pandas as pd
 
 from detectors.logs.templates import UNMATCHED, TemplateMiner
 from detectors.torch_model import (
-    EarlyStopping,
     HeldOutCalibrationMixin,
     TorchNetworkMixin,
     reproducible_threads,
@@ -39,6 +41,7 @@ from detectors.torch_model import (
 )
 from detectors.traces.client_calls import fold_calls
 from detectors.traces.graph_batch import gather_edges
+from detectors.traces.ltg_contrastive import LEVELS, ContrastiveTraining
 from detectors.traces.ltg_graphs import (
     CALL_COLUMNS,
     EDGE,
@@ -48,17 +51,13 @@ from detectors.traces.ltg_graphs import (
     build_log_trace_graphs,
     learn_call_baselines,
 )
+from detectors.traces.ltg_one_class import one_class_statistics
 from detectors.traces.teg_graphs import HASH_DIM
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 from melt.core.errors import PluginError
 
-LEVELS = ("node", "edge", "graph")
-MIN_NODES = 5  # an operation with fewer training nodes uses the fleet's distance statistics
 INPUT_FLOOR = 0.05  # least spread an input is standardised by (a constant input stays near 0)
-FEATURE_FLOOR = 0.1  # least spread of an input feature per operation (unit-scale features)
-TAIL_Z = 2.576  # the 99th percentile of |N(0, 1)|
-SAMPLE = 512  # nodes or edges per InfoNCE term (the full similarity matrix of a batch is quadratic)
 
 
 def _levels(spec: str) -> tuple[str, ...]:
@@ -82,32 +81,6 @@ def truth_traces(bundle: MeltBundle) -> np.ndarray:
         inside = (start >= pd.Timestamp(fault["start"])) & (start < pd.Timestamp(fault["end"]))
         chosen |= (inside & (spans["service_name"].astype(str) == str(fault.get("root_cause_service")))).to_numpy()
     return pd.unique(spans["trace_id"].astype(str).to_numpy()[chosen])
-
-
-def per_code_spread(features: np.ndarray, code: np.ndarray, n_codes: int,
-                    rare: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per operation code and feature: the training nodes' median, and a spread that covers their
-    rare moves too: the larger of 1.4826 MAD and the 99th percentile deviation over 2.576 (where a
-    normal's 99th percentile lies), as :func:`detectors.robust.robust_baseline` does with its
-    ``tail_quantile``. An error flag or a child count that moves in 2% of an operation's training
-    calls then does not score as if it never moved.
-
-    Rare codes take the fleet's. The spread is floored at ``FEATURE_FLOOR`` (features are on unit
-    scales: z-scores over 3, log counts, flags, a normalised bag), so an input that never moved
-    for an operation scores its first move in tenths, not by division by zero.
-    """
-    frame = pd.DataFrame(features)
-    median = frame.groupby(code).median().reindex(np.arange(n_codes)).to_numpy()
-    deviation = (frame - median[code]).abs().groupby(code)
-    spread = np.maximum(1.4826 * deviation.median().reindex(np.arange(n_codes)).to_numpy(),
-                        deviation.quantile(0.99).reindex(np.arange(n_codes)).to_numpy() / TAIL_Z)
-    everyone = np.median(features, axis=0)
-    everyone_deviation = np.abs(features - everyone)
-    everyone_spread = np.maximum(1.4826 * np.median(everyone_deviation, axis=0),
-                                 np.quantile(everyone_deviation, 0.99, axis=0) / TAIL_Z)
-    median = np.where(rare[:, None] | np.isnan(median), everyone, median)
-    spread = np.where(rare[:, None] | np.isnan(spread), everyone_spread, spread)
-    return median, np.maximum(spread, FEATURE_FLOOR)
 
 
 class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector):
@@ -265,7 +238,11 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
         encoder = encoder.to(device)
         self.history_: list[tuple[float, float]] = []
         if levels:
-            self._train_contrastive(encoder, graphs, train, validation, levels, rng, device)
+            training = ContrastiveTraining(levels, self.hidden, self.projection, self.temperature, self.drop_node,
+                                           self.drop_edge, self.epochs, self.patience, self.batch_traces,
+                                           self.learning_rate, self.seed)
+            self.history_ = training.fit(encoder, lambda chosen: self._tensors(graphs, chosen), train, validation, rng,
+                                         device)
         encoder = encoder.cpu().eval()
         self.pu_fitted_ = False
         scorer = self._one_class_scorer(encoder, graphs, train)
@@ -300,86 +277,6 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
             return truth_traces(bundle)
         return np.asarray([str(label) for label in labels], dtype=object)
 
-    def _augment(self, graphs: LogTraceGraphs, chosen: np.ndarray, rng: np.random.Generator, device: Any):
-        """The batch ``chosen`` twice: view A without some nodes, view B without some edges."""
-        import torch
-
-        x, edges, edge_attr, batch = (t.to(device) for t in self._tensors(graphs, chosen))
-        n = x.shape[0]
-        first = np.r_[True, batch.cpu().numpy()[1:] != batch.cpu().numpy()[:-1]] if n else np.zeros(0, bool)
-        keep_node = (rng.random(n) >= self.drop_node) | first
-        kept = np.flatnonzero(keep_node)
-        new_id = np.full(n, -1)
-        new_id[kept] = np.arange(kept.size)
-        e = edges.cpu().numpy()
-        edge_in_a = keep_node[e[0]] & keep_node[e[1]] if e.size else np.zeros(0, bool)
-        edge_in_b = rng.random(e.shape[1]) >= self.drop_edge
-        view_a = (x[torch.from_numpy(kept).to(device)], torch.from_numpy(new_id[e[:, edge_in_a]]).to(device),
-                  edge_attr[torch.from_numpy(edge_in_a).to(device)], batch[torch.from_numpy(kept).to(device)])
-        view_b = (x, edges[:, torch.from_numpy(edge_in_b).to(device)], edge_attr[torch.from_numpy(edge_in_b).to(device)], batch)
-        both = edge_in_a & edge_in_b
-        shared_edges = (new_id[e[:, both]], e[:, both])  # the same edges, indexed in view A and in view B
-        return view_a, view_b, kept, shared_edges, chosen.size
-
-    def _contrastive_loss(self, encoder, heads, views, levels: tuple[str, ...], rng: np.random.Generator):
-        import torch
-
-        from detectors.traces.ltg_model import info_nce, pool
-
-        (xa, ea, aa, ba), (xb, eb, ab, bb), kept, (edges_a, edges_b), size = views
-        ha, hb = encoder(xa, ea, aa), encoder(xb, eb, ab)
-        device = ha.device
-        loss = torch.zeros((), device=device)
-        if "node" in levels and kept.size > 1:
-            pick = np.sort(rng.choice(kept.size, min(SAMPLE, kept.size), replace=False))
-            loss = loss + info_nce(heads.node(ha[torch.from_numpy(pick).to(device)]),
-                                   heads.node(hb[torch.from_numpy(kept[pick]).to(device)]), self.temperature)
-        if "edge" in levels and edges_a.shape[1] > 1:
-            pick = np.sort(rng.choice(edges_a.shape[1], min(SAMPLE, edges_a.shape[1]), replace=False))
-            src_a, dst_a = (torch.from_numpy(edges_a[i, pick]).to(device) for i in (0, 1))
-            src_b, dst_b = (torch.from_numpy(edges_b[i, pick]).to(device) for i in (0, 1))
-            loss = loss + info_nce(heads.edge(torch.cat([ha[src_a], ha[dst_a]], dim=1)),
-                                   heads.edge(torch.cat([hb[src_b], hb[dst_b]], dim=1)), self.temperature)
-        if "graph" in levels and size > 1:
-            loss = loss + info_nce(heads.graph(pool(ha, ba, size)), heads.graph(pool(hb, bb, size)), self.temperature)
-        return loss
-
-    def _train_contrastive(self, encoder, graphs: LogTraceGraphs, train: np.ndarray, validation: np.ndarray,
-                           levels: tuple[str, ...], rng: np.random.Generator, device: Any) -> None:
-        import torch
-        from tqdm.auto import tqdm
-
-        from detectors.traces.ltg_model import ContrastiveHeads
-
-        torch.manual_seed(self.seed)
-        heads = ContrastiveHeads(self.hidden, self.projection).to(device)
-        optimiser = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], lr=self.learning_rate)
-        stopper = EarlyStopping(self.patience, min_gain=0.005)
-        with reproducible_threads(device):
-            for _ in tqdm(range(self.epochs), desc="logtraceguard", unit="epoch", disable=None, leave=False):
-                encoder.train()
-                total = 0.0
-                shuffled = rng.permutation(train)
-                for start in range(0, shuffled.size, self.batch_traces):
-                    chosen = np.sort(shuffled[start:start + self.batch_traces])
-                    optimiser.zero_grad()
-                    loss = self._contrastive_loss(encoder, heads, self._augment(graphs, chosen, rng, device), levels, rng)
-                    if loss.requires_grad:
-                        loss.backward()
-                        optimiser.step()
-                    total += float(loss.detach()) * chosen.size
-                encoder.eval()
-                fixed = np.random.default_rng(self.seed + 1)  # the same views every epoch
-                with torch.no_grad():
-                    val = sum(float(self._contrastive_loss(encoder, heads, self._augment(graphs, part, fixed, device),
-                                                           levels, fixed)) * part.size
-                              for part in np.array_split(validation, max(1, int(np.ceil(validation.size / self.batch_traces))))
-                              if part.size) / max(validation.size, 1)
-                self.history_.append((total / max(train.size, 1), val))
-                if stopper.should_stop(val, encoder):
-                    break
-        stopper.restore(encoder)
-
     def _embed(self, encoder, graphs: LogTraceGraphs, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Node embeddings and pooled graph embeddings of ``traces``, in float64 (batch-size independent)."""
         import torch
@@ -398,39 +295,19 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
         return np.concatenate(nodes), np.concatenate(pooled)
 
     def _one_class_scorer(self, encoder, graphs: LogTraceGraphs, train: np.ndarray):
-        """The scorer with the training nodes' per-operation centres and distance statistics."""
+        """The scorer with what the training traces say of normal (:mod:`detectors.traces.ltg_one_class`)."""
         import torch
 
         from detectors.traces.ltg_model import LogTraceGuardScorer
 
         nodes, pooled = self._embed(encoder, graphs, train)
-        x, _, _, _ = gather_edges(graphs, train)
-        code = x[:, -1].astype(np.int64)
-        n_codes = len(self.baselines_.operations) + 1
-        counts = np.bincount(code, minlength=n_codes)
-        centre = np.zeros((n_codes, nodes.shape[1]))
-        np.add.at(centre, code, nodes)
-        rare = counts < MIN_NODES
-        centre = np.where(rare[:, None], nodes.mean(axis=0), centre / np.maximum(counts, 1)[:, None])
-        distance = np.linalg.norm(nodes - centre[code], axis=1)
-        frame = pd.DataFrame({"code": code, "d": distance})
-        median = frame.groupby("code")["d"].median().reindex(np.arange(n_codes)).to_numpy()
-        spread = (frame["d"] - median[code]).abs().groupby(frame["code"]).median().reindex(np.arange(n_codes)).to_numpy()
-        all_median = float(np.median(distance))
-        all_spread = float(np.median(np.abs(distance - all_median)))
-        median = np.where(rare, all_median, median)
-        scale = np.maximum(np.where(rare, all_spread, spread) * 1.4826, max(0.05 * all_median, 1e-3))
-        feature_median, feature_scale = np.zeros((n_codes, x.shape[1] - 1)), np.zeros((n_codes, x.shape[1] - 1))
-        if self.score_features:
-            feature_median, feature_scale = per_code_spread(x[:, :-1], code, n_codes, rare)
-        graph_centre = pooled.mean(axis=0)
-        graph_distance = np.linalg.norm(pooled - graph_centre, axis=1)
-        graph_median = float(np.median(graph_distance))
-        graph_scale = max(1.4826 * float(np.median(np.abs(graph_distance - graph_median))), 0.05 * graph_median, 1e-3)
+        stats = one_class_statistics(nodes, pooled, gather_edges(graphs, train)[0], len(self.baselines_.operations) + 1,
+                                     self.score_features)
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-        return LogTraceGuardScorer(encoder, as_tensor(centre), as_tensor(median), as_tensor(scale),
-                                   as_tensor(feature_median), as_tensor(feature_scale), as_tensor(graph_centre),
-                                   as_tensor([graph_median]), as_tensor([graph_scale]))
+        return LogTraceGuardScorer(encoder, as_tensor(stats.node_centre), as_tensor(stats.node_median),
+                                   as_tensor(stats.node_scale), as_tensor(stats.feature_median),
+                                   as_tensor(stats.feature_scale), as_tensor(stats.graph_centre),
+                                   as_tensor([stats.graph_median]), as_tensor([stats.graph_scale]))
 
     def _features(self, scorer, graphs: LogTraceGraphs, traces: np.ndarray) -> Any:
         """Per trace of ``traces``: its graph embedding and its three one-class components (float32)."""

@@ -115,7 +115,7 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
                  temperature: float = 0.2, drop_node: float = 0.2, drop_edge: float = 0.2,
                  contrastive_levels: str = "node,edge,graph", use_logs: bool = True, use_edges: bool = True,
                  score_features: bool = True, pu: bool = True, pu_prior: float = 0.05, pu_epochs: int = 300, epochs: int = 20, patience: int = 4,
-                 batch_traces: int = 128, learning_rate: float = 3e-3, max_train_traces: int = 5000,
+                 batch_traces: int = 128, learning_rate: float = 3e-3, max_train_traces: int = 2000,
                  validation_fraction: float = 0.2, top_nodes: int = 3, device: str = "auto", seed: int = 0) -> None:
         self.hidden = hidden
         self.embed_dim = embed_dim

@@ -29,7 +29,7 @@ from detectors.robust import robust_baseline
 from detectors.span_tree import span_index
 from detectors.traces.client_calls import span_errors
 from detectors.traces.gat_graphs import Baselines, depths, learn_baselines, shape_features, span_table
-from detectors.traces.teg_graphs import HASH_DIM, hashed
+from detectors.traces.teg_graphs import HASH_DIM, hashed_bags
 
 NUMERIC = ["duration_z", "self_z", "error", "children_delta", "missing_calls", "span_count_delta", "log_depth",
            "log_lines", "error_lines", "warn_lines", "unseen_lines", "in_gap_z", "in_client_error", "in_unseen_call"]
@@ -145,9 +145,7 @@ def build_log_trace_graphs(tree: pd.DataFrame, gap_ms: np.ndarray, client_failed
                                  np.isin(level, ["WARN", "WARNING"]), np.asarray(log_unseen)[keep]])
         np.add.at(counts, owner, flags)
         if owner.size:
-            texts = pd.Series(np.asarray(log_keys, dtype=object)[keep]).astype(str)
-            joined = texts.groupby(owner).agg(" ".join)
-            bag[joined.index.to_numpy()] = hashed(joined.to_numpy(dtype=object), "log")
+            bag = hashed_bags(np.asarray(log_keys, dtype=object)[keep], owner, n, "log")
 
     trace_codes, trace_ids = pd.factorize(tree["trace_id"].astype(str))
     start = pd.to_datetime(tree["start_time"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()

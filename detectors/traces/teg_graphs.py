@@ -44,14 +44,31 @@ class TraceGraphs:
         return self.trace_id.size
 
 
+TOKENS = r"[A-Za-z][A-Za-z_]+|<\w+>"  # words and <KIND> markers; never across a space
+
+
 def hashed(texts: np.ndarray, prefix: str) -> np.ndarray:
     """Hashed token counts (l2-normalised) of each distinct text, then indexed back."""
     # factorize, not np.unique: a numpy string array is as wide as its longest text times every row
     codes, distinct = pd.factorize(pd.Series(texts, dtype=object).astype(str))
-    vectoriser = HashingVectorizer(n_features=HASH_DIM, alternate_sign=False, norm="l2",
-                                   token_pattern=r"[A-Za-z][A-Za-z_]+|<\w+>")
+    vectoriser = HashingVectorizer(n_features=HASH_DIM, alternate_sign=False, norm="l2", token_pattern=TOKENS)
     matrix = vectoriser.transform([f"{prefix} {t}" for t in distinct]).toarray().astype(np.float32)
     return matrix[codes]
+
+
+def hashed_bags(texts: np.ndarray, owner: np.ndarray, size: int, prefix: str) -> np.ndarray:
+    """Per owner row (``size`` of them), the hashed token counts of ``prefix`` and all its texts
+    together, l2-normalised: what :func:`hashed` gives for the texts joined by spaces (tokens never
+    cross a space, so counts add up), without joining a string per owner. Rows with no text are 0."""
+    codes, distinct = pd.factorize(pd.Series(texts, dtype=object).astype(str))
+    vectoriser = HashingVectorizer(n_features=HASH_DIM, alternate_sign=False, norm=None, token_pattern=TOKENS)
+    counts = vectoriser.transform([*distinct, prefix]).toarray()
+    bags = np.zeros((size, HASH_DIM))
+    np.add.at(bags, owner, counts[codes])
+    has = np.bincount(owner, minlength=size) > 0
+    bags[has] += counts[-1]
+    norm = np.linalg.norm(bags, axis=1, keepdims=True)
+    return np.divide(bags, norm, out=np.zeros_like(bags), where=norm > 0).astype(np.float32)
 
 
 def build_graphs(spans: pd.DataFrame, logs: pd.DataFrame | None, log_keys: np.ndarray | None,

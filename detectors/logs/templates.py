@@ -298,3 +298,26 @@ def _replace(text: Any, pattern: str, token: str) -> Any:
 
 def _cluster_id(cluster: object) -> int:
     return UNMATCHED if cluster is None else int(cluster.cluster_id)
+
+
+class SavedMinerMixin:
+    """Persistence of an optional fitted ``miner_`` (a :class:`TemplateMiner`, or None where the
+    detector fitted without log lines): left out of the joblib state and saved as
+    ``templates.json`` beside it. Mixed in before ``Detector`` by the trace detectors that read logs."""
+
+    def learned_state(self) -> dict:
+        state = super().learned_state()  # type: ignore[misc]
+        state.pop("miner_", None)
+        return state
+
+    def _save_state(self, root: Path) -> None:
+        super()._save_state(root)  # type: ignore[misc]
+        if getattr(self, "miner_", None) is not None:
+            self.miner_.save(root / "templates.json")  # type: ignore[attr-defined]
+
+    def _load_state(self, root: Path) -> None:
+        super()._load_state(root)  # type: ignore[misc]
+        self.miner_ = None
+        if (root / "templates.json").is_file():
+            self.miner_ = TemplateMiner()
+            self.miner_.load(root / "templates.json")

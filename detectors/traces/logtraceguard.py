@@ -31,7 +31,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from detectors.logs.templates import UNMATCHED, TemplateMiner
+from detectors.logs.templates import UNMATCHED, SavedMinerMixin, TemplateMiner
 from detectors.torch_model import (
     HeldOutCalibrationMixin,
     TorchNetworkMixin,
@@ -83,7 +83,7 @@ def truth_traces(bundle: MeltBundle) -> np.ndarray:
     return pd.unique(spans["trace_id"].astype(str).to_numpy()[chosen])
 
 
-class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector):
+class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMinerMixin, Detector):
     """Contrastive log-aware graph encoder with one-class or PU scoring.
 
     Args:
@@ -142,9 +142,10 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
         self.seed = seed
 
     # ------------------------------------------------------------------ graphs
-    def _graphs(self, bundle: MeltBundle) -> LogTraceGraphs:
-        """The graphs of the bundle's traces, with their log lines if used."""
-        tree, gap, failed = fold_calls(self.require(bundle))
+    def _graphs(self, bundle: MeltBundle, folded: tuple | None = None) -> LogTraceGraphs:
+        """The graphs of the bundle's traces, with their log lines if used (``folded``: their
+        :func:`fold_calls`, when already at hand)."""
+        tree, gap, failed = fold_calls(self.require(bundle)) if folded is None else folded
         logs, keys, unseen = self._log_events(bundle)
         graphs = build_log_trace_graphs(tree, gap, failed, self.baselines_, logs, keys, unseen)
         if not self.use_logs:
@@ -208,13 +209,12 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
 
         levels = _levels(self.contrastive_levels)
         labels = labels if labels is not None else getattr(self, "_labels", None)
-        spans = self.require(bundle)
-        ids = spans["trace_id"].astype(str)
         positive_ids = self._positive_ids(bundle, labels)
-        normal = spans[~ids.isin(positive_ids).to_numpy()]
-        if normal.empty:
+        folded = fold_calls(self.require(bundle))  # per trace, so the normal traces' rows fold as they would alone
+        normal = ~folded[0]["trace_id"].astype(str).isin(positive_ids).to_numpy()
+        if not normal.any():
             raise PluginError("logtraceguard: every training trace is labelled faulty; it needs normal traces to learn from")
-        self.baselines_ = learn_call_baselines(*fold_calls(normal)[:2])
+        self.baselines_ = learn_call_baselines(folded[0][normal], folded[1][normal])
         self.miner_ = None
         logs = bundle.logs
         if self.use_logs and logs is not None and {"trace_id", "span_id"} <= set(logs.columns):
@@ -222,7 +222,7 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
             if len(own):
                 self.miner_ = TemplateMiner()
                 self.miner_.fit(own["message"])
-        graphs = self._graphs(bundle)
+        graphs = self._graphs(bundle, folded)
         positive = np.isin(graphs.trace_id.astype(str), positive_ids)
         rng = np.random.default_rng(self.seed)
         unlabelled = np.flatnonzero(~positive)
@@ -397,7 +397,7 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
             "score": table["score"].to_numpy(), "evidence": evidence,
         })
 
-    # ------------------------------------------------------------------ export and persistence
+    # ------------------------------------------------------------------ export
     def export(self, path: str | Path) -> Path:
         """Write the scorer as TorchScript: ``torch.jit.load(path)(x, edge_index, edge_attr, batch,
         num_graphs)`` gives (trace scores, node z-scores) with no melt installed (float64 inputs;
@@ -414,23 +414,6 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.script(module).save(str(target))
         return target
-
-    def learned_state(self) -> dict:
-        state = super().learned_state()
-        state.pop("miner_", None)
-        return state
-
-    def _save_state(self, root: Path) -> None:
-        super()._save_state(root)
-        if getattr(self, "miner_", None) is not None:
-            self.miner_.save(root / "templates.json")
-
-    def _load_state(self, root: Path) -> None:
-        super()._load_state(root)
-        self.miner_ = None
-        if (root / "templates.json").is_file():
-            self.miner_ = TemplateMiner()
-            self.miner_.load(root / "templates.json")
 
 
 __all__ = ["LogTraceGuardDetector", "truth_traces", "LEVELS"]

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from detectors.robust import MAD_TO_SIGMA
+
 MIN_NODES = 5  # an operation with fewer training nodes uses the fleet's statistics
 TAIL_Z = 2.576  # the 99th percentile of |N(0, 1)|
 FEATURE_FLOOR = 0.1  # least spread of an input feature per operation (unit-scale features)
-MAD_TO_SIGMA = 1.4826
 
 
 @dataclass

@@ -12,13 +12,12 @@ Training and scoring run on batches of many graphs (one block-diagonal edge list
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Self
 
 import numpy as np
 import pandas as pd
 
-from detectors.logs.templates import UNMATCHED, TemplateMiner
+from detectors.logs.templates import UNMATCHED, SavedMinerMixin, TemplateMiner
 from detectors.robust import robust_baseline
 from detectors.torch_model import (
     EarlyStopping,
@@ -34,7 +33,7 @@ from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 
 
-class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector):
+class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMinerMixin, Detector):
     """One-class GGNN over trace-event graphs.
 
     Args:
@@ -229,20 +228,3 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detect
             "score": score,
             "evidence": evidence,
         })
-
-    # ------------------------------------------------------------------ persistence
-    def learned_state(self) -> dict:
-        state = super().learned_state()
-        state.pop("miner_", None)
-        return state
-
-    def _save_state(self, root: Path) -> None:
-        super()._save_state(root)
-        if getattr(self, "miner_", None) is not None:
-            self.miner_.save(root / "templates.json")
-
-    def _load_state(self, root: Path) -> None:
-        super()._load_state(root)
-        if (root / "templates.json").is_file():
-            self.miner_ = TemplateMiner()
-            self.miner_.load(root / "templates.json")

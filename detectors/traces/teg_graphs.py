@@ -47,12 +47,15 @@ class TraceGraphs:
 TOKENS = r"[A-Za-z][A-Za-z_]+|<\w+>"  # words and <KIND> markers; never across a space
 
 
+def _vectoriser(norm: str | None) -> HashingVectorizer:
+    return HashingVectorizer(n_features=HASH_DIM, alternate_sign=False, norm=norm, token_pattern=TOKENS)
+
+
 def hashed(texts: np.ndarray, prefix: str) -> np.ndarray:
     """Hashed token counts (l2-normalised) of each distinct text, then indexed back."""
     # factorize, not np.unique: a numpy string array is as wide as its longest text times every row
     codes, distinct = pd.factorize(pd.Series(texts, dtype=object).astype(str))
-    vectoriser = HashingVectorizer(n_features=HASH_DIM, alternate_sign=False, norm="l2", token_pattern=TOKENS)
-    matrix = vectoriser.transform([f"{prefix} {t}" for t in distinct]).toarray().astype(np.float32)
+    matrix = _vectoriser("l2").transform([f"{prefix} {t}" for t in distinct]).toarray().astype(np.float32)
     return matrix[codes]
 
 
@@ -61,8 +64,7 @@ def hashed_bags(texts: np.ndarray, owner: np.ndarray, size: int, prefix: str) ->
     together, l2-normalised: what :func:`hashed` gives for the texts joined by spaces (tokens never
     cross a space, so counts add up), without joining a string per owner. Rows with no text are 0."""
     codes, distinct = pd.factorize(pd.Series(texts, dtype=object).astype(str))
-    vectoriser = HashingVectorizer(n_features=HASH_DIM, alternate_sign=False, norm=None, token_pattern=TOKENS)
-    counts = vectoriser.transform([*distinct, prefix]).toarray()
+    counts = _vectoriser(None).transform([*distinct, prefix]).toarray()
     bags = np.zeros((size, HASH_DIM))
     np.add.at(bags, owner, counts[codes])
     has = np.bincount(owner, minlength=size) > 0

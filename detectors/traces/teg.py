@@ -3,11 +3,17 @@ Zhang et al., ICSE 2022: GGNN + Deep SVDD, Ruff et al., ICML 2018).
 
 Each trace becomes a graph of its spans and log events (``teg_graphs``). A gated graph convolution
 (Li et al., ICLR 2016) embeds the nodes; mean and max pooling give the graph's embedding; training
-pulls normal graphs towards a fixed centre c (the mean initial embedding), and a trace's score is
+pulls normal graphs towards a fixed centre c (the mean initial embedding), and a graph's distance is
 its squared distance to c. Layers have no bias terms, as Deep SVDD requires, so the network cannot
 map every graph onto c. A node's own anomaly is its distance to the mean embedding of nodes with the
-same operation or template in training; the trace is attributed to the service of its worst node.
-Training and scoring run on batches of many graphs (one block-diagonal edge list per step).
+same operation or template in training.
+
+A trace scores the rarer of its graph distance and its worst node's distance as a robust z-score
+against the training nodes of the node's key, each calibrated on the held-out traces (as
+``logtraceguard``'s scorer takes the largest of its components): one failing span among many normal
+ones moves the pooled embedding little, and its node a lot. The trace is attributed to the service
+of its farthest node. Training and scoring run on batches of many graphs (one block-diagonal edge
+list per step).
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ from detectors.traces.client_calls import server_tree
 from detectors.traces.graph_batch import gather
 from detectors.traces.teg_graphs import TraceGraphs, build_graphs
 from melt.core.bundle import MeltBundle
+from melt.core.calibration import ScoreCalibrator
 from melt.core.detector import Detector, empty_scores
+
+MIN_NODES = 5  # a node key with fewer training nodes takes the spread of every training node
 
 
 class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMinerMixin, Detector):
@@ -121,7 +130,10 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
                 return torch.cat([global_mean_pool(h, batch, size), global_max_pool(h, batch, size)], dim=1), h
 
         torch.manual_seed(self.seed)
-        return Network(in_dim, self.hidden, self.steps)
+        # float64 throughout: float32 sums round differently with the number of threads, and a node's
+        # z-score (its distance over a small spread) turned that into a different third decimal on a
+        # one-thread Dask worker
+        return Network(in_dim, self.hidden, self.steps).double()
 
     def _run(self, graphs: TraceGraphs, traces: np.ndarray, network, device):
         """Graph embeddings and node embeddings of ``traces`` (sorted positions), batch by batch.
@@ -134,7 +146,7 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
         import torch
 
         graph_out, node_out = [], []
-        network = copy.deepcopy(network).double().eval()
+        network = copy.deepcopy(network).eval()
         with torch.no_grad():
             for start in range(0, traces.size, self.batch_traces):
                 chosen = traces[start:start + self.batch_traces]
@@ -170,7 +182,7 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
                 chosen = np.sort(shuffled[start:start + self.batch_traces])
                 x, edges, batch = gather(graphs, chosen)
                 optimiser.zero_grad()
-                z, _ = network(torch.from_numpy(x).to(device), torch.from_numpy(edges).to(device),
+                z, _ = network(torch.from_numpy(x).double().to(device), torch.from_numpy(edges).to(device),
                                torch.from_numpy(batch).to(device), chosen.size)
                 loss = torch.mean(torch.sum((z - c) ** 2, dim=1))
                 loss.backward()
@@ -182,8 +194,6 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
             if stopper.should_stop(val, network):
                 break
         stopper.restore(network)
-        val_z, _ = self._run(graphs, validation, network, device)
-        self.expected_high_ = float(np.quantile(np.sum((val_z - centre) ** 2, axis=1), 0.99))
         self.network_ = network.cpu()
         self.centre_ = centre
         self.in_dim_ = int(graphs.x.shape[1])
@@ -191,21 +201,63 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
         keys = graphs.node_key[np.isin(graphs.node_trace, train)]  # _run returns nodes in this (sorted) order
         self.node_centres_ = pd.DataFrame(nodes).groupby(pd.Series(keys, dtype=object).to_numpy()).mean()
         self.node_centre_ = nodes.mean(axis=0)
+        distance = pd.Series(self._node_distance(nodes, keys))
+        spread = robust_baseline(distance, pd.Series(keys, dtype=object, name="key"), rel_floor=0.05,
+                                   tail_quantile=0.99)
+        self.node_spread_ = spread[spread["count"] >= MIN_NODES][["median", "sigma"]]
+        self.all_nodes_spread_ = robust_baseline(distance, pd.Series(np.zeros(distance.size), name="all"), rel_floor=0.05,
+                                                 tail_quantile=0.99)[["median", "sigma"]].to_numpy()[0]
+        graph_distance, worst_z = self._components(graphs, validation)
+        self.graph_calibrator_ = ScoreCalibrator().fit(graph_distance)
+        self.node_calibrator_ = ScoreCalibrator().fit(worst_z)
+        self.expected_high_ = float(np.quantile(self._combined(graph_distance, worst_z), 0.99))
         return self
 
-    def score(self, bundle: MeltBundle) -> pd.DataFrame:
+    def _distances(self, graphs: TraceGraphs, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Graph distances of ``traces`` (sorted positions), their nodes' distances to their keys'
+        training centres, and those nodes' keys."""
         import torch
 
+        z, nodes = self._run(graphs, traces, self.network_, torch.device("cpu"))
+        keys = graphs.node_key[np.isin(graphs.node_trace, traces)]
+        return np.sum((z - self.centre_) ** 2, axis=1), self._node_distance(nodes, keys), keys
+
+    def _node_distance(self, nodes: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Each node's distance to the training centre of its key (or of all nodes, for a new key)."""
+        centres = self.node_centres_.reindex(pd.Index(keys, dtype=object)).to_numpy()
+        centres = np.where(np.isnan(centres), self.node_centre_, centres)
+        return np.sqrt(np.sum((nodes - centres) ** 2, axis=1))
+
+    def _node_z(self, distance: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Node distances as robust z-scores against the training nodes of the same key (or of all
+        keys, for a key seen fewer than ``MIN_NODES`` times)."""
+        spread = self.node_spread_.reindex(pd.Index(keys, dtype=object)).to_numpy()
+        spread = np.where(np.isnan(spread), self.all_nodes_spread_, spread)
+        return (distance - spread[:, 0]) / spread[:, 1]
+
+    def _components(self, graphs: TraceGraphs, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per trace of ``traces``: its graph distance and its worst node's z-score."""
+        graph_distance, node_distance, keys = self._distances(graphs, traces)
+        trace_of_node = graphs.node_trace[np.isin(graphs.node_trace, traces)]
+        worst = pd.Series(self._node_z(node_distance, keys)).groupby(trace_of_node).max()
+        return graph_distance, worst.reindex(traces).to_numpy()
+
+    def _combined(self, graph_distance: np.ndarray, worst_z: np.ndarray) -> np.ndarray:
+        """The rarer of the two components on held-out traces: the larger calibrated score."""
+        return np.maximum(self.graph_calibrator_.transform(graph_distance), self.node_calibrator_.transform(worst_z))
+
+    def score(self, bundle: MeltBundle) -> pd.DataFrame:
         spans = self.require(bundle)
         if spans.empty:
             return empty_scores()
         graphs = self._graphs(bundle, learn=False)
         traces = np.arange(graphs.n_traces)
-        z, nodes = self._run(graphs, traces, self.network_, torch.device("cpu"))
-        score = np.sum((z - self.centre_) ** 2, axis=1)
-        centres = self.node_centres_.reindex(pd.Index(graphs.node_key, dtype=object)).to_numpy()
-        centres = np.where(np.isnan(centres), self.node_centre_, centres)
-        node_score = np.sqrt(np.sum((nodes - centres) ** 2, axis=1))
+        graph_distance, node_distance, keys = self._distances(graphs, traces)
+        worst_z = pd.Series(self._node_z(node_distance, keys)).groupby(graphs.node_trace).max().to_numpy()
+        score = self._combined(graph_distance, worst_z)
+        # attribution and evidence by the nodes' distances: on Nezha and the synthetic exceptions the
+        # farthest node named the root cause (or its caller) more often than the node of largest z
+        node_score = node_distance
         worst = pd.Series(node_score).groupby(graphs.node_trace).idxmax().to_numpy()
         # the top nodes of every trace at once: sort by (trace, -score), keep the first few of each trace
         order = np.lexsort((-node_score, graphs.node_trace))

@@ -58,6 +58,16 @@ class ScoreCalibrator:
         out[np.isnan(values)] = np.nan
         return out
 
+    def __eq__(self, other: object) -> bool:
+        """Same map: same anchors, targets and tail slope (a fitted state compares by what it learned)."""
+        if not isinstance(other, ScoreCalibrator):
+            return NotImplemented
+        return (self.tail_slope_ == other.tail_slope_
+                and all(np.array_equal(a, b) if a is not None and b is not None else a is b
+                        for a, b in ((self.anchors_, other.anchors_), (self.targets_, other.targets_))))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: fitted in place
+
     def to_dict(self) -> dict[str, Any]:
         if self.anchors_ is None or self.targets_ is None:
             raise RuntimeError("ScoreCalibrator is not fitted")

@@ -15,7 +15,9 @@ then a PU classifier):
 - given labels (``fit(bundle, labels=...)``: the ids of traces an operator confirmed as faulty, or
   ``"truth"`` for the traces of ``truth.json``'s fault windows that pass through the fault's
   service), a PU head learns from them and the rest, with the non-negative risk of Kiryo et al.
-  (NeurIPS 2017).
+  (NeurIPS 2017); its logit, as a robust z-score, is added with weight ``pu_weight`` to the
+  one-class score, so that labels raise the kinds they show and leave the others their one-class
+  score.
 Ablation switches: ``use_logs``, ``use_edges``, ``contrastive_levels``, ``score_features`` and
 ``pu``. The scorer compiles to TorchScript (:meth:`LogTraceGuardDetector.export`).
 """
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.logs.templates import UNMATCHED, SavedMinerMixin, TemplateMiner
+from detectors.robust import MAD_TO_SIGMA
 from detectors.torch_model import (
     HeldOutCalibrationMixin,
     TorchNetworkMixin,
@@ -96,7 +99,8 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMin
         score_features: a node also scores by its largest input deviation from its operation's
             training nodes (robust sigmas), not only by its embedding's distance.
         pu: learn a PU head when labels are given; pu_prior: share of faulty traces among the
-            unlabelled ones; pu_epochs: full-batch steps of the head.
+            unlabelled ones; pu_epochs: full-batch steps of the head; pu_weight: weight of the
+            head's robust z-score added to the one-class score.
         epochs, patience, batch_traces, learning_rate: training, with early stopping on the
             held-out traces' contrastive loss.
         max_train_traces: traces sampled for training.
@@ -114,7 +118,8 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMin
     def __init__(self, hidden: int = 32, embed_dim: int = 8, layers: int = 2, projection: int = 32,
                  temperature: float = 0.2, drop_node: float = 0.2, drop_edge: float = 0.2,
                  contrastive_levels: str = "node,edge,graph", use_logs: bool = True, use_edges: bool = True,
-                 score_features: bool = True, pu: bool = True, pu_prior: float = 0.05, pu_epochs: int = 300, epochs: int = 20, patience: int = 4,
+                 score_features: bool = True, pu: bool = True, pu_prior: float = 0.05, pu_epochs: int = 300,
+                 pu_weight: float = 4.0, epochs: int = 20, patience: int = 4,
                  batch_traces: int = 128, learning_rate: float = 3e-3, max_train_traces: int = 2000,
                  validation_fraction: float = 0.2, top_nodes: int = 3, device: str = "auto", seed: int = 0) -> None:
         self.hidden = hidden
@@ -130,6 +135,7 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMin
         self.score_features = score_features
         self.pu = pu
         self.pu_prior = pu_prior
+        self.pu_weight = pu_weight
         self.pu_epochs = pu_epochs
         self.epochs = epochs
         self.patience = patience
@@ -342,6 +348,12 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMin
                 loss = nn_pu_loss(head(positives).squeeze(1), head(unlabelled_features).squeeze(1), self.pu_prior)
                 loss.backward()
                 optimiser.step()
+        with torch.no_grad():
+            logit = head(unlabelled_features).squeeze(1).numpy()
+        median = float(np.median(logit))
+        scorer.pu_median.fill_(median)
+        scorer.pu_scale.fill_(max(MAD_TO_SIGMA * float(np.median(np.abs(logit - median))), 1e-6))
+        scorer.pu_weight.fill_(self.pu_weight)
         scorer.pu_head = head
         scorer.use_pu.fill_(1.0)
         self.pu_fitted_ = True

@@ -119,6 +119,10 @@ class LogTraceGuardScorer(nn.Module):
             turns the feature deviation off.
         graph_centre, graph_median, graph_scale: the same for pooled graph embeddings.
         pu_head: a head over ``[graph embedding, asinh of the three components]``, or None (one-class).
+            With a head, a trace scores its one-class score plus ``pu_weight`` times the head's
+            logit as a robust z-score over the unlabelled training traces (buffers ``pu_median``,
+            ``pu_scale``, ``pu_weight``): the labelled kinds rise, and a kind nobody labelled keeps
+            its one-class score instead of the head's guess.
     """
 
     def __init__(self, encoder: LogTraceEncoder, node_centre: torch.Tensor, node_median: torch.Tensor,
@@ -138,6 +142,10 @@ class LogTraceGuardScorer(nn.Module):
         hidden = node_centre.shape[1]
         self.pu_head = pu_head if pu_head is not None else pu_head_for(hidden)
         self.register_buffer("use_pu", torch.tensor([1.0 if pu_head is not None else 0.0], dtype=node_centre.dtype))
+        # the head's logit as a robust z-score over the unlabelled training traces, and its weight
+        self.register_buffer("pu_median", torch.zeros(1, dtype=node_centre.dtype))
+        self.register_buffer("pu_scale", torch.ones(1, dtype=node_centre.dtype))
+        self.register_buffer("pu_weight", torch.ones(1, dtype=node_centre.dtype))
 
     def parts(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
               num_graphs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,7 +169,8 @@ class LogTraceGuardScorer(nn.Module):
         """Each trace's score (higher = more anomalous) and each node's score."""
         node, graph, components = self.parts(x, edge_index, edge_attr, batch, num_graphs)
         if bool(self.use_pu[0] > 0):
-            return self.pu_head(torch.cat([graph, torch.asinh(components)], dim=1)).squeeze(1), node
+            logit = self.pu_head(torch.cat([graph, torch.asinh(components)], dim=1)).squeeze(1)
+            return components.amax(dim=1) + self.pu_weight * (logit - self.pu_median) / self.pu_scale, node
         return components.amax(dim=1), node
 
 

@@ -24,7 +24,9 @@ from melt.core.errors import BundleError, NotFittedError, PluginError
 from melt.core.version import __version__
 
 SCORE_COLUMNS: tuple[str, ...] = ("timestamp", "service", "detector", "entity", "score", "evidence")
-FORMAT_VERSION = 2  # 2: log templates saved as templates.json by the shapes parser (issue 28), not drain3_state.json
+# 2: log templates saved as templates.json by the shapes parser (issue 28), not drain3_state.json;
+# 3: teg's node spreads and component calibrators, logtraceguard's PU z-score buffers
+FORMAT_VERSION = 3
 
 
 class Detector:

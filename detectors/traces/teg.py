@@ -202,11 +202,10 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
         self.node_centres_ = pd.DataFrame(nodes).groupby(pd.Series(keys, dtype=object).to_numpy()).mean()
         self.node_centre_ = nodes.mean(axis=0)
         distance = pd.Series(self._node_distance(nodes, keys))
-        spread = robust_baseline(distance, pd.Series(keys, dtype=object, name="key"), rel_floor=0.05,
-                                   tail_quantile=0.99)
+        spread = robust_baseline(distance, pd.Series(keys, dtype=object, name="key"), rel_floor=0.05, tail_quantile=0.99)
         self.node_spread_ = spread[spread["count"] >= MIN_NODES][["median", "sigma"]]
-        self.all_nodes_spread_ = robust_baseline(distance, pd.Series(np.zeros(distance.size), name="all"), rel_floor=0.05,
-                                                 tail_quantile=0.99)[["median", "sigma"]].to_numpy()[0]
+        everyone = robust_baseline(distance, pd.Series(np.zeros(distance.size), name="all"), rel_floor=0.05, tail_quantile=0.99)
+        self.all_nodes_spread_ = everyone[["median", "sigma"]].to_numpy()[0]
         graph_distance, worst_z = self._components(graphs, validation)
         self.graph_calibrator_ = ScoreCalibrator().fit(graph_distance)
         self.node_calibrator_ = ScoreCalibrator().fit(worst_z)

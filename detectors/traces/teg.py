@@ -234,12 +234,17 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
         spread = np.where(np.isnan(spread), self.all_nodes_spread_, spread)
         return (distance - spread[:, 0]) / spread[:, 1]
 
+    def _worst_z(self, node_distance: np.ndarray, keys: np.ndarray, trace_of_node: np.ndarray,
+                 traces: np.ndarray) -> np.ndarray:
+        """Each trace's worst node z-score, in the order of ``traces``."""
+        worst = pd.Series(self._node_z(node_distance, keys)).groupby(trace_of_node).max()
+        return worst.reindex(traces).to_numpy()
+
     def _components(self, graphs: TraceGraphs, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per trace of ``traces``: its graph distance and its worst node's z-score."""
         graph_distance, node_distance, keys = self._distances(graphs, traces)
         trace_of_node = graphs.node_trace[np.isin(graphs.node_trace, traces)]
-        worst = pd.Series(self._node_z(node_distance, keys)).groupby(trace_of_node).max()
-        return graph_distance, worst.reindex(traces).to_numpy()
+        return graph_distance, self._worst_z(node_distance, keys, trace_of_node, traces)
 
     def _combined(self, graph_distance: np.ndarray, worst_z: np.ndarray) -> np.ndarray:
         """The rarer of the two components on held-out traces: the larger calibrated score."""
@@ -252,8 +257,7 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
         graphs = self._graphs(bundle, learn=False)
         traces = np.arange(graphs.n_traces)
         graph_distance, node_distance, keys = self._distances(graphs, traces)
-        worst_z = pd.Series(self._node_z(node_distance, keys)).groupby(graphs.node_trace).max().to_numpy()
-        score = self._combined(graph_distance, worst_z)
+        score = self._combined(graph_distance, self._worst_z(node_distance, keys, graphs.node_trace, traces))
         # attribution and evidence by the nodes' distances: on Nezha and the synthetic exceptions the
         # farthest node named the root cause (or its caller) more often than the node of largest z
         node_score = node_distance

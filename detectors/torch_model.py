@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 
 def torch_device(name: str):
@@ -88,25 +87,6 @@ class TorchNetworkMixin:
         super()._load_state(root)  # type: ignore[misc]
         self.network_ = self._build(self._input_size())  # type: ignore[attr-defined]
         self.network_.load_state_dict(torch.load(root / "network.pt", map_location="cpu", weights_only=True))
-
-
-def trailing_split(starts: np.ndarray, validation_fraction: float, max_train: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, pd.Timestamp | None]:
-    """Positions of training and validation units, and where the held-out tail starts.
-
-    The latest ``validation_fraction`` of the units (by ``starts``) is held out for early stopping
-    and calibration; training draws at most ``max_train`` of the rest, validation keeps at most a
-    quarter of that.
-    """
-    order = np.argsort(starts, kind="stable")
-    cut = int(len(order) * (1 - validation_fraction))
-    holdout_start = pd.Timestamp(starts[order[cut]]) if cut < len(order) else None
-    train = order[:cut] if cut > 0 else order
-    if train.size > max_train:
-        train = rng.choice(train, max_train, replace=False)
-    train = np.sort(train)
-    validation = np.sort(order[cut:])[: max(max_train // 4, 1)] if cut < len(order) else train
-    return train, validation, holdout_start
 
 
 class HeldOutCalibrationMixin:

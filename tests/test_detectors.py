@@ -153,31 +153,37 @@ def _daily_metrics(days: int = 3) -> MeltBundle:
                                                                               ignore_index=True))
 
 
-FIT_BY_PARTS = [(n, "tiny", {}) for n in BUILTINS if build_detector(n).fit_rounds] + \
+FIT_BY_PARTS = [(n, "tiny", {"epochs": 2} if build_detector(n).partition == "trace" else {})
+                for n in BUILTINS if build_detector(n).fit_rounds] + \
     [(n, "three_days", {}) for n in BUILTINS if build_detector(n).fit_rounds and build_detector(n).signal == "metrics"] + \
     [("iforest", "tiny", {"n_estimators": 5, "max_samples": 32})]  # the trees draw from a sample of the rows
 
 
 @pytest.mark.parametrize(("name", "data", "params"), FIT_BY_PARTS)
 def test_fit_by_parts_equals_fit(name, data, params, split, tmp_path) -> None:
-    """Fitted service by service in map/reduce rounds (what a Dask run spreads over its workers,
-    each part read from a partitioned bundle with the frames the detector declares), a detector is
-    the one ``fit_calibrated`` gives: the same state and the same scores."""
+    """Fitted part by part in map/reduce rounds (what a Dask run spreads over its workers, each
+    part read from a partitioned bundle with the frames the detector declares: a service's rows,
+    or a shard of whole traces for a detector scored by trace), a detector is the one
+    ``fit_calibrated`` gives: the same state and the same scores."""
     from melt.core.detector import map_part
-    from melt.core.partitions import service_part, services_of
+    from melt.core.partitions import service_part, services_of, shard_part
     from melt.core.schema import SIGNALS
 
     train, scored = split if data == "tiny" else (training_split(_daily_metrics(), 0.8), _daily_metrics())
     root = train.write(tmp_path / "train", partitioned=True)
     frames = [s for s in SIGNALS if s == build_detector(name).signal or s in build_detector(name).reads]
-    services = sorted(set().union(*(services_of(root, f) for f in frames)))
-    parts = [service_part(root, frames, s) for s in services]
+    if build_detector(name).partition == "trace":
+        parts = [shard_part(root, frames, k, 3) for k in range(3)]
+        assert all(len(p.traces) for p in parts)
+    else:
+        services = sorted(set().union(*(services_of(root, f) for f in frames)))
+        parts = [service_part(root, frames, s) for s in services]
     whole = build_detector(name, params).fit_calibrated(train)
     by_parts = build_detector(name, params).fit_calibrated_by_parts(lambda d, step: [map_part(d, p, step) for p in parts])
     assert sorted(vars(by_parts)) == sorted(vars(whole))
     if data == "three_days" and name == "zscore":
         assert whole.profile_ is not None  # the seasonal path was taken
-    if params:  # the trees drew from a sample (5 x 32 of 500 rows), not from every row
+    if name == "iforest" and params:  # the trees drew from a sample (5 x 32 of 500 rows), not from every row
         from detectors.metrics.matrix import wide_metrics
 
         assert whole.forest_.max_samples_ == 32 and len(wide_metrics(train.metrics)) > 3 * 5 * 32

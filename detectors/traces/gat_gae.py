@@ -13,7 +13,7 @@ worst.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,8 @@ from detectors.torch_model import (
     TorchNetworkMixin,
     reproducible_threads,
     torch_device,
-    trailing_split,
 )
+from detectors.trace_sample import TraceSampleMixin
 from detectors.traces.client_calls import server_tree
 from detectors.traces.gat_graphs import (
     NUMERIC,
@@ -58,7 +58,7 @@ def negative_pairs(edges: np.ndarray, batch: np.ndarray, rng: np.random.Generato
     return np.stack([source, starts[graph] + offset])
 
 
-class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, Detector):
+class GATGraphAutoencoderDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetworkMixin, Detector):
     """GAT graph autoencoder with dual (feature + structure) reconstruction loss.
 
     Args:
@@ -68,7 +68,7 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         patience: epochs without validation gain before early stopping.
         lr_factor, lr_patience: the learning-rate schedule (reduce on plateau of the validation loss).
         aggregation: span errors to a trace score: max, mean or percentile_95.
-        max_train_traces: traces sampled for training.
+        max_train_traces: traces sampled for training (:mod:`detectors.trace_sample`).
         validation_fraction: trailing share of training traces held out (early stopping, calibration).
         unknown_rate: share of training spans whose service/operation code is replaced by the
             unknown bucket, so that bucket learns what "never seen" looks like.
@@ -174,13 +174,14 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         return np.concatenate(out) if out else np.zeros(0)
 
     # ------------------------------------------------------------------ contract
-    def fit(self, bundle: MeltBundle) -> Self:
+    def fit_sample(self, sample: MeltBundle) -> None:
+        """Learn from the sampled traces (:mod:`detectors.trace_sample`): vocabularies, baselines, the network."""
         import torch
         from tqdm.auto import tqdm
 
         if self.aggregation not in AGGREGATIONS:
             raise PluginError(f"gat_gae: aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
-        spans = self._spans(bundle)
+        spans = self._spans(sample)
         self.services_ = list(vocabulary(spans["service_name"]))
         self.operations_ = list(vocabulary(spans["service_name"].astype(str) + " " + spans["span_name"].astype(str)))
         self.baselines_ = learn_baselines(spans)
@@ -194,8 +195,7 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         self.expected_ = spans_frame.groupby("operation")["duration"].quantile([0.05, 0.5, 0.95]).unstack()
 
         rng = np.random.default_rng(self.seed)
-        train, validation, self.holdout_start_ = trailing_split(
-            graphs.trace_start, self.validation_fraction, self.max_train_traces, rng)
+        train, validation = self.sample_split(graphs.trace_id)
 
         device = torch_device(self.device)
         network = self._build(len(NUMERIC)).to(device)
@@ -242,7 +242,6 @@ class GATGraphAutoencoderDetector(HeldOutCalibrationMixin, TorchNetworkMixin, De
         stopper.restore(network)
         self.network_ = network.cpu()
         self.residual_scale_ = self._residual_scale(graphs, validation)
-        return self
 
     def _residual_scale(self, graphs: SpanGraphs, traces: np.ndarray) -> np.ndarray:
         """Per-feature spread of the reconstruction residual on held-out normal spans.

@@ -40,8 +40,8 @@ from detectors.torch_model import (
     TorchNetworkMixin,
     reproducible_threads,
     torch_device,
-    trailing_split,
 )
+from detectors.trace_sample import TraceSampleMixin
 from detectors.traces.client_calls import fold_calls
 from detectors.traces.graph_batch import gather_edges
 from detectors.traces.ltg_contrastive import LEVELS, ContrastiveTraining
@@ -86,7 +86,7 @@ def truth_traces(bundle: MeltBundle) -> np.ndarray:
     return pd.unique(spans["trace_id"].astype(str).to_numpy()[chosen])
 
 
-class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMinerMixin, Detector):
+class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetworkMixin, SavedMinerMixin, Detector):
     """Contrastive log-aware graph encoder with one-class or PU scoring.
 
     Args:
@@ -103,7 +103,7 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMin
             head's robust z-score added to the one-class score.
         epochs, patience, batch_traces, learning_rate: training, with early stopping on the
             held-out traces' contrastive loss.
-        max_train_traces: traces sampled for training.
+        max_train_traces: traces sampled for training (:mod:`detectors.trace_sample`).
         validation_fraction: trailing share of training traces held out (early stopping, calibration).
         top_nodes: worst nodes listed in the evidence.
         device: "auto" (GPU if present), "cpu" or "cuda".
@@ -211,30 +211,37 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMin
     # ------------------------------------------------------------------ contract
     def fit(self, bundle: MeltBundle, labels: Iterable[str] | str | None = None) -> Self:
         """Learn from ``bundle``; ``labels``: ids of traces known to be faulty, or ``"truth"``."""
+        if labels is None:
+            return self.fit_in_rounds(bundle)
+        self._labels = labels
+        try:
+            return self.fit_in_rounds(bundle)
+        finally:
+            del self._labels
+
+    def labelled_traces(self, bundle: MeltBundle) -> np.ndarray:
+        return self._positive_ids(bundle, getattr(self, "_labels", None))
+
+    def fit_sample(self, sample: MeltBundle) -> None:
+        """Learn from the sampled and the labelled traces (:mod:`detectors.trace_sample`)."""
         import torch
 
         levels = _levels(self.contrastive_levels)
-        labels = labels if labels is not None else getattr(self, "_labels", None)
-        positive_ids = self._positive_ids(bundle, labels)
-        folded = fold_calls(self.require(bundle))  # per trace, so the normal traces' rows fold as they would alone
-        normal = ~folded[0]["trace_id"].astype(str).isin(positive_ids).to_numpy()
-        if not normal.any():
-            raise PluginError("logtraceguard: every training trace is labelled faulty; it needs normal traces to learn from")
+        folded = fold_calls(self.require(sample))  # per trace, so the normal traces' rows fold as they would alone
+        normal = ~self.sample_labelled(folded[0]["trace_id"].to_numpy())
         self.baselines_ = learn_call_baselines(folded[0][normal], folded[1][normal])
         self.miner_ = None
-        logs = bundle.logs
+        logs = sample.logs
         if self.use_logs and logs is not None and {"trace_id", "span_id"} <= set(logs.columns):
-            own = logs[logs["trace_id"].notna() & ~logs["trace_id"].astype(str).isin(positive_ids)]
+            own = logs[logs["trace_id"].notna().to_numpy() & ~self.sample_labelled(logs["trace_id"].to_numpy())]
             if len(own):
                 self.miner_ = TemplateMiner()
                 self.miner_.fit(own["message"])
-        graphs = self._graphs(bundle, folded)
-        positive = np.isin(graphs.trace_id.astype(str), positive_ids)
+        graphs = self._graphs(sample, folded)
+        positive = self.sample_labelled(graphs.trace_id)
         rng = np.random.default_rng(self.seed)
         unlabelled = np.flatnonzero(~positive)
-        train, validation, self.holdout_start_ = trailing_split(
-            graphs.trace_start[unlabelled], self.validation_fraction, self.max_train_traces, rng)
-        train, validation = unlabelled[train], unlabelled[validation]
+        train, validation = self.sample_split(graphs.trace_id)
 
         device = torch_device(self.device)
         encoder = self._encoder(len(self.baselines_.operations))
@@ -255,7 +262,6 @@ class LogTraceGuardDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMin
         if self.pu and positive.any():
             self._train_pu(scorer, graphs, np.flatnonzero(positive), unlabelled)
         self.network_ = scorer.eval()
-        return self
 
     def fit_calibrated(self, bundle: MeltBundle, labels: Iterable[str] | str | None = None) -> Self:
         """:meth:`Detector.fit_calibrated` with labels; labelled traces stay out of the calibration."""

@@ -18,8 +18,6 @@ list per step).
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import pandas as pd
 
@@ -30,8 +28,8 @@ from detectors.torch_model import (
     HeldOutCalibrationMixin,
     TorchNetworkMixin,
     torch_device,
-    trailing_split,
 )
+from detectors.trace_sample import TraceSampleMixin
 from detectors.traces.client_calls import server_tree
 from detectors.traces.graph_batch import gather
 from detectors.traces.teg_graphs import TraceGraphs, build_graphs
@@ -42,13 +40,13 @@ from melt.core.detector import Detector, empty_scores
 MIN_NODES = 5  # a node key with fewer training nodes takes the spread of every training node
 
 
-class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedMinerMixin, Detector):
+class TraceEventGraphDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetworkMixin, SavedMinerMixin, Detector):
     """One-class GGNN over trace-event graphs.
 
     Args:
         hidden: node embedding size; ``steps`` gated message-passing steps.
         epochs, patience, batch_traces, learning_rate: training (early stopping on held-out traces).
-        max_train_traces: traces sampled for training.
+        max_train_traces: traces sampled for training (:mod:`detectors.trace_sample`).
         validation_fraction: trailing share of training traces held out (early stopping, calibration).
         top_nodes: worst nodes listed in the evidence.
         device: "auto" (GPU if present), "cpu" or "cuda".
@@ -158,12 +156,12 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
         return np.concatenate(graph_out), np.concatenate(node_out)
 
     # ------------------------------------------------------------------ contract
-    def fit(self, bundle: MeltBundle) -> Self:
+    def fit_sample(self, sample: MeltBundle) -> None:
+        """Learn from the sampled traces (:mod:`detectors.trace_sample`): templates, duration baselines, the network."""
         import torch
 
-        graphs = self._graphs(bundle, learn=True)
-        train, validation, self.holdout_start_ = trailing_split(
-            graphs.trace_start, self.validation_fraction, self.max_train_traces, np.random.default_rng(self.seed))
+        graphs = self._graphs(sample, learn=True)
+        train, validation = self.sample_split(graphs.trace_id)
         device = torch_device(self.device)
         network = self._build(graphs.x.shape[1]).to(device)
         initial, _ = self._run(graphs, train, network, device)
@@ -210,7 +208,6 @@ class TraceEventGraphDetector(HeldOutCalibrationMixin, TorchNetworkMixin, SavedM
         self.graph_calibrator_ = ScoreCalibrator().fit(graph_distance)
         self.node_calibrator_ = ScoreCalibrator().fit(worst_z)
         self.expected_high_ = float(np.quantile(self._combined(graph_distance, worst_z), 0.99))
-        return self
 
     def _distances(self, graphs: TraceGraphs, traces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Graph distances of ``traces`` (sorted positions), their nodes' distances to their keys'

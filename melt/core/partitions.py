@@ -156,13 +156,19 @@ def trace_shard(ids: pd.Series, shard: int, shards: int) -> np.ndarray:
     return (hashed % np.uint64(shards)).astype(np.int64) == shard
 
 
-def shard_part(root: str | Path, names: Sequence[str], shard: int, shards: int) -> MeltBundle:
-    """The spans of the traces in ``shard`` and the log lines they wrote, of frames ``names``;
-    a frame without a trace id is read whole."""
+def _in_shard(shard: int, shards: int) -> RowFilter:
+    """The row filter of the rows of traces in ``shard`` (rows without a trace id are in none)."""
     def keep(rows: pd.DataFrame) -> np.ndarray:
         ids = rows["trace_id"]
         return ids.notna().to_numpy() & trace_shard(ids.fillna(""), shard, shards)
 
+    return keep
+
+
+def shard_part(root: str | Path, names: Sequence[str], shard: int, shards: int) -> MeltBundle:
+    """The spans of the traces in ``shard`` and the log lines they wrote, of frames ``names``;
+    a frame without a trace id is read whole."""
+    keep = _in_shard(shard, shards)
     frames = {}
     for name in names:
         path = frame_path(root, name)
@@ -221,11 +227,12 @@ def early_traces(root: str | Path, cutoff: pd.Timestamp) -> Any:
 
 
 def before_part(root: str | Path, names: Sequence[str], cutoff: pd.Timestamp, service: str | None = None,
-                early: Any = None) -> MeltBundle:
+                early: Any = None, shard: tuple[int, int] | None = None) -> MeltBundle:
     """What ``MeltBundle.read(root).slice_time(None, cutoff)`` holds of frames ``names``, read without
     the rest: whole traces that start before ``cutoff``, with every line they logged, and the other
     rows before it (:meth:`MeltBundle.slice_time`'s rules). ``service`` keeps only its rows (a
-    trace's spans by their own service); ``early`` is :func:`early_traces`, when already read."""
+    trace's spans by their own service); ``shard`` (of shards) only the traces of that shard and
+    their lines (as :func:`shard_part`); ``early`` is :func:`early_traces`, when already read."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
@@ -241,8 +248,12 @@ def before_part(root: str | Path, names: Sequence[str], cutoff: pd.Timestamp, se
         def where(expression: Any, name: str = name, path: Path = path) -> Any:
             return expression if service is None else service_is(path, name, service) & expression
 
+        keep = None if shard is None or "trace_id" not in _dataset(path).schema.names else _in_shard(*shard)
         if name == "traces":
-            frames[name] = read_rows(root, name, where(ds.field("trace_id").isin(early)))
+            frames[name] = read_rows(root, name, where(ds.field("trace_id").isin(early)), keep=keep, keep_reads=["trace_id"])
+            continue
+        if keep is not None:  # a shard's lines: those of its traces that start before the cutoff
+            frames[name] = read_rows(root, name, where(ds.field("trace_id").isin(early)), keep=keep, keep_reads=["trace_id"])
             continue
         if name == "logs" and early is not None and "trace_id" in _dataset(path).schema.names:
             logs = read_rows(root, name, where(time_in(name, [(None, cutoff)]) | ds.field("trace_id").isin(early)))

@@ -123,6 +123,11 @@ def workers(client: Any) -> int:
     return max(len(client.scheduler_info().get("workers", {})), 1)
 
 
+def trace_shards(client: Any) -> int:
+    """How many shards of whole traces a run splits the traces into: a few per worker."""
+    return 4 * workers(client)
+
+
 def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings, cutoff: pd.Timestamp | None,
                    round_tasks: list[dict[str, Any]],
                    then: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
@@ -174,31 +179,36 @@ def _same(value: Any) -> Any:
 
 
 def fits_by_parts(name: str) -> bool:
-    """Whether detector ``name`` is fitted service by service (:meth:`Detector.fit_calibrated_by_parts`):
-    it declares rounds and scores by service."""
+    """Whether detector ``name`` is fitted part by part (:meth:`Detector.fit_calibrated_by_parts`):
+    it declares rounds and scores by service or by trace shard."""
     detector = get_plugin(name).cls
-    return bool(detector.fit_rounds) and detector.partition == "service"
+    return bool(detector.fit_rounds) and detector.partition in ("service", "trace")
 
 
 def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
-    """Fit detector ``name`` in rounds over the services' training rows (each part read and
+    """Fit detector ``name`` in rounds over its parts of the training rows (each part read and
     mapped on a worker, the small results pooled here), as :func:`fit_task` reports a fit.
 
     The parts are the services of every frame the detector reads (a service with spans but no
-    lines still names a peer), and the training split's trace list is read once, on a worker.
+    lines still names a peer), or for a detector scored by trace shard the same shards of whole
+    traces; the training split's trace list is read once, on a worker.
     """
     detector = build_detector(name, settings.detector_params(name))
     frames = frames_of(name)
-    listed = [client.submit(services_task, root, frame, pure=False) for frame in frames]
-    services = sorted(set().union(*(task.result() for task in listed)))
+    if detector.partition == "trace":
+        shards = trace_shards(client)
+        fit_parts: list[tuple[str, Any]] = [("trace", (k, shards)) for k in range(shards)]
+    else:
+        listed = [client.submit(services_task, root, frame, pure=False) for frame in frames]
+        fit_parts = [("service", s) for s in sorted(set().union(*(task.result() for task in listed)))]
     early = client.submit(early_task, root, cutoff, pure=False) \
         if cutoff is not None and {"logs", "traces"} & set(frames) else None
     tasks: list[dict[str, Any]] = []
 
     def map_parts(current: Detector, step: int) -> list[Any]:
         copy = shipped(client, current)  # a new key each round: the state changed since the last
-        got = client.gather([client.submit(part_map_task, root, name, s, cutoff, copy, step, early, priority=10,
-                                           pure=False) for s in services])
+        got = client.gather([client.submit(part_map_task, root, name, part, cutoff, copy, step, early, priority=10,
+                                           pure=False) for part in fit_parts])
         copy.release()
         label = "calibrate" if step == CALIBRATE else str(step)
         tasks.extend({"detector": name, "part": f"fit-round-{label}", "seconds": t} for _, t, _ in got)
@@ -241,7 +251,7 @@ def dask_scores(client: Any, data: str | Path, names: list[str], settings: Setti
     from distributed import as_completed
 
     root = str(Path(data).resolve())
-    shards = 4 * workers(client)
+    shards = trace_shards(client)
     skipped: list[LeftOut] = []
     round_tasks: list[dict[str, Any]] = []  # the parts of fits by parts, timed
     signals = sorted({get_plugin(name).cls.signal for name in (names if models is None else models)})

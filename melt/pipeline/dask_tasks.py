@@ -88,12 +88,12 @@ def fit_summary(fitted: dict[str, Any]) -> dict[str, Any]:
     return {"notes": fitted["notes"], "seconds": fitted.get("seconds"), "fitted": fitted["model"] is not None}
 
 
-def part_map_task(root: str, name: str, service: str, cutoff: pd.Timestamp | None, detector: Detector,
+def part_map_task(root: str, name: str, part: tuple[str, Any], cutoff: pd.Timestamp | None, detector: Detector,
                   step: int, early: Any = None) -> tuple[Any, float, int]:
-    """One service's share of a round of ``detector``'s fit by parts, on its rows of the training
-    split before ``cutoff`` (whole traces, as :func:`melt.core.partitions.before_part` keeps them;
-    ``early`` is its trace list, read once): the round's result, the task's seconds and the part's
-    rows of the detector's signal.
+    """One part's share of a round of ``detector``'s fit by parts (``("service", name)`` or
+    ``("trace", (shard, shards))``), on its rows of the training split before ``cutoff`` (whole
+    traces, as :func:`melt.core.partitions.before_part` keeps them; ``early`` is its trace list,
+    read once): the round's result, the task's seconds and the part's rows of the detector's signal.
 
     The first round's failure comes back as the result, not raised: the client first checks that
     the parts hold enough rows to fit on at all (a fit on too little data may fail anyhow).
@@ -102,8 +102,13 @@ def part_map_task(root: str, name: str, service: str, cutoff: pd.Timestamp | Non
 
     began = time.perf_counter()
     frames = frames_of(name)
-    bundle = partitions.service_part(root, frames, service) if cutoff is None else \
-        partitions.before_part(root, frames, cutoff, service, early)
+    kind, key = part
+    if kind == "trace":
+        bundle = partitions.shard_part(root, frames, *key) if cutoff is None else \
+            partitions.before_part(root, frames, cutoff, early=early, shard=key)
+    else:
+        bundle = partitions.service_part(root, frames, key) if cutoff is None else \
+            partitions.before_part(root, frames, cutoff, key, early)
     rows = len(bundle.frame(detector.signal))
     try:
         result = map_part(detector, bundle, step)

@@ -113,6 +113,7 @@ class TraceSampleMixin:
     """
 
     fit_rounds = 2
+    trains_on_worker = True
     max_train_traces: int
     validation_fraction: float
     seed: int

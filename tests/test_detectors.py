@@ -153,9 +153,13 @@ def _daily_metrics(days: int = 3) -> MeltBundle:
                                                                               ignore_index=True))
 
 
-FIT_BY_PARTS = [(n, "tiny", {"epochs": 2} if build_detector(n).partition == "trace" else {})
-                for n in BUILTINS if build_detector(n).fit_rounds] + \
-    [(n, "three_days", {}) for n in BUILTINS if build_detector(n).fit_rounds and build_detector(n).signal == "metrics"] + \
+def _quick(name: str) -> dict[str, int]:
+    """A network's parameters for a test of its fit: two epochs."""
+    return {"epochs": 2} if "epochs" in build_detector(name).param_defaults() else {}
+
+
+FIT_BY_PARTS = [(n, "tiny", _quick(n)) for n in BUILTINS if build_detector(n).fit_rounds] + \
+    [(n, "three_days", _quick(n)) for n in BUILTINS if build_detector(n).fit_rounds and build_detector(n).signal == "metrics"] + \
     [("iforest", "tiny", {"n_estimators": 5, "max_samples": 32})]  # the trees draw from a sample of the rows
 
 

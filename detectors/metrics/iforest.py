@@ -17,6 +17,7 @@ from sklearn.ensemble import IsolationForest
 from detectors.metrics.matrix import (
     UNIT_KEYS,
     pool_scaler,
+    sampled,
     scale,
     scorable_wide,
     score_frame,
@@ -27,7 +28,7 @@ from detectors.metrics.matrix import (
     unit_codes,
     wide_metrics,
 )
-from detectors.metrics.surprise import Points, SurpriseMixin, deviation_sums
+from detectors.metrics.surprise import Points, SurpriseMixin
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 
@@ -38,16 +39,6 @@ def isolation_score(score_samples: np.ndarray) -> np.ndarray:
     every clear outlier just under 1, so calibration could not tell a pinned CPU from the most
     unusual training minute."""
     return 1.0 / np.maximum(-np.log2(np.clip(-score_samples, 1e-12, 1.0)), 1e-3)
-
-
-def sampled(keys: pd.DataFrame, share: float, seed: int) -> np.ndarray:
-    """Whether each row (by its key: service, instance, timestamp) is in a ``share`` sample: a hash of
-    the key, so a row is in or out whatever part of the data it is read with. The trees draw only
-    ``n_estimators x max_samples`` rows, so a sample that large loses nothing they could see."""
-    if share >= 1.0:
-        return np.ones(len(keys), dtype=bool)
-    hashed = pd.util.hash_pandas_object(keys, index=False, hash_key=f"melt-iforest{seed:04d}"[:16]).to_numpy()
-    return hashed < np.uint64(share * float(2**64 - 1))
 
 
 class IsolationForestDetector(SurpriseMixin, Detector):
@@ -105,11 +96,9 @@ class IsolationForestDetector(SurpriseMixin, Detector):
             wide = wide_metrics(frame)
             x = self._features(wide)[0]
             keys = wide.index.to_frame(index=False)
-            chosen = sampled(keys, self.sample_share_, self.seed)
+            chosen = sampled(keys, self.sample_share_, self.seed)  # the trees draw only n_estimators x max_samples rows
             return keys[chosen].reset_index(drop=True), x[chosen]
-        points = self.prior_points(bundle) if self.history else None
-        return None if points is None or not len(points.deviation) else \
-            deviation_sums(self._learned(points), points.keys, list(self.series_names))
+        return self.history_sums(bundle)
 
     def fit_reduce(self, step: int, parts: list) -> None:
         if step == 0:

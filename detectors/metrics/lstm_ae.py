@@ -12,18 +12,18 @@ from data the network has memorised. CPU by default, a GPU when one is present.
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import pandas as pd
 
 from detectors.metrics.matrix import (
     UNIT_KEYS,
-    fit_scaler,
+    pool_scaler,
+    sampled,
     scale,
     scorable_wide,
     score_frame,
     series_metric,
+    series_scales,
     smooth,
     unit_codes,
     wide_metrics,
@@ -43,6 +43,9 @@ def window_index(units: np.ndarray, window: int) -> np.ndarray:
     return np.maximum(rows[:, None] + offsets[None, :], first[:, None])
 
 
+SALT = "melt-lstm-ae"  # the training windows' hash sample, apart from iforest's rows
+
+
 class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
     """Sequence-to-sequence LSTM autoencoder; reconstruction error is the anomaly score.
 
@@ -51,7 +54,8 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
         hidden: LSTM hidden size; ``latent`` the size of the code between encoder and decoder.
         epochs: maximum epochs; ``patience`` epochs without validation improvement stop training.
         batch_size, learning_rate: Adam settings.
-        max_train_windows: windows sampled for training (keeps big bundles to seconds per epoch).
+        max_train_windows: about this many windows sampled for training, a hash sample of the rows
+            (keeps big bundles to seconds per epoch; a quarter as many validate).
         validation_fraction: trailing share of the training period held out (early stopping, calibration).
         smooth_window: trailing mean of the score over this many rows of a unit (1 = off).
         expected_sigmas: half-width of ``expected_range`` in robust sigmas around the reconstruction.
@@ -133,27 +137,61 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
         return np.concatenate(out) if out else np.zeros_like(windows)
 
     # ------------------------------------------------------------------ contract
-    def fit(self, bundle: MeltBundle) -> Self:
+    # Fitting runs as map/reduce rounds, whole (one part) or service by service on a Dask cluster
+    # (``Detector.fit_calibrated_by_parts``); both learn the same network. A unit's windows lie in
+    # its service, and the training windows are a hash sample of the rows (``sampled``), so every
+    # part draws its share of the windows a whole fit draws.
+    fit_rounds = 4  # the series' scales and time span; the rows before and in the tail; the sampled windows; the history
+    trains_on_worker = True
+
+    def fit_map(self, bundle: MeltBundle, step: int) -> object:
+        frame = self.require(bundle)
+        if step == 3:
+            return self.history_sums(bundle)
+        wide = wide_metrics(frame)
+        times = wide.index.get_level_values("timestamp")
+        if step == 0:
+            return {"scales": series_scales(frame), "features": set(series_metric(frame).unique()),
+                    "span": (times.min(), times.max()) if len(times) else None}
+        held_out = np.asarray(times >= self.holdout_start_)
+        if step == 1:
+            return int((~held_out).sum()), int(held_out.sum())
+        keys = wide.index.to_frame(index=False)
+        chosen = np.where(held_out, sampled(keys, self.validation_share_, self.seed, SALT),
+                          sampled(keys, self.train_share_, self.seed, SALT))
+        windows = self._windows(wide)[0]
+        return keys[chosen].reset_index(drop=True), windows[chosen], held_out[chosen]
+
+    def fit_reduce(self, step: int, parts: list) -> None:
+        if step == 0:
+            self.scaler_ = pool_scaler([p["scales"] for p in parts])
+            self.features_ = sorted(set().union(*(p["features"] for p in parts)))
+            spans = [p["span"] for p in parts if p["span"] is not None]
+            first, last = min(s[0] for s in spans), max(s[1] for s in spans)
+            self.holdout_start_ = first + (last - first) * (1 - self.validation_fraction)
+        elif step == 1:
+            before, tail = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            self.train_share_ = min(1.0, self.max_train_windows / max(before, 1))
+            self.validation_share_ = min(1.0, max(self.max_train_windows // 4, 1) / max(tail, 1))
+        elif step == 2:
+            keys = pd.concat([k for k, _, _ in parts], ignore_index=True)
+            order = keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
+            windows = np.concatenate([w for _, w, _ in parts])[order]
+            held_out = np.concatenate([h for _, _, h in parts])[order]
+            del self.train_share_, self.validation_share_
+            self._train(windows[~held_out], windows[held_out])
+        else:
+            self.pool_history([p for p in parts if p is not None])
+
+    def _train(self, train: np.ndarray, validation: np.ndarray) -> None:
+        """Fit the network on the training windows, stopping early on the validation windows."""
         import torch
 
-        frame = self.require(bundle)
-        self.scaler_ = fit_scaler(frame)
-        self.features_ = sorted(series_metric(frame).unique())
-        wide = wide_metrics(frame)
-        windows, _, _ = self._windows(wide)
-        times = wide.index.get_level_values("timestamp")
-        self.holdout_start_ = times.min() + (times.max() - times.min()) * (1 - self.validation_fraction)
-        held_out = (times >= self.holdout_start_)
-        rng = np.random.default_rng(self.seed)
-        train = np.flatnonzero(~held_out)
-        if train.size > self.max_train_windows:
-            train = np.sort(rng.choice(train, self.max_train_windows, replace=False))
-        validation = np.flatnonzero(held_out)[: max(self.max_train_windows // 4, 1)]
         device = torch_device(self.device)
         network = self._build(len(self.features_)).to(device)
         optimiser = torch.optim.Adam(network.parameters(), lr=self.learning_rate)
-        x_train = torch.from_numpy(windows[train]).to(device)
-        x_val = torch.from_numpy(windows[validation]).to(device) if validation.size else x_train
+        x_train = torch.from_numpy(train).to(device)
+        x_val = torch.from_numpy(validation).to(device) if len(validation) else x_train
         generator = torch.Generator().manual_seed(self.seed)
         stopper = EarlyStopping(self.patience, min_delta=1e-5)
         self.history_: list[tuple[float, float]] = []
@@ -176,8 +214,6 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
                 break
         stopper.restore(network)
         self.network_ = network.cpu()
-        self.learn_history(bundle)
-        return self
 
     def points(self, bundle: MeltBundle) -> Points | None:
         """Each (service, instance, timestamp) row's reconstruction error, unsmoothed."""

@@ -46,6 +46,16 @@ def wide_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
+def sampled(keys: pd.DataFrame, share: float, seed: int, salt: str = "melt-iforest") -> np.ndarray:
+    """Whether each row (by its key: service, instance, timestamp) is in a ``share`` sample: a seeded
+    hash of the key, so a row is in or out whatever part of the data it is read with (a fit by parts
+    draws the sample a whole fit draws). ``salt`` (12 characters) keeps two detectors' samples apart."""
+    if share >= 1.0:
+        return np.ones(len(keys), dtype=bool)
+    hashed = pd.util.hash_pandas_object(keys, index=False, hash_key=f"{salt}{seed:04d}"[:16]).to_numpy()
+    return hashed < np.uint64(share * float(2**64 - 1))
+
+
 def fit_scaler(frame: pd.DataFrame, rel_floor: float = 0.02, min_points: int = 10,
                fleet_floor: float = 0.5) -> pd.DataFrame:
     """Centre (median) and scale per (service, metric) of the training frame; a (service, metric)

@@ -133,11 +133,16 @@ class SurpriseMixin:
         """The training rows the history starts from (default: all of them)."""
         return self.points(bundle)
 
-    def learn_history(self, bundle: MeltBundle) -> None:
+    def history_sums(self, bundle: MeltBundle) -> pd.DataFrame | None:
+        """The :func:`deviation_sums` of ``bundle``'s training rows (a part's share of the history in
+        a fit by parts; ``None``: nothing to learn), for :meth:`pool_history`."""
         points = self.prior_points(bundle) if self.history else None
-        sums = [] if points is None or not len(points.deviation) else \
-            [deviation_sums(self._learned(points), points.keys, list(self.series_names))]
-        self.pool_history(sums)
+        return None if points is None or not len(points.deviation) else \
+            deviation_sums(self._learned(points), points.keys, list(self.series_names))
+
+    def learn_history(self, bundle: MeltBundle) -> None:
+        sums = self.history_sums(bundle)
+        self.pool_history([] if sums is None else [sums])
 
     def pool_history(self, sums: list[pd.DataFrame]) -> None:
         """The history from the :func:`deviation_sums` of every series (several parts' tables, each

@@ -26,7 +26,7 @@ import pandas as pd
 from detectors.metrics.level_shift import shift_level
 from detectors.metrics.matrix import series_metric, smooth
 from detectors.metrics.seasonal import DAY, stl_profiles, week_phase
-from detectors.metrics.surprise import HALF_NORMAL_SD, Points, SurpriseMixin, deviation_sums
+from detectors.metrics.surprise import HALF_NORMAL_SD, Points, SurpriseMixin
 from detectors.robust import fleet_floored, robust_baseline, severity_direction
 from melt.core.bundle import MeltBundle
 from melt.core.calibration import ALERT_SIGMAS, effect_size_floor
@@ -153,9 +153,7 @@ class RobustZScore(SurpriseMixin, Detector):
             return (frame["timestamp"].min(), frame["timestamp"].max()) if len(frame) else None
         if step == 1:
             return self._series_baselines(frame, self.seasonal_)
-        points = self.prior_points(bundle) if self.history else None
-        return None if points is None or not len(points.deviation) else \
-            deviation_sums(self._learned(points), points.keys, list(self.series_names))
+        return self.history_sums(bundle)
 
     def fit_reduce(self, step: int, parts: list) -> None:
         if step == 0:

@@ -49,9 +49,12 @@ class Detector:
     # ``reads``) gives the rows the whole bundle gives for that service; "trace" = the same for a
     # set of whole traces and the lines they logged; None = scored whole, on one worker.
     partition: ClassVar[str | None] = None
-    # > 0: fit splits by service too, in this many map/reduce rounds (fit_map on each service's
+    # > 0: fit splits by ``partition`` too, in this many map/reduce rounds (fit_map on each part's
     # training rows, fit_reduce over their results); see fit_calibrated_by_parts
     fit_rounds: ClassVar[int] = 0
+    # a fit by parts whose last round trains a network on what the parts sent: a Dask run pools
+    # its rounds on a worker (the network trains there), not on the client
+    trains_on_worker: ClassVar[bool] = False
 
     # ----------------------------------------------------------- to implement
     def fit(self, bundle: MeltBundle) -> Self:

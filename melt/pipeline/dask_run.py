@@ -4,9 +4,13 @@
 workers) hands each step to the workers, which read their own part of the bundle
 (:mod:`melt.core.partitions`); only models, scores and small tables come back:
 
-- each detector is fitted by one task, on the frames it reads (its ``signal`` and ``reads``) before
-  the training cutoff, or on ``--train``'s bundle; the model stays on the worker's memory and goes
-  to the scoring tasks from there;
+- a detector that fits by parts (``fit_rounds``) is fitted in map/reduce rounds over its parts (a
+  service's rows, or a shard of whole traces), each part mapped on a worker; the rounds are pooled
+  on the client, or, for a detector that ``trains_on_worker`` (a network trained on what the parts
+  sent), by a task on a worker, where the model then stays;
+- any other detector is fitted by one task, on the frames it reads (its ``signal`` and ``reads``)
+  before the training cutoff, or on ``--train``'s bundle; the model stays on the worker's memory and
+  goes to the scoring tasks from there;
 - each detector scores its parts: one task per service for a detector whose ``partition`` is
   ``"service"``, one per shard of whole traces for ``"trace"``, the whole bundle in one task
   otherwise (a plugin that declares nothing);
@@ -141,11 +145,12 @@ def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings,
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     fitted = {}
-    for name in [n for n in names if not fits_by_parts(n)]:
-        fitted[name] = client.submit(fit_task, root, name, settings, cutoff, key=f"fit-{name}", pure=False)
+    for name in [n for n in names if not fits_by_parts(n) or get_plugin(n).cls.trains_on_worker]:
+        task = fit_by_parts_task if fits_by_parts(name) else fit_task
+        fitted[name] = client.submit(task, root, name, settings, cutoff, key=f"fit-{name}", pure=False)
         if then is not None:
             then(name, fitted[name])
-    by_parts = [n for n in names if fits_by_parts(n)]
+    by_parts = [n for n in names if fits_by_parts(n) and not get_plugin(n).cls.trains_on_worker]
     if by_parts:  # in rounds, each service's part on a worker; the detectors' rounds side by side, so
         # that the workers take one detector's parts while the client pools another's round
         with ThreadPoolExecutor(len(by_parts), thread_name_prefix="melt-fit") as pool:
@@ -157,6 +162,21 @@ def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings,
                 if then is not None:
                     then(name, fitted[name])
     return {name: fitted[name] for name in names}  # the order of a run without Dask (ties follow it)
+
+
+def fit_by_parts_task(root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
+    """:func:`fit_by_parts` driven from a task on a worker (:func:`distributed.worker_client`), for a
+    detector that ``trains_on_worker``: what its parts send is pooled, and the network trained, on
+    that worker, and the model stays there as a whole fit's does."""
+    import time
+
+    from distributed import worker_client
+
+    began = time.perf_counter()
+    with worker_client() as client:
+        result = fit_by_parts(client, root, name, settings, cutoff)
+    result["seconds"] = time.perf_counter() - began
+    return result
 
 
 class TooLittleData(Exception):
@@ -301,6 +321,7 @@ def dask_scores(client: Any, data: str | Path, names: list[str], settings: Setti
     fit_info = {name: client.submit(fit_summary, fitted[name], pure=False).result() for name in fitted}
     for name, info in fit_info.items():
         skipped.extend(info["notes"])
+        tasks.extend(info["tasks"])  # the rounds of a fit by parts driven from a worker
         if info["seconds"] is not None:
             tasks.append({"detector": name, "part": "fit", "seconds": info["seconds"]})
     tasks.extend(round_tasks)

@@ -85,7 +85,8 @@ def release_arrow_memory() -> None:
 
 
 def fit_summary(fitted: dict[str, Any]) -> dict[str, Any]:
-    return {"notes": fitted["notes"], "seconds": fitted.get("seconds"), "fitted": fitted["model"] is not None}
+    return {"notes": fitted["notes"], "seconds": fitted.get("seconds"), "fitted": fitted["model"] is not None,
+            "tasks": fitted.get("tasks", [])}
 
 
 def part_map_task(root: str, name: str, part: tuple[str, Any], cutoff: pd.Timestamp | None, detector: Detector,

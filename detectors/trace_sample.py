@@ -133,7 +133,7 @@ class TraceSampleMixin:
         labelled = self.labelled_traces(bundle)
         is_labelled = keys["trace_id"].isin(labelled).to_numpy()
         if step == 0:
-            return keys.loc[~is_labelled, ["start", "hash"]]
+            return keys.loc[~is_labelled, ["start", "hash"]].reset_index(drop=True)
         chosen = keys["trace_id"].to_numpy()[self.sample_rule_.split(keys)[2] | is_labelled]
         frames = {}
         for name in [self.signal, *self.reads]:  # type: ignore[attr-defined]
@@ -154,7 +154,7 @@ class TraceSampleMixin:
             return
         frames = {}
         for name in [self.signal, *self.reads]:  # type: ignore[attr-defined]
-            got = [frames_of[name] for frames_of, _ in parts if name in frames_of]
+            got = [sent[name] for sent, _ in parts if name in sent]
             if got:
                 frame = pd.concat(got, ignore_index=True)
                 order = np.lexsort((frame["trace_id"].astype(str).to_numpy(), frame[TIME_COLUMNS[name]].to_numpy()))

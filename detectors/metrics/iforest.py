@@ -73,7 +73,7 @@ class IsolationForestDetector(SurpriseMixin, Detector):
 
     def __init__(self, n_estimators: int = 200, max_samples: int = 256, trend_window: int = 10,
                  smooth_window: int = 3, expected_sigmas: float = 3.0, seed: int = 0, history: bool = True,
-                 adapt: str | None = "1d") -> None:
+                 adapt: str | None = "2h") -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.trend_window = trend_window

@@ -73,7 +73,7 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
                  batch_size: int = 128, learning_rate: float = 3e-3, max_train_windows: int = 20000,
                  validation_fraction: float = 0.2, smooth_window: int = 3, expected_sigmas: float = 3.0,
                  device: str = "auto", seed: int = 0, history: bool = True,
-                 adapt: str | None = "1d") -> None:
+                 adapt: str | None = "2h") -> None:
         self.window = window
         self.hidden = hidden
         self.latent = latent

@@ -55,6 +55,9 @@ class IsolationForestDetector(SurpriseMixin, Detector):
             scores so far (:class:`~detectors.metrics.surprise.SurpriseMixin`); false = the calibrated score.
         adapt: a score joins that history once it is this old, so a change alerts for this long and
             is then normal; ``None``: as soon as it leaves the smoothing window.
+        alert_budget: alert episodes (surprise >= 4) a unit may raise per day of scoring; beyond that
+            rate its scores are divided by ``(rate / alert_budget) ** 0.25``
+            (:mod:`detectors.metrics.alert_budget`); ``None``: off.
     """
 
     name = "iforest"
@@ -64,7 +67,7 @@ class IsolationForestDetector(SurpriseMixin, Detector):
 
     def __init__(self, n_estimators: int = 200, max_samples: int = 256, trend_window: int = 10,
                  smooth_window: int = 3, expected_sigmas: float = 3.0, seed: int = 0, history: bool = True,
-                 adapt: str | None = "1d") -> None:
+                 adapt: str | None = "2h", alert_budget: float | None = 0.5) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.trend_window = trend_window
@@ -73,6 +76,7 @@ class IsolationForestDetector(SurpriseMixin, Detector):
         self.seed = seed
         self.history = history
         self.adapt = adapt
+        self.alert_budget = alert_budget
 
     def _features(self, wide: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         z = scale(wide, self.scaler_, self.features_)

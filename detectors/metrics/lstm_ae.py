@@ -66,6 +66,9 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
             (:class:`~detectors.metrics.surprise.SurpriseMixin`); false = the calibrated score.
         adapt: an error joins that history once it is this old; ``None``: as soon as it leaves the
             smoothing window.
+        alert_budget: alert episodes (surprise >= 4) a unit may raise per day of scoring; beyond that
+            rate its scores are divided by ``(rate / alert_budget) ** 0.25``
+            (:mod:`detectors.metrics.alert_budget`); ``None``: off.
     """
 
     name = "lstm_ae"
@@ -77,7 +80,7 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
                  batch_size: int = 128, learning_rate: float = 3e-3, max_train_windows: int = 20000,
                  validation_fraction: float = 0.2, smooth_window: int = 3, expected_sigmas: float = 3.0,
                  device: str = "auto", seed: int = 0, history: bool = True,
-                 adapt: str | None = "1d") -> None:
+                 adapt: str | None = "2h", alert_budget: float | None = 0.5) -> None:
         self.window = window
         self.hidden = hidden
         self.latent = latent
@@ -93,6 +96,7 @@ class LSTMAutoencoder(TorchNetworkMixin, SurpriseMixin, Detector):
         self.seed = seed
         self.history = history
         self.adapt = adapt
+        self.alert_budget = alert_budget
 
     # ------------------------------------------------------------------ model
     def _input_size(self) -> int:

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from detectors.metrics.alert_budget import COLUMNS as BUDGET_COLUMNS
+from detectors.metrics.alert_budget import budgeted
 from detectors.metrics.matrix import UNIT_KEYS, smooth
 from melt.core.bundle import MeltBundle
 from melt.core.timeutil import parse_duration
@@ -122,6 +124,7 @@ class SurpriseMixin:
     recent_how: str = "mean"  # the short-term "mean" or "median" (a lone one-point blip never counts)
     recent_pad: float | None = None  # what the rows before a frame's first count as in the short term (None: left out)
     pool_quantile: float = 1.0  # no series' spread under this quantile of the training spreads across series
+    alert_budget: float | None = None  # alert episodes a series may raise per day before its bar rises (alert_budget.py)
     history: bool
     adapt: str | None
     smooth_window: int
@@ -151,6 +154,9 @@ class SurpriseMixin:
         self.pending_: pd.DataFrame | None = None  # hour sums seen but not yet `adapt` old (a stream's)
         self.seen_until_: pd.Timestamp | None = None
         self.fleet_spread_ = 0.0
+        self.budget_state_ = pd.DataFrame(columns=BUDGET_COLUMNS, dtype=float,
+                                          index=pd.MultiIndex.from_arrays([[]] * len(self.series_names),
+                                                                          names=list(self.series_names)))
         if sums:
             self.score_history_ = pd.concat(sums).sort_index() if len(sums) > 1 else sums[0]
             # a floor from the fleet's training spreads (pool_quantile: the widest, or the typical one):
@@ -160,7 +166,26 @@ class SurpriseMixin:
             self.fleet_spread_ = float(np.quantile(spread_of(moved), self.pool_quantile)) if len(moved) else 0.0
 
     def surprised(self, points: Points) -> np.ndarray:
-        """Each row's surprise (needs the history: :meth:`learn_history` with ``history`` on)."""
+        """Each row's surprise (needs the history: :meth:`learn_history` with ``history`` on), damped
+        by the series' own alert rate so far when the detector has an ``alert_budget``."""
+        unusual = self._surprise(points)
+        if not self.alert_budget or getattr(self, "budget_state_", None) is None:
+            return unusual
+        return self._budgeted(points, unusual, self._fresh(points.timestamps))[0]
+
+    def _budgeted(self, points: Points, unusual: np.ndarray, fresh: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+        """:func:`~detectors.metrics.alert_budget.budgeted` with the series' counts from earlier frames."""
+        names = list(self.series_names)
+        codes = pd.Series(points.series)
+        order = codes.drop_duplicates().sort_values()
+        keys = pd.MultiIndex.from_arrays([k[order.index.to_numpy()] for k in points.keys], names=names)
+        prior = self.budget_state_.reindex(keys)
+        prior["episodes"] = prior["episodes"].fillna(0.0)
+        lookup = pd.Series(np.arange(len(order)), index=order.to_numpy())
+        series = lookup.reindex(codes.to_numpy()).to_numpy()
+        return budgeted(unusual, series, points.timestamps, fresh, prior.reset_index(drop=True), float(self.alert_budget))
+
+    def _surprise(self, points: Points) -> np.ndarray:
         names = list(self.series_names)
         prior = self.score_history_.reindex(pd.MultiIndex.from_arrays(points.keys, names=names)).fillna(0.0)
         fresh = self._fresh(points.timestamps)
@@ -186,6 +211,12 @@ class SurpriseMixin:
         if points is not None and len(points.deviation):
             times = points.timestamps
             new = self._fresh(times) & ((times >= since) & (times < until)).to_numpy()
+            if self.alert_budget and getattr(self, "budget_state_", None) is not None:
+                table = self._budgeted(points, self._surprise(points), new)[1]
+                keys = pd.MultiIndex.from_arrays([k[pd.Series(points.series).drop_duplicates().sort_values().index.to_numpy()]
+                                                  for k in points.keys], names=names)
+                table.index = keys
+                self.budget_state_ = table.combine_first(self.budget_state_)
             added = deviation_sums(self._learned(points)[new], [k[new] for k in points.keys], names, _bucket(times[new]))
             self.pending_ = added if self.pending_ is None else add_sums(self.pending_, added)
         self.seen_until_ = until if self.seen_until_ is None else max(self.seen_until_, until)
@@ -198,10 +229,12 @@ class SurpriseMixin:
         history = getattr(self, "score_history_", None)
         if history is None:
             return None
-        return {"history": history, "pending": self.pending_, "seen_until": self.seen_until_}
+        return {"history": history, "pending": self.pending_, "seen_until": self.seen_until_,
+                "budget": getattr(self, "budget_state_", None)}
 
     def restore_online(self, state: dict[str, Any]) -> None:
         self.score_history_, self.pending_, self.seen_until_ = state["history"], state["pending"], state["seen_until"]
+        self.budget_state_ = state.get("budget")
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """With ``history`` the raw score is already a standardised surprise: it is the calibrated score.

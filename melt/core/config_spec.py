@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "window": Duration("1m"),
         "threshold": 4.0,
         "combiner": "max",
-        "weights": FreeMap({"zscore": 0.6, "iforest": 0.67, "lstm_ae": 0.5, "changepoint": 0.5}),
+        "weights": FreeMap({"zscore": 0.6, "iforest": 0.67, "lstm_ae": 0.45, "changepoint": 0.5}),
         "min_signals": 1,
         "merge_gap": Duration("3m"),
         "connect_hops": 2,

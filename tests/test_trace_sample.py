@@ -36,7 +36,9 @@ def test_the_rule_splits_as_promised(n, max_train, sample) -> None:
     assert read.sum() == min(cut, sample) + min(n - cut, max(sample // 4, 1))
     assert not (train & validation).any() and not ((train | validation) & ~read).any()
     tail = set(ordered["trace_id"].iloc[cut:])
-    assert set(keys["trace_id"][validation]) <= tail and not set(keys["trace_id"][train]) & tail
+    assert not set(keys["trace_id"][train]) & tail
+    # validation: the first of the tail by start, the traces right after training
+    assert set(keys["trace_id"][validation]) == set(ordered["trace_id"].iloc[cut:cut + max(max_train // 4, 1)])
     if n - cut > max(max_train // 4, 1):  # the training traces are those of smallest hash
         assert keys["hash"][train].max() < keys["hash"][~keys["trace_id"].isin(tail) & ~train].min()
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,7 @@ def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings,
             for job in as_completed(jobs):
                 name, result = jobs[job], job.result()
                 round_tasks.extend(result.pop("tasks"))
+                result.pop("pooling", None)  # the client's own time, not a task's
                 fitted[name] = shipped(client, result)
                 if then is not None:
                     then(name, fitted[name])
@@ -168,14 +170,11 @@ def fit_by_parts_task(root: str, name: str, settings: Settings, cutoff: pd.Times
     """:func:`fit_by_parts` driven from a task on a worker (:func:`distributed.worker_client`), for a
     detector that ``trains_on_worker``: what its parts send is pooled, and the network trained, on
     that worker, and the model stays there as a whole fit's does."""
-    import time
-
     from distributed import worker_client
 
-    began = time.perf_counter()
     with worker_client() as client:
         result = fit_by_parts(client, root, name, settings, cutoff)
-    result["seconds"] = time.perf_counter() - began
+    result["seconds"] = result.pop("pooling", None)  # its own work; the parts' are timed as rounds
     return result
 
 
@@ -225,7 +224,16 @@ def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: 
         if cutoff is not None and {"logs", "traces"} & set(frames) else None
     tasks: list[dict[str, Any]] = []
 
+    waited = [0.0]  # seconds spent waiting for the parts: the rest of the fit is pooling
+
     def map_parts(current: Detector, step: int) -> list[Any]:
+        began = time.perf_counter()
+        try:
+            return _map_parts(current, step)
+        finally:
+            waited[0] += time.perf_counter() - began
+
+    def _map_parts(current: Detector, step: int) -> list[Any]:
         copy = shipped(client, current)  # a new key each round: the state changed since the last
         got = client.gather([client.submit(part_map_task, root, name, part, cutoff, copy, step, early, priority=10,
                                            pure=False) for part in fit_parts])
@@ -241,6 +249,7 @@ def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: 
                 raise failed
         return [value for value, _, _ in got]
 
+    began = time.perf_counter()
     try:
         detector.fit_calibrated_by_parts(map_parts)
     except TooLittleData as exc:
@@ -249,7 +258,7 @@ def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: 
         raise
     except Exception as exc:  # a plugin's failure drops that plugin, not the run
         return {"model": None, "notes": [dropped(name, "fit", exc)], "tasks": tasks}
-    return {"model": detector, "notes": [], "tasks": tasks}
+    return {"model": detector, "notes": [], "tasks": tasks, "pooling": time.perf_counter() - began - waited[0]}
 
 
 def _parts(detector: type[Detector], shards: int, services: dict[str, list[str]]) -> list[tuple[str, Any]]:

@@ -9,7 +9,7 @@ import pandas as pd
 from detectors.metrics.alert_budget import EXPONENT, MIN_DAYS, budgeted
 from melt.core.bundle import MeltBundle
 from melt.core.registry import build_detector
-from tests.test_level_shifts import series
+from tests.test_level_shifts import scored_in_steps, series
 
 
 def test_a_series_within_its_budget_scores_as_before_and_one_past_it_is_damped() -> None:
@@ -40,14 +40,7 @@ def test_scored_step_by_step_the_budget_is_the_one_frame_s() -> None:
     late = whole.index.get_level_values("timestamp") >= pd.Timestamp("2026-01-05T12:00Z")
     assert (whole[late] < undamped[late]).any() and (whole <= undamped + 1e-12).all()
     stream = build_detector("iforest", params).fit_calibrated(train)
-    context, parts = pd.Timedelta("30min"), []
-    for start in pd.date_range("2026-01-05T10:00Z", periods=48, freq="5min"):
-        end = start + pd.Timedelta("5min")
-        frame = MeltBundle(metrics=test[(test["timestamp"] >= start - context) & (test["timestamp"] < end)])
-        scores = stream.detect(frame)
-        parts.append(scores[scores["timestamp"] >= start])
-        stream.observe(frame, start, end)
-    stepped = pd.concat(parts).set_index(["service", "timestamp"])["score"]
+    stepped = scored_in_steps(stream, test)
     np.testing.assert_allclose(stepped.reindex(whole.index).to_numpy(), whole.to_numpy(), rtol=1e-9, atol=1e-12)
     restored = build_detector("iforest", params).fit_calibrated(train)
     restored.restore_online(stream.online_state())

@@ -17,6 +17,20 @@ def series(values: np.ndarray, start: str = "2026-01-05", freq: str = "1min", se
     return pd.DataFrame({"timestamp": times, "service": service, "instance": None, "metric": metric, "value": values})
 
 
+def scored_in_steps(stream, test: pd.DataFrame, start: str = "2026-01-05T10:00Z", steps: int = 48) -> pd.Series:
+    """``test``'s scores as a stream gives them: 5-minute steps, each scored with 30 minutes of
+    context (iforest's trend and lstm_ae's window with the smoothing need > 10 rows), then taken in
+    (``observe``); indexed by service and timestamp."""
+    context, parts = pd.Timedelta("30min"), []
+    for begin in pd.date_range(start, periods=steps, freq="5min"):
+        end = begin + pd.Timedelta("5min")
+        frame = MeltBundle(metrics=test[(test["timestamp"] >= begin - context) & (test["timestamp"] < end)])
+        scores = stream.detect(frame)
+        parts.append(scores[scores["timestamp"] >= begin])
+        stream.observe(frame, begin, end)
+    return pd.concat(parts).set_index(["service", "timestamp"])["score"]
+
+
 def alert_runs(scores: pd.Series, threshold: float = 4.0) -> int:
     """Runs of consecutive rows at or over the threshold."""
     alert = scores.to_numpy() >= threshold
@@ -120,14 +134,7 @@ def test_scored_step_by_step_the_surprise_is_the_one_frame_s(name, params) -> No
     batch = build_detector(name, params).fit_calibrated(train)
     whole = batch.detect(MeltBundle(metrics=test)).set_index(["service", "timestamp"])["score"]
     stream = build_detector(name, params).fit_calibrated(train)
-    context, parts = pd.Timedelta("30min"), []  # iforest's trend and lstm_ae's window with the smoothing need > 10 rows
-    for start in pd.date_range("2026-01-05T10:00Z", periods=48, freq="5min"):
-        end = start + pd.Timedelta("5min")
-        frame = MeltBundle(metrics=test[(test["timestamp"] >= start - context) & (test["timestamp"] < end)])
-        scores = stream.detect(frame)
-        parts.append(scores[scores["timestamp"] >= start])
-        stream.observe(frame, start, end)
-    stepped = pd.concat(parts).set_index(["service", "timestamp"])["score"]
+    stepped = scored_in_steps(stream, test)
     if name in ("zscore", "changepoint"):
         assert whole.max() >= 4.0  # the bursts alert (and CUSUM declares changes: its sums restart)
     np.testing.assert_allclose(stepped.reindex(whole.index).to_numpy(), whole.to_numpy(), rtol=1e-9, atol=1e-12)

@@ -174,7 +174,8 @@ class SurpriseMixin:
         return self._budgeted(points, unusual, self._fresh(points.timestamps))[0]
 
     def _budgeted(self, points: Points, unusual: np.ndarray, fresh: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
-        """:func:`~detectors.metrics.alert_budget.budgeted` with the series' counts from earlier frames."""
+        """:func:`~detectors.metrics.alert_budget.budgeted` with the series' counts from earlier frames;
+        the table of counts comes back indexed by the series' keys."""
         names = list(self.series_names)
         codes = pd.Series(points.series)
         order = codes.drop_duplicates().sort_values()
@@ -183,7 +184,10 @@ class SurpriseMixin:
         prior["episodes"] = prior["episodes"].fillna(0.0)
         lookup = pd.Series(np.arange(len(order)), index=order.to_numpy())
         series = lookup.reindex(codes.to_numpy()).to_numpy()
-        return budgeted(unusual, series, points.timestamps, fresh, prior.reset_index(drop=True), float(self.alert_budget))
+        damped, table = budgeted(unusual, series, points.timestamps, fresh, prior.reset_index(drop=True),
+                                 float(self.alert_budget))
+        table.index = keys  # the series' counts, by their keys, for the state a stream keeps
+        return damped, table
 
     def _surprise(self, points: Points) -> np.ndarray:
         names = list(self.series_names)
@@ -213,9 +217,6 @@ class SurpriseMixin:
             new = self._fresh(times) & ((times >= since) & (times < until)).to_numpy()
             if self.alert_budget and getattr(self, "budget_state_", None) is not None:
                 table = self._budgeted(points, self._surprise(points), new)[1]
-                keys = pd.MultiIndex.from_arrays([k[pd.Series(points.series).drop_duplicates().sort_values().index.to_numpy()]
-                                                  for k in points.keys], names=names)
-                table.index = keys
                 self.budget_state_ = table.combine_first(self.budget_state_)
             added = deviation_sums(self._learned(points)[new], [k[new] for k in points.keys], names, _bucket(times[new]))
             self.pending_ = added if self.pending_ is None else add_sums(self.pending_, added)

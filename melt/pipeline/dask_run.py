@@ -167,13 +167,26 @@ def fit_on_workers(client: Any, root: str, names: list[str], settings: Settings,
 
 
 def fit_by_parts_task(root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
-    """:func:`fit_by_parts` driven from a task on a worker (:func:`distributed.worker_client`), for a
-    detector that ``trains_on_worker``: what its parts send is pooled, and the network trained, on
-    that worker, and the model stays there as a whole fit's does."""
-    from distributed import worker_client
+    """:func:`fit_by_parts` driven from a task on a worker, for a detector that ``trains_on_worker``:
+    what its parts send is pooled, and the network trained, on that worker, and the model stays
+    there as a whole fit's does.
 
-    with worker_client() as client:
-        result = fit_by_parts(client, root, name, settings, cutoff)
+    The task leaves the worker's thread pool only while it waits for its parts
+    (:func:`distributed.secede`), so that they may run on this worker too, and rejoins it (waiting
+    for a free thread) before it pools and trains: the training then takes one of the worker's
+    threads like any task, instead of running beside as many other tasks as the worker has threads.
+    """
+    from distributed import get_client, rejoin, secede
+
+    @contextlib.contextmanager
+    def seceded() -> Iterator[None]:
+        secede()
+        try:
+            yield
+        finally:
+            rejoin()
+
+    result = fit_by_parts(get_client(), root, name, settings, cutoff, waiting=seceded)
     result["seconds"] = result.pop("pooling", None)  # its own work; the parts' are timed as rounds
     return result
 
@@ -204,9 +217,11 @@ def fits_by_parts(name: str) -> bool:
     return bool(detector.fit_rounds) and detector.partition in ("service", "trace")
 
 
-def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None) -> dict[str, Any]:
+def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: pd.Timestamp | None,
+                 waiting: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> dict[str, Any]:
     """Fit detector ``name`` in rounds over its parts of the training rows (each part read and
-    mapped on a worker, the small results pooled here), as :func:`fit_task` reports a fit.
+    mapped on a worker, the small results pooled here), as :func:`fit_task` reports a fit;
+    ``waiting()`` is entered while the parts run (:func:`fit_by_parts_task`'s).
 
     The parts are the services of every frame the detector reads (a service with spans but no
     lines still names a peer), or for a detector scored by trace shard the same shards of whole
@@ -219,7 +234,8 @@ def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: 
         fit_parts: list[tuple[str, Any]] = [("trace", (k, shards)) for k in range(shards)]
     else:
         listed = [client.submit(services_task, root, frame, pure=False) for frame in frames]
-        fit_parts = [("service", s) for s in sorted(set().union(*(task.result() for task in listed)))]
+        with waiting():
+            fit_parts = [("service", s) for s in sorted(set().union(*(task.result() for task in listed)))]
     early = client.submit(early_task, root, cutoff, pure=False) \
         if cutoff is not None and {"logs", "traces"} & set(frames) else None
     tasks: list[dict[str, Any]] = []
@@ -235,8 +251,9 @@ def fit_by_parts(client: Any, root: str, name: str, settings: Settings, cutoff: 
 
     def _map_parts(current: Detector, step: int) -> list[Any]:
         copy = shipped(client, current)  # a new key each round: the state changed since the last
-        got = client.gather([client.submit(part_map_task, root, name, part, cutoff, copy, step, early, priority=10,
-                                           pure=False) for part in fit_parts])
+        with waiting():
+            got = client.gather([client.submit(part_map_task, root, name, part, cutoff, copy, step, early,
+                                               priority=10, pure=False) for part in fit_parts])
         copy.release()
         label = "calibrate" if step == CALIBRATE else str(step)
         tasks.extend({"detector": name, "part": f"fit-round-{label}", "seconds": t} for _, t, _ in got)

@@ -176,19 +176,23 @@ def fit_by_parts_task(root: str, name: str, settings: Settings, cutoff: pd.Times
     for a free thread) before it pools and trains: the training then takes one of the worker's
     threads like any task, instead of running beside as many other tasks as the worker has threads.
     """
-    from distributed import get_client, rejoin, secede
+    from distributed import get_client
 
-    @contextlib.contextmanager
-    def seceded() -> Iterator[None]:
-        secede()
-        try:
-            yield
-        finally:
-            rejoin()
-
-    result = fit_by_parts(get_client(), root, name, settings, cutoff, waiting=seceded)
+    result = fit_by_parts(get_client(), root, name, settings, cutoff, waiting=_seceded)
     result["seconds"] = result.pop("pooling", None)  # its own work; the parts' are timed as rounds
     return result
+
+
+@contextlib.contextmanager
+def _seceded() -> Iterator[None]:
+    """Out of this worker's thread pool while inside; back in (waiting for a free thread) after."""
+    from distributed import rejoin, secede
+
+    secede()
+    try:
+        yield
+    finally:
+        rejoin()
 
 
 class TooLittleData(Exception):

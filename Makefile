@@ -27,9 +27,13 @@ demo: $(STAMP)
 	$(BIN)/melt detect --data $(DEMO) --models all --out $(REPORTS)
 	@echo "reports: $(REPORTS)/ (index.json lists them; ground truth in $(DEMO)/truth.json)"
 
+# the suite in TEST_WORKERS processes (pytest-xdist), each file's tests in one of them so that its
+# fixtures are built once; one math thread per process, as the processes already fill the cores
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(BIN)/lint-imports  # the layer contracts in pyproject.toml (docs/architecture.md)
-	$(BIN)/pytest -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_speed.py

@@ -36,18 +36,19 @@ from synth.generate import generate  # noqa: E402
 
 def changed_config(path: Path, changes: list[str], root: Path) -> Path:
     """``path``, or a copy of it under ``root`` with each ``KEY=VALUE`` of ``changes`` set (dotted
-    key into the YAML document, YAML value); ``load_settings`` then checks it as any file."""
+    key of a value the file already has, so a typo is refused; YAML value). ``load_settings`` then
+    checks the copy as any file."""
     if not changes:
         return path
     document = yaml.safe_load(path.read_text())
     for change in changes:
         key, sep, value = change.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {change!r}: want KEY=VALUE")
         *parents, leaf = key.split(".")
         section = document
         for part in parents:
-            section = section.setdefault(part, {})
+            section = section.get(part) if isinstance(section, dict) else None
+        if not sep or not isinstance(section, dict) or leaf not in section:
+            raise SystemExit(f"--set {change!r}: want KEY=VALUE with a key that {path.name} has")
         section[leaf] = yaml.safe_load(value)
     root.mkdir(parents=True, exist_ok=True)
     copy = root / "config.yaml"

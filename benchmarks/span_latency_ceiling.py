@@ -95,7 +95,8 @@ class GeneratedSpans:
         self.log_f, self.log_p = server_log_density()
 
     def log_density(self, own_ms: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        f = own_ms / self.scale[rows]
+        """log p of own times ``own_ms`` of spans ``rows`` (a client's is its network time plus the call overhead)."""
+        f = (own_ms - np.where(self.is_client[rows], CALL_OVERHEAD_MS, 0.0)) / self.scale[rows]
         out = np.full(f.shape, -700.0)
         server, client = (f > 0) & ~self.is_client[rows], (f > 0) & self.is_client[rows]
         out[server] = np.interp(np.log(f[server]), self.log_f, self.log_p, left=-700, right=-700)

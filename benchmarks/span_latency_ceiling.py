@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.trace_fault_sets import KINDS, MUTATED, fault_sets  # noqa: E402
+from detectors.robust import robust_baseline  # noqa: E402
 from detectors.traces.span_latency import self_time_and_own_error  # noqa: E402
 from melt.core.settings import SynthSettings  # noqa: E402
 from synth.calls import CALL_OVERHEAD_MS, NETWORK_MEDIAN_MS, network_time, remote_calls  # noqa: E402
@@ -92,7 +93,25 @@ class GeneratedSpans:
             added = self.duration[level] + np.where(self.is_client[level], 0.0, CALL_OVERHEAD_MS)
             self.duration += np.bincount(self.parent[level], weights=added, minlength=n)
         self.rows = pd.Series(np.arange(n)).groupby(self.request).apply(np.array)
+        self.changed = self._changed_by_each(depth)
         self.log_f, self.log_p = server_log_density()
+
+    def _changed_by_each(self, depth: np.ndarray) -> np.ndarray:
+        """Per span (a row, -1 padded): the spans whose own time its slow-down changes: itself, and
+        each parent reached through an async call on its way to the root (async time is not in its
+        parent's children sum). Built level by level from the parent's row."""
+        n = self.parent.size
+        crossed = np.zeros(n, np.int64)  # async calls on the way up
+        above = np.full((n, int(depth.max()) + 1), -1, np.int64)
+        for d in range(1, int(depth.max()) + 1):
+            level = np.flatnonzero(depth == d)
+            parent = self.parent[level]
+            above[level] = above[parent]
+            crossed[level] = crossed[parent] + self.is_async[level]
+            hop = level[self.is_async[level]]
+            above[hop, crossed[hop] - 1] = self.parent[hop]
+        width = int(crossed.max())
+        return np.column_stack([np.arange(n), above[:, :width]])
 
     def log_density(self, own_ms: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """log p of own times ``own_ms`` of spans ``rows`` (a client's is its network time plus the call overhead)."""
@@ -104,28 +123,21 @@ class GeneratedSpans:
         out[client] = -log_c**2 / (2 * NETWORK_SIGMA**2) - np.log(NETWORK_SIGMA * np.sqrt(2 * np.pi)) - log_c
         return out
 
-    def changed_by(self, span: int) -> np.ndarray:
-        """The spans whose own time a slow-down of ``span`` changes: it, and each parent reached
-        through an async call (async time is not in its parent's children sum)."""
-        changed, child, up = [span], span, self.parent[span]
-        while up >= 0:
-            if self.is_async[child]:
-                changed.append(up)
-            child, up = up, self.parent[up]
-        return np.array(changed)
+    def span_ratios(self, own_ms: np.ndarray, duration: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per span of ``rows`` (non-root): p(own times had it been slowed) / p(own times as they are)."""
+        changed = self.changed[rows]
+        valid = changed >= 0
+        index = np.where(valid, changed, 0)
+        observed = own_ms[index]
+        original = observed - ((1 - 1 / FACTOR) * duration[rows])[:, None]
+        log_ratio = np.where(valid, self.log_density(original, index) - self.log_density(observed, index), 0.0)
+        return np.where((valid & (original <= 0)).any(axis=1), 0.0, np.exp(log_ratio.sum(axis=1)))
 
-    def likelihood_ratio(self, own_ms: np.ndarray, duration: np.ndarray, trace: int) -> float:
-        ratios = []
-        for span in self.rows[trace]:
-            if self.parent[span] < 0:
-                continue
-            changed = self.changed_by(span)
-            original = own_ms[changed] - (1 - 1 / FACTOR) * duration[span]
-            if (original <= 0).any():
-                ratios.append(0.0)
-                continue
-            ratios.append(float(np.exp(np.sum(self.log_density(original, changed) - self.log_density(own_ms[changed], changed)))))
-        return float(np.mean(ratios))
+    def likelihood_ratios(self, own_ms: np.ndarray, duration: np.ndarray, traces: np.ndarray) -> np.ndarray:
+        """Each trace's likelihood ratio: the mean of its non-root spans' ratios."""
+        rows = np.flatnonzero(np.isin(self.request, traces) & (self.parent >= 0))
+        ratios = self.span_ratios(own_ms, duration, rows)
+        return pd.Series(ratios).groupby(self.request[rows]).mean().reindex(traces).to_numpy()
 
     def slowed(self, span: int) -> tuple[np.ndarray, np.ndarray]:
         """Own times and durations after ``span`` took FACTOR x its duration."""
@@ -147,13 +159,14 @@ def oracle_auc(seed: int) -> tuple[float, float, int, int]:
     spans = GeneratedSpans(seed)
     rng = np.random.default_rng(seed + 7)
     traces = np.unique(spans.request)
-    later = [t for t in traces[traces >= int(traces.size * 0.35)] if (spans.parent[spans.rows[t]] >= 0).any()]
-    normal = np.array([spans.likelihood_ratio(spans.own_ms, spans.duration, t) for t in later])
+    later = np.unique(spans.request[spans.parent >= 0])  # traces with a span to slow
+    later = later[later >= int(traces.size * 0.35)]
+    normal = spans.likelihood_ratios(spans.own_ms, spans.duration, later)
     changed, client = [], []
     for trace in rng.choice(later, MUTATED, replace=False):
         rows = spans.rows[trace]
         target = int(rng.choice(rows[spans.parent[rows] >= 0]))
-        changed.append(spans.likelihood_ratio(*spans.slowed(target), trace))
+        changed.append(float(spans.likelihood_ratios(*spans.slowed(target), np.array([trace]))[0]))
         client.append(bool(spans.is_client[target]))
     changed, client = np.array(changed), np.array(client)
     both = roc_auc_score(np.r_[np.zeros(normal.size), np.ones(changed.size)], np.r_[normal, changed])
@@ -172,13 +185,11 @@ def worst_own_time_z(seed: int) -> dict[str, float]:
                              "value": np.log(np.maximum(spans["self_ms"].to_numpy(), 1e-3))})
 
     train = own_times(data.train.traces)
-    median = train.groupby("key")["value"].median()
-    mad = (train["value"] - train["key"].map(median)).abs().groupby(train["key"]).median()
-    sigma = np.maximum(1.4826 * mad, 0.05)
+    baseline = robust_baseline(train["value"], train["key"], rel_floor=0.0, abs_floor=0.05)  # 1.4826 MAD, at least 0.05
 
     def scores(frame: pd.DataFrame) -> np.ndarray:
         own = own_times(frame)
-        z = (own["value"] - own["key"].map(median)) / own["key"].map(sigma)
+        z = (own["value"] - own["key"].map(baseline["median"])) / own["key"].map(baseline["sigma"])
         return z.fillna(0.0).groupby(own["trace_id"]).max().to_numpy()
 
     normal = scores(data.normal)

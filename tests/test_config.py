@@ -132,3 +132,18 @@ def test_an_override_is_checked_like_a_file_value() -> None:
     with pytest.raises(ConfigError, match="synth: unknown setting 'sevrices'"):
         SynthSettings.of(sevrices=4)
     assert SynthSettings.of(duration="90m").duration.total_seconds() == 5400
+
+
+def test_an_override_inside_a_free_section_sets_one_key_and_is_checked_where_it_is_used() -> None:
+    from melt.core.config import load_settings
+
+    settings = load_settings(REPO / "config.yaml", env={})
+    changed = settings.with_overrides({"detectors.teg.seed": 3, "detectors.zscore.smooth_window": 5})
+    assert changed.detector_params("teg") == {**settings.detector_params("teg"), "seed": 3}
+    assert changed.detector_params("zscore")["smooth_window"] == 5
+    assert build_detector("teg", changed.detector_params("teg")).seed == 3
+    typo = settings.with_overrides({"detectors.teg.seedx": 1})
+    with pytest.raises(ConfigError, match="unknown key 'detectors.teg.seedx' \\(did you mean 'seed'"):
+        build_detector("teg", typo.detector_params("teg"))
+    with pytest.raises(ConfigError, match="'ensemble.weights.zscore.x': 'zscore' holds a value"):
+        settings.with_overrides({"ensemble.weights.zscore.x": 1})

@@ -250,8 +250,12 @@ def merge(spec: Mapping[str, Any], base: dict[str, Any], user: Any, prefix: str,
 
 
 def lookup_spec(dotted: str) -> Any:
+    """The spec of ``dotted``; a key inside a free mapping (``detectors.teg.seed``) gets the
+    mapping's, since its keys are checked where they are used (detector parameters when built)."""
     node: Any = DEFAULTS
     for part in dotted.split("."):
+        if isinstance(node, FreeMap):
+            return node
         node = node[part]
     return node
 
@@ -265,5 +269,7 @@ def override(config: dict[str, Any], dotted: str, value: Any, source: str) -> No
     section = config
     *parents, leaf = dotted.split(".")
     for part in parents:
-        section = section[part]
+        section = section.setdefault(part, {})  # only a free mapping lacks a section of the key
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: '{dotted}': '{part}' holds a value, not a section")
     section[leaf] = copy.deepcopy(value) if isinstance(spec, FreeMap) else check_value(dotted, spec, value, source)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.trace_fault_sets import KINDS, MUTATED, fault_sets  # noqa: E402
 from detectors.robust import robust_baseline  # noqa: E402
+from detectors.traces.gat_graphs import depths  # noqa: E402
 from detectors.traces.span_latency import self_time_and_own_error  # noqa: E402
 from melt.core.settings import SynthSettings  # noqa: E402
 from synth.calls import CALL_OVERHEAD_MS, NETWORK_MEDIAN_MS, network_time, remote_calls  # noqa: E402
@@ -84,15 +85,12 @@ class GeneratedSpans:
         self.own_ms = np.r_[spans.self_ms, gap[clients] + CALL_OVERHEAD_MS]
         self.scale = np.r_[topology.base_latency_ms[spans.service], np.full(clients.size, NETWORK_MEDIAN_MS)]
         n = self.parent.size
-        depth = np.zeros(n, np.int64)
-        for _ in range(64):
-            depth = np.where(self.parent >= 0, depth[np.maximum(self.parent, 0)] + 1, 0)
+        depth = depths(self.parent)
         self.duration = self.own_ms.copy()
         for d in range(int(depth.max()), 0, -1):
             level = np.flatnonzero((depth == d) & ~self.is_async)
             added = self.duration[level] + np.where(self.is_client[level], 0.0, CALL_OVERHEAD_MS)
             self.duration += np.bincount(self.parent[level], weights=added, minlength=n)
-        self.rows = pd.Series(np.arange(n)).groupby(self.request).apply(np.array)
         self.changed = self._changed_by_each(depth)
         self.log_f, self.log_p = server_log_density()
 
@@ -164,7 +162,7 @@ def oracle_auc(seed: int) -> tuple[float, float, int, int]:
     normal = spans.likelihood_ratios(spans.own_ms, spans.duration, later)
     changed, client = [], []
     for trace in rng.choice(later, MUTATED, replace=False):
-        rows = spans.rows[trace]
+        rows = np.flatnonzero(spans.request == trace)
         target = int(rng.choice(rows[spans.parent[rows] >= 0]))
         changed.append(float(spans.likelihood_ratios(*spans.slowed(target), np.array([trace]))[0]))
         client.append(bool(spans.is_client[target]))

@@ -16,6 +16,7 @@ from detectors.traces.client_calls import fold_calls, server_tree
 from detectors.traces.logtraceguard import LogTraceGuardDetector, truth_traces
 from detectors.traces.ltg_graphs import CALL_COLUMNS, LOG_COLUMNS, NUMERIC
 from detectors.traces.ltg_model import nn_pu_loss
+from detectors.traces.ltg_one_class import COMPONENTS, INPUTS, SIZE_SHAPE, input_rarity
 from melt.cli import cli
 from melt.core.bundle import MeltBundle
 from melt.core.errors import PluginError
@@ -65,13 +66,61 @@ def test_one_slow_span_moves_its_own_self_time_and_not_its_parents(fitted, split
     while isinstance(up, str) and up in ids:  # the time adds up the tree, as a real slow call's does
         slow.loc[ids.index(up), "duration"] += extra
         up = slow.loc[ids.index(up), "parent_span_id"]
-    before = fitted._graphs(MeltBundle(traces=tree, validate=False))
-    after = fitted._graphs(MeltBundle(traces=slow, validate=False))
+    logs = split[1].logs[split[1].logs["trace_id"] == trace]  # the same lines both times: only the time moves
+    before = fitted._graphs(MeltBundle(traces=tree, logs=logs, validate=False))
+    after = fitted._graphs(MeltBundle(traces=slow, logs=logs, validate=False))
     self_z = NUMERIC.index("self_z")
     moved = np.flatnonzero(np.abs(after.x[:, self_z] - before.x[:, self_z]) > 1e-6)
     assert len(moved) == 1 and after.x[moved[0], self_z] > before.x[moved[0], self_z] + 0.5
-    scores = [fitted.trace_scores(MeltBundle(traces=t, validate=False))[0]["score"].iloc[0] for t in (tree, slow)]
+    scores = [fitted.trace_scores(MeltBundle(traces=t, logs=logs, validate=False))[0]["score"].iloc[0] for t in (tree, slow)]
     assert scores[1] > scores[0]
+
+
+def test_a_rare_move_scores_its_share_and_a_lomax_size_not_a_normal_tail() -> None:
+    """An input that moved in 5 of 1,000 training calls, by 1 each time: a move of 1 scores about
+    -log(5.5 / 1001) + 2 log 2 nats, and one ten times larger only 2 log(11 / 2) more."""
+    features = np.zeros((1000, len(INPUTS)))
+    features[:5, INPUTS.index("children_delta")] = 1.0
+    median, scale, move_nats = input_rarity(features, np.zeros(1000, dtype=np.int64), 1, np.array([False]))
+    column = INPUTS.index("children_delta")
+    assert median[0, column] == 0.0 and scale[0, column] == pytest.approx(1.0)
+    assert move_nats[0, column] == pytest.approx(-np.log(5.5 / 1001))
+    nats = move_nats[0, column] + SIZE_SHAPE * np.log1p(np.array([1.0, 10.0]) / scale[0, column])
+    assert nats[1] - nats[0] == pytest.approx(SIZE_SHAPE * np.log(11 / 2))
+    assert nats[1] < 10.0**2 / 2  # a normal tail would put a 10-sigma move at 50 nats
+
+
+def test_errors_that_began_apart_add_up_and_a_chain_counts_once(fitted, split) -> None:
+    """Two failed leaves under different callers outrank one failed leaf whose caller failed too."""
+    import torch
+
+    graphs = fitted._graphs(split[1])
+    sizes = np.diff(graphs.trace_ptr)
+    scorer = fitted.network_.double().eval()
+    error, depth = NUMERIC.index("error"), NUMERIC.index("log_depth")
+    for trace in np.flatnonzero(sizes >= 4):
+        x, edges, attr, batch = fitted._tensors(graphs, np.array([trace]), torch.float64)
+        x[:, error] = 0.0
+        parent = {int(b): int(a) for a, b in edges.T.tolist() if x[b, depth] > x[a, depth]}
+        leaves = [node for node in parent if node not in parent.values()]
+        apart = [(a, b) for a in leaves for b in leaves if a < b and parent[a] != parent[b]]
+        if apart:
+            break
+    else:
+        pytest.skip("no trace with two leaves under different callers")
+    first, second = apart[0]
+    column = 1 + COMPONENTS[1:-1].index("errors")
+
+    def errors(failed: list[int]) -> float:
+        changed = x.clone()
+        changed[failed, error] = 1.0
+        with torch.no_grad():
+            return float(scorer.parts(changed, edges, attr, batch, 1)[2][0, column])
+
+    one = errors([first])
+    assert errors([first, parent[first]]) == pytest.approx(max(one, errors([parent[first]])))
+    assert errors([first, second]) == pytest.approx(one + errors([second]))
+    assert errors([first, second]) > errors([first, parent[first]])
 
 
 def test_ablation_switches_zero_their_inputs(split) -> None:

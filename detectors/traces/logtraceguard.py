@@ -9,9 +9,10 @@ then a PU classifier):
   batch, one with nodes dropped and one with edges dropped: InfoNCE pulls the same node, the same
   edge and the same graph together across the views and pushes the others apart (GraphCL, You et
   al., NeurIPS 2020; :mod:`detectors.traces.ltg_contrastive`);
-- a trace scores by how far its worst node lies from its operation's training nodes, in the
-  embedding and in its inputs, and its graph from the training graphs (one-class;
-  :mod:`detectors.traces.ltg_one_class`);
+- a trace scores by the rarest thing its nodes did, among their operations' training calls, in
+  nats: a slow call, a changed structure, unusual log events, errors (one-class;
+  :mod:`detectors.traces.ltg_one_class`); the embedding's and the graph's distances from the
+  training ones are measured on the same scale and feed the PU head;
 - given labels (``fit(bundle, labels=...)``: the ids of traces an operator confirmed as faulty, or
   ``"truth"`` for the traces of ``truth.json``'s fault windows that pass through the fault's
   service), a PU head learns from them and the rest, with the non-negative risk of Kiryo et al.
@@ -54,13 +55,14 @@ from detectors.traces.ltg_graphs import (
     build_log_trace_graphs,
     learn_call_baselines,
 )
-from detectors.traces.ltg_one_class import one_class_statistics
+from detectors.traces.ltg_one_class import COMPONENTS, ERROR_GROUP, GROUPS, SIZE_SHAPE, one_class_statistics
 from detectors.traces.teg_graphs import HASH_DIM
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
 from melt.core.errors import PluginError
 
 INPUT_FLOOR = 0.05  # least spread an input is standardised by (a constant input stays near 0)
+ERROR_COLUMN, DEPTH_COLUMN = NUMERIC.index("error"), NUMERIC.index("log_depth")  # where errors began (the scorer)
 
 
 def _levels(spec: str) -> tuple[str, ...]:
@@ -96,8 +98,9 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         contrastive_levels: comma-separated levels trained: any of node, edge, graph ("" = none:
             the encoder keeps its random weights, an ablation).
         use_logs: node features from the span's log events; use_edges: edge features of the calls.
-        score_features: a node also scores by its largest input deviation from its operation's
-            training nodes (robust sigmas), not only by its embedding's distance.
+        score_features: a node scores by the rarity of its inputs among its operation's training
+            calls (:mod:`detectors.traces.ltg_one_class`); off, by its embedding's distance and the
+            graph's only (an ablation).
         pu: learn a PU head when labels are given; pu_prior: share of faulty traces among the
             unlabelled ones; pu_epochs: full-batch steps of the head; pu_weight: weight of the
             head's robust z-score added to the one-class score.
@@ -119,7 +122,7 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
                  temperature: float = 0.2, drop_node: float = 0.2, drop_edge: float = 0.2,
                  contrastive_levels: str = "node,edge,graph", use_logs: bool = True, use_edges: bool = True,
                  score_features: bool = True, pu: bool = True, pu_prior: float = 0.05, pu_epochs: int = 300,
-                 pu_weight: float = 4.0, epochs: int = 20, patience: int = 4,
+                 pu_weight: float = 0.2, epochs: int = 20, patience: int = 4,
                  batch_traces: int = 128, learning_rate: float = 3e-3, max_train_traces: int = 2000,
                  validation_fraction: float = 0.2, top_nodes: int = 3, device: str = "auto", seed: int = 0) -> None:
         self.hidden = hidden
@@ -197,8 +200,10 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         codes, features = n_operations + 1, len(NUMERIC) + HASH_DIM
         return LogTraceGuardScorer(
             self._encoder(n_operations), torch.zeros(codes, self.hidden), torch.zeros(codes), torch.ones(codes),
-            torch.zeros(codes, features), torch.zeros(codes, features), torch.zeros(2 * self.hidden), torch.zeros(1),
-            torch.ones(1), pu_head_for(self.hidden) if self.pu_fitted_ else None)
+            torch.zeros(codes, features), torch.ones(codes, features), torch.zeros(codes, features),
+            torch.zeros(features), torch.zeros(features), torch.zeros(features, len(GROUPS)), torch.zeros(features),
+            torch.zeros(2 * self.hidden), torch.zeros(1), torch.ones(1), torch.zeros(len(COMPONENTS)), SIZE_SHAPE,
+            ERROR_GROUP, ERROR_COLUMN, DEPTH_COLUMN, pu_head_for(self.hidden, len(COMPONENTS)) if self.pu_fitted_ else None)
 
     def _tensors(self, graphs: LogTraceGraphs, traces: np.ndarray, dtype: Any = None) -> tuple[Any, ...]:
         import torch
@@ -318,11 +323,15 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
         return LogTraceGuardScorer(encoder, as_tensor(stats.node_centre), as_tensor(stats.node_median),
                                    as_tensor(stats.node_scale), as_tensor(stats.feature_median),
-                                   as_tensor(stats.feature_scale), as_tensor(stats.graph_centre),
-                                   as_tensor([stats.graph_median]), as_tensor([stats.graph_scale]))
+                                   as_tensor(stats.feature_scale), as_tensor(stats.feature_move_nats),
+                                   as_tensor(stats.feature_timing), as_tensor(stats.feature_log_count),
+                                   as_tensor(stats.feature_groups), as_tensor(stats.feature_doubles),
+                                   as_tensor(stats.graph_centre), as_tensor([stats.graph_median]),
+                                   as_tensor([stats.graph_scale]), as_tensor(stats.component_weight), SIZE_SHAPE,
+                                   ERROR_GROUP, ERROR_COLUMN, DEPTH_COLUMN)
 
     def _features(self, scorer, graphs: LogTraceGraphs, traces: np.ndarray) -> Any:
-        """Per trace of ``traces``: its graph embedding and its three one-class components (float32)."""
+        """Per trace of ``traces``: its graph embedding and its one-class components (float32)."""
         import torch
 
         out = []
@@ -332,7 +341,7 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
                 x, edges, attr, batch = self._tensors(graphs, chosen)
                 _, graph, components = scorer.parts(x, edges, attr, batch, chosen.size)
                 out.append(torch.cat([graph, components], dim=1))
-        return torch.cat(out) if out else torch.zeros(0, 2 * self.hidden + 3)
+        return torch.cat(out) if out else torch.zeros(0, 2 * self.hidden + len(COMPONENTS))
 
     def _train_pu(self, scorer, graphs: LogTraceGraphs, positive: np.ndarray, unlabelled: np.ndarray) -> None:
         """Fit the PU head on the frozen encoder's graph features of labelled and unlabelled traces."""
@@ -341,10 +350,10 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         from detectors.traces.ltg_model import nn_pu_loss, pu_head_for
 
         torch.manual_seed(self.seed)
-        head = pu_head_for(self.hidden)
+        head = pu_head_for(self.hidden, len(COMPONENTS))
         def features(traces: np.ndarray) -> Any:
             both = self._features(scorer, graphs, traces)
-            return torch.cat([both[:, :-3], torch.asinh(both[:, -3:])], dim=1)
+            return torch.cat([both[:, :2 * self.hidden], torch.asinh(both[:, 2 * self.hidden:])], dim=1)
 
         positives, unlabelled_features = features(positive), features(unlabelled)
         optimiser = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)

@@ -2,17 +2,21 @@
 events their spans wrote, and the calls between them as edges carrying what the client side saw.
 
 Nodes are the spans of the server tree (:func:`detectors.traces.client_calls.fold_calls`: a client
-span and the server span below it are one call). Per node: the log duration and the self time
-(duration less its children's) as robust z-scores against the same operation in training, its own
-error status, the shape features of :mod:`detectors.traces.gat_graphs` (children and trace span count
-against their training medians, usual calls not made), its depth, and from its log lines the counts of lines, error lines,
-warnings and lines no training template matched, plus a hashed bag of their templates (the
-values' kinds kept as tokens, as :mod:`detectors.traces.teg_graphs` reads them); last, the
-operation's code (0 = never seen). Per directed edge (both directions of each call): a direction
-flag, the call's gap (client span less server span) as a z-score against the same
+span and the server span below it are one call). Per node: the log duration and the log self time
+(duration less its children's) as robust z-scores against the same operation in training (log, not
+log1p: a 5x slow-down of a 0.5 ms span is as far in log as one of a 50 ms span, where log1p shrinks
+it to a third), its own error status, the shape features of :mod:`detectors.traces.gat_graphs`
+(children and trace span count against their training medians, usual calls not made), its depth,
+and from its log lines the counts of lines, error lines, warnings and lines no training template
+matched, a hashed bag of their templates (the values' kinds kept as tokens, as
+:mod:`detectors.traces.teg_graphs` reads them), and whether the span failed without an error line
+of its own (an error its service did not log: a proxy's abort, a killed process; where a system
+logs no errors at all, training sees it with every error and it scores no more than the error);
+last, the operation's code (0 = never seen). Per directed edge (both directions of each call): a
+direction flag, the call's gap (client span less server span) as a z-score against the same
 (caller operation, operation) pair, whether the client span failed, and whether training never saw
-the pair; the node also carries its incoming call's three. One slow span moves its own self-time feature and nothing else, so it stays visible
-however long the trace is.
+the pair; the node also carries its incoming call's three. One slow span moves its own self-time
+feature and nothing else, so it stays visible however long the trace is.
 
 Everything is built for all traces at once with pandas and numpy; nodes are grouped by trace and
 edges sorted by source, so :func:`detectors.traces.graph_batch.gather_edges` cuts batches.
@@ -32,11 +36,14 @@ from detectors.traces.gat_graphs import Baselines, depths, learn_baselines, shap
 from detectors.traces.teg_graphs import HASH_DIM, hashed_bags
 
 NUMERIC = ["duration_z", "self_z", "error", "children_delta", "missing_calls", "span_count_delta", "log_depth",
-           "log_lines", "error_lines", "warn_lines", "unseen_lines", "in_gap_z", "in_client_error", "in_unseen_call"]
-LOG_COLUMNS = [7, 8, 9, 10]  # the log counts in NUMERIC; with the hashed bag, what ``use_logs=False`` zeroes
+           "log_lines", "error_lines", "warn_lines", "unseen_lines", "in_gap_z", "in_client_error", "in_unseen_call",
+           "unlogged_error"]
+LOG_COLUMNS = [7, 8, 9, 10, 14]  # what logs give in NUMERIC; with the hashed bag, what ``use_logs=False`` zeroes
 CALL_COLUMNS = [11, 12, 13]  # the call into the node (its edge from the parent); zeroed with the edges
 EDGE = ["forward", "gap_z", "client_error", "unseen_call"]
 Z_CLIP = 10.0
+MIN_MS = 0.01  # times are floored here before the log (a zero self time is a pass-through span)
+SIGMA_FLOOR = 0.05  # least robust sigma of a log time: a 5% move (a constant time must not divide by zero)
 
 
 @dataclass
@@ -62,9 +69,9 @@ class LogTraceGraphs:
 class CallBaselines:
     """Robust medians and sigmas learned from training calls (:func:`learn_call_baselines`)."""
 
-    duration: pd.DataFrame  # per operation, log1p ms
-    self_time: pd.DataFrame  # per operation, log1p ms
-    gap: pd.DataFrame  # per (caller operation, operation), log1p ms
+    duration: pd.DataFrame  # per operation, log ms
+    self_time: pd.DataFrame  # per operation, log ms
+    gap: pd.DataFrame  # per (caller operation, operation), log ms
     shape: Baselines  # children, span counts, calls seen and usual calls
     operations: pd.Index  # sorted; code i + 1 is operations[i]
 
@@ -77,13 +84,16 @@ class CallBaselines:
 
 
 def _calls(tree: pd.DataFrame, gap_ms: np.ndarray) -> pd.DataFrame:
-    """:func:`span_table` of the server tree, with each call's log self time and log gap."""
+    """:func:`span_table` of the server tree, with each call's log duration, log self time and log gap
+    (ms, floored at ``MIN_MS``; a missing gap stays NaN)."""
     table = span_table(tree)
     parent = table["parent"].to_numpy()
     duration = tree["duration"].to_numpy(dtype=float).clip(min=0)
     has_parent = parent >= 0
     child_ms = np.bincount(parent[has_parent], weights=duration[has_parent], minlength=len(tree))
-    return table.assign(log_self=np.log1p(np.maximum(duration - child_ms, 0.0)), log_gap=np.log1p(gap_ms))
+    return table.assign(log_duration=np.log(np.maximum(duration, MIN_MS)),
+                        log_self=np.log(np.maximum(duration - child_ms, MIN_MS)),
+                        log_gap=np.log(np.maximum(np.asarray(gap_ms, dtype=float), MIN_MS)))
 
 
 def learn_call_baselines(tree: pd.DataFrame, gap_ms: np.ndarray) -> CallBaselines:
@@ -92,10 +102,11 @@ def learn_call_baselines(tree: pd.DataFrame, gap_ms: np.ndarray) -> CallBaseline
     operation = calls["operation"].rename("operation")
     with_gap = calls[calls["log_gap"].notna()]
     return CallBaselines(
-        duration=robust_baseline(calls["log_duration"], operation, rel_floor=0.02),
-        self_time=robust_baseline(calls["log_self"], operation, rel_floor=0.02),
+        duration=robust_baseline(calls["log_duration"], operation, rel_floor=0.0, abs_floor=SIGMA_FLOOR),
+        self_time=robust_baseline(calls["log_self"], operation, rel_floor=0.0, abs_floor=SIGMA_FLOOR),
         gap=robust_baseline(with_gap["log_gap"], [with_gap["caller"].rename("caller"),
-                                                  with_gap["operation"].rename("operation")], rel_floor=0.02),
+                                                  with_gap["operation"].rename("operation")],
+                            rel_floor=0.0, abs_floor=SIGMA_FLOOR),
         shape=learn_baselines(tree.reset_index(drop=True)),
         operations=pd.Index(sorted(pd.unique(operation)), dtype=object),
     )
@@ -154,10 +165,11 @@ def build_log_trace_graphs(tree: pd.DataFrame, gap_ms: np.ndarray, client_failed
     position[order] = np.arange(n)
 
     client_failed = np.asarray(client_failed, dtype=bool)
+    error = span_errors(tree)
     numeric = np.column_stack([
-        duration_z / 3, self_z / 3, span_errors(tree), children_delta, missing_calls, span_count_delta,
+        duration_z / 3, self_z / 3, error, children_delta, missing_calls, span_count_delta,
         np.log1p(depths(parent)), np.log1p(counts),
-        gap_z / 3, client_failed, unseen_call,
+        gap_z / 3, client_failed, unseen_call, error & (counts[:, 1] == 0),
     ]).astype(np.float32)
     codes = (baselines.operations.get_indexer(op_index) + 1).astype(np.float32)
     x = np.empty((n, len(NUMERIC) + HASH_DIM + 1), dtype=np.float32)

@@ -12,19 +12,19 @@ serves without melt or PyTorch Geometric; training lives in :mod:`detectors.trac
 - Contrastive heads (GraphCL, You et al., NeurIPS 2020, at the three levels LogTraceGuard uses):
   projections of nodes, of edges (both ends) and of graphs (mean and max pooling), compared across
   two augmented views with InfoNCE.
-- Scorer: a node's distance to its operation's training centre, as a robust z-score against the
-  distances of that operation's training nodes, or (where larger) the node's input deviations
-  from the same operation's training nodes, in robust sigmas, beyond one sigma each and combined
-  as a Euclidean norm: an input that rarely varies in training (an error flag, a missing call)
-  gets little gradient from the contrastive loss, so the embedding alone moves less with it than
-  a direct comparison does. (The largest single deviation instead of the norm did better on the
-  synthetic fault sets and worse on Nezha TrainTicket: docs/benchmarks.md.) A graph's
-  distance to the training graphs' centre is a robust z-score likewise. The trace's one-class
-  score is the largest of its three components (worst node by embedding, worst node by inputs,
-  graph). (Putting the three on the held-out traces' 99th percentiles first did worse on the
-  synthetic fault sets: docs/benchmarks.md.) With a
-  PU head (trained on labelled faulty traces), the head's logit over the graph embedding and those
-  two z-scores is the score instead.
+- Scorer: every component on one scale of rarity, the nats of a normal tail (``-log p``): a node's
+  distance to its operation's training centre, as a robust z-score against the distances of that
+  operation's training nodes; the node's input deviations from the same operation's training
+  nodes, each in its own rarity scale (:func:`detectors.traces.ltg_one_class.rarity_scales`),
+  counted against its group's size and weighted by the group (timing, structure, logs, errors);
+  and the graph's distance to the training graphs' centre. A node scores its largest component,
+  a trace its worst node or its graph. Inputs are scored directly because an input that rarely
+  varies in training (an error flag, a missing call) gets little gradient from the contrastive
+  loss, so the embedding alone moves less with it than a direct comparison does; the embedding
+  and graph distances count half and three tenths of their rarity, as on the synthetic fault
+  sets they add more false alarms than faults (docs/benchmarks.md). With a PU head (trained on
+  labelled faulty traces), the head's logit over the graph embedding and the components
+  is added (below).
 """
 
 from __future__ import annotations
@@ -107,18 +107,38 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def rarity(z: torch.Tensor, log_count: torch.Tensor) -> torch.Tensor:
+    """Nats of rarity of ``z`` sigmas: ``-log(2 P(N > z) x count)``, 0 where that is below 0."""
+    return torch.relu(-(0.6931471805599453 + torch.special.log_ndtr(-z) + log_count))  # log 2
+
+
 class LogTraceGuardScorer(nn.Module):
-    """Trace and node scores from a trained encoder and what training taught about its embeddings.
+    """Trace and node scores from a trained encoder and what training taught about normal calls.
 
     Args:
         encoder: the trained :class:`LogTraceEncoder`.
         node_centre, node_median, node_scale: per operation code, the mean training embedding and
             the median and robust spread of its nodes' distances to it.
-        feature_median, feature_scale: per operation code and input feature (the operation code
-            itself left out), the training median and robust spread; a zero spread everywhere
-            turns the feature deviation off.
-        graph_centre, graph_median, graph_scale: the same for pooled graph embeddings.
-        pu_head: a head over ``[graph embedding, asinh of the three components]``, or None (one-class).
+        feature_median, feature_scale, feature_move_nats: per operation code and input (the
+            operation code itself left out), as :func:`detectors.traces.ltg_one_class.input_rarity`
+            gives them: a deviation ``d`` scores ``move_nats + size_shape x log(1 + |d| / scale)``
+            nats, a timing input ``(value - median) / scale`` nats.
+        feature_timing, feature_log_count: per input, whether it is a timing input, and the log of
+            its group's size (taken off the group's rarest input: Bonferroni).
+        feature_groups: inputs x groups, 1 where the input belongs to the group (timing,
+            structure, logs, errors: :data:`detectors.traces.ltg_one_class.GROUPS`).
+        feature_doubles: per input, 1 for the flag that doubles a node's error rarity (an error
+            its service did not log).
+        graph_centre, graph_median, graph_scale: the same as the node's for pooled graph embeddings.
+        component_weight: per one-class component (embedding, the groups, graph), its weight in
+            the trace's one-class score, the largest weighted component.
+        size_shape: the Lomax shape of a move's size.
+        error_group, error_column, depth_column: the errors group's column of ``feature_groups``,
+            and the inputs that say a span failed and how deep it is. A failed span none of whose
+            callees failed is where an error began, and a trace adds up the error rarities of its
+            beginnings (independent failures multiply their probabilities), so two errors that
+            began apart outrank one that climbed a chain.
+        pu_head: a head over ``[graph embedding, asinh of the components]``, or None (one-class).
             With a head, a trace scores its one-class score plus ``pu_weight`` times the head's
             logit as a robust z-score over the unlabelled training traces (buffers ``pu_median``,
             ``pu_scale``, ``pu_weight``): the labelled kinds rise, and a kind nobody labelled keeps
@@ -127,20 +147,33 @@ class LogTraceGuardScorer(nn.Module):
 
     def __init__(self, encoder: LogTraceEncoder, node_centre: torch.Tensor, node_median: torch.Tensor,
                  node_scale: torch.Tensor, feature_median: torch.Tensor, feature_scale: torch.Tensor,
-                 graph_centre: torch.Tensor, graph_median: torch.Tensor, graph_scale: torch.Tensor,
+                 feature_move_nats: torch.Tensor, feature_timing: torch.Tensor, feature_log_count: torch.Tensor,
+                 feature_groups: torch.Tensor, feature_doubles: torch.Tensor, graph_centre: torch.Tensor,
+                 graph_median: torch.Tensor, graph_scale: torch.Tensor, component_weight: torch.Tensor,
+                 size_shape: float, error_group: int, error_column: int, depth_column: int,
                  pu_head: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
+        self.error_group = error_group
+        self.error_column = error_column
+        self.depth_column = depth_column
         self.register_buffer("node_centre", node_centre)
         self.register_buffer("node_median", node_median)
         self.register_buffer("node_scale", node_scale)
         self.register_buffer("feature_median", feature_median)
         self.register_buffer("feature_scale", feature_scale)
+        self.register_buffer("feature_move_nats", feature_move_nats)
+        self.register_buffer("feature_timing", feature_timing)
+        self.register_buffer("feature_log_count", feature_log_count)
+        self.register_buffer("feature_groups", feature_groups)
+        self.register_buffer("feature_doubles", feature_doubles)
+        self.register_buffer("component_weight", component_weight)
+        self.register_buffer("size_shape", torch.tensor([size_shape], dtype=node_centre.dtype))
         self.register_buffer("graph_centre", graph_centre)
         self.register_buffer("graph_median", graph_median)
         self.register_buffer("graph_scale", graph_scale)
         hidden = node_centre.shape[1]
-        self.pu_head = pu_head if pu_head is not None else pu_head_for(hidden)
+        self.pu_head = pu_head if pu_head is not None else pu_head_for(hidden, component_weight.shape[0])
         self.register_buffer("use_pu", torch.tensor([1.0 if pu_head is not None else 0.0], dtype=node_centre.dtype))
         # the head's logit as a robust z-score over the unlabelled training traces, and its weight
         self.register_buffer("pu_median", torch.zeros(1, dtype=node_centre.dtype))
@@ -149,29 +182,51 @@ class LogTraceGuardScorer(nn.Module):
 
     def parts(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
               num_graphs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Node scores, graph embeddings, and per graph its three one-class components (worst node
-        by embedding, worst node by input features, the graph), each a robust z-score."""
+        """Node scores (the largest weighted component of each node), graph embeddings, and per
+        graph its unweighted one-class components in nats of rarity: its worst node by embedding,
+        by each input group (errors: or the sum of its errors' beginnings, where larger), and its
+        graph."""
         h = self.encoder(x, edge_index, edge_attr)
         code = x[:, -1].long()
+        no_count = torch.zeros(1, dtype=h.dtype, device=h.device)
         embedding_z = (torch.linalg.vector_norm(h - self.node_centre[code], dim=1) - self.node_median[code]) / self.node_scale[code]
+        embedding = rarity(embedding_z, no_count)
+        deviation = x[:, :-1] - self.feature_median[code]
         scale = self.feature_scale[code]
-        deviation = torch.where(scale > 0, (x[:, :-1] - self.feature_median[code]).abs() / scale.clamp(min=1e-9),
-                                torch.zeros_like(scale))
-        excess = torch.relu(deviation.clamp(max=50.0) - 1.0)
-        feature_z = torch.sqrt((excess * excess).sum(dim=1))
+        moved = torch.where(deviation.abs() > 1e-6,
+                            self.feature_move_nats[code] + self.size_shape * torch.log1p(deviation.abs() / scale),
+                            torch.zeros_like(deviation))
+        nats = torch.relu(torch.where(self.feature_timing > 0, deviation / scale, moved) - self.feature_log_count)
+        groups = (nats.unsqueeze(2) * self.feature_groups.unsqueeze(0)).amax(dim=1)  # nodes x groups
+        doubled = 1.0 + (x[:, :-1] * self.feature_doubles).amax(dim=1)
+        is_error = torch.zeros_like(groups[0])
+        is_error[self.error_group] = 1.0
+        groups = groups * (1.0 + is_error * (doubled.unsqueeze(1) - 1.0))
+        failed = (x[:, self.error_column] > 0).to(h.dtype)
+        depth = x[:, self.depth_column]
+        callee = (depth[edge_index[1]] > depth[edge_index[0]]).to(h.dtype)  # edges run both ways; keep caller -> callee
+        callee_failed = torch.zeros_like(failed).index_add_(0, edge_index[0], callee * failed[edge_index[1]])
+        began = groups[:, self.error_group] * failed * (callee_failed == 0).to(h.dtype)
+        error_sum = torch.zeros(num_graphs, dtype=h.dtype, device=h.device).index_add_(0, batch, began)
+        trace_groups = torch.full((num_graphs, groups.shape[1]), -1e9, dtype=h.dtype, device=h.device).scatter_reduce(
+            0, batch.unsqueeze(1).expand_as(groups), groups, reduce="amax", include_self=True)
+        trace_groups = torch.maximum(trace_groups, error_sum.unsqueeze(1) * is_error)
         graph = pool(h, batch, num_graphs)
         graph_z = (torch.linalg.vector_norm(graph - self.graph_centre, dim=1) - self.graph_median) / self.graph_scale
-        components = torch.stack([worst(embedding_z, batch, num_graphs), worst(feature_z, batch, num_graphs), graph_z], dim=1)
-        return torch.maximum(embedding_z, feature_z), graph, components
+        components = torch.cat([worst(embedding, batch, num_graphs).unsqueeze(1), trace_groups,
+                                rarity(graph_z, no_count).unsqueeze(1)], dim=1)
+        node = torch.maximum(self.component_weight[0] * embedding, (groups * self.component_weight[1:-1]).amax(dim=1))
+        return node, graph, components
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
                 num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each trace's score (higher = more anomalous) and each node's score."""
         node, graph, components = self.parts(x, edge_index, edge_attr, batch, num_graphs)
+        one_class = (components * self.component_weight).amax(dim=1)
         if bool(self.use_pu[0] > 0):
             logit = self.pu_head(torch.cat([graph, torch.asinh(components)], dim=1)).squeeze(1)
-            return components.amax(dim=1) + self.pu_weight * (logit - self.pu_median) / self.pu_scale, node
-        return components.amax(dim=1), node
+            return one_class + self.pu_weight * (logit - self.pu_median) / self.pu_scale, node
+        return one_class, node
 
 
 def worst(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
@@ -180,9 +235,9 @@ def worst(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.T
         0, batch, values, reduce="amax", include_self=True)
 
 
-def pu_head_for(hidden: int) -> nn.Module:
-    """The PU classifier over ``[graph embedding (2 x hidden), asinh of the three one-class components]``."""
-    return nn.Sequential(nn.Linear(2 * hidden + 3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+def pu_head_for(hidden: int, components: int) -> nn.Module:
+    """The PU classifier over ``[graph embedding (2 x hidden), asinh of the one-class components]``."""
+    return nn.Sequential(nn.Linear(2 * hidden + components, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
 
 def nn_pu_loss(logit_positive: torch.Tensor, logit_unlabelled: torch.Tensor, prior: float) -> torch.Tensor:

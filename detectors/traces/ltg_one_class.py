@@ -1,8 +1,13 @@
 """What LogTraceGuard's one-class scorer knows of normal: per operation, the training nodes' centre
 in the embedding and the spread of their distances to it (Deep SVDD's centre distance, Ruff et
-al., ICML 2018, kept per operation as ``teg``'s node scores are), the median and spread of each
-input feature, and the same centre and spread for whole graphs. Computed once, in numpy and
-pandas, from the training traces' embeddings and inputs; the scorer holds them as buffers.
+al., ICML 2018, kept per operation as ``teg``'s node scores are), how each input moves, and the
+same centre and spread for whole graphs. Computed once, in numpy and pandas, from the training
+traces' embeddings and inputs; the scorer holds them as buffers.
+
+Every input is scored in nats of rarity (``-log p``) among its operation's training calls, with
+tails that stay honest on heavy-tailed data (:func:`input_rarity`), so that the input groups can be
+compared: an error that 0.5% of an operation's calls raise is about as rare as a call four sigmas
+slow, and a span count 40 above its median is not scored as if it were drawn from a normal law.
 """
 
 from __future__ import annotations
@@ -13,10 +18,34 @@ import numpy as np
 import pandas as pd
 
 from detectors.robust import MAD_TO_SIGMA
+from detectors.traces.ltg_graphs import NUMERIC
+from detectors.traces.teg_graphs import HASH_DIM
 
 MIN_NODES = 5  # an operation with fewer training nodes uses the fleet's statistics
-TAIL_Z = 2.576  # the 99th percentile of |N(0, 1)|
-FEATURE_FLOOR = 0.1  # least spread of an input feature per operation (unit-scale features)
+MIN_TAIL_NODES = 50  # an operation with fewer training nodes uses the fleet's timing tail
+TAIL_QUANTILE = 0.9  # the timing tail is fitted above this quantile of an operation's training calls
+TAIL_SCALE_FLOOR = 0.05 / 3  # least mean excess of a timing tail: a twentieth of a sigma (inputs are z / 3)
+MOVED = 1e-6  # a deviation above this is a move
+MOVE_FLOOR = 1e-4  # least mean move of an input (inputs are on unit scales)
+SIZE_SHAPE = 2.0  # Lomax shape of a move's size (shape 2: the smallest whose mean is finite)
+TIMING = ("duration_z", "self_z", "in_gap_z")  # robust z / 3 of log times; only slower counts, on a fitted tail
+UNLOGGED = "unlogged_error"  # doubles the node's error rarity; no rarity of its own
+# Input groups: each scores the rarest of its inputs, less the log of its size (Bonferroni).
+GROUPS = {
+    "timing": list(TIMING),
+    "structure": ["children_delta", "missing_calls", "span_count_delta", "log_depth", "in_unseen_call"],
+    "logs": ["log_lines", "error_lines", "warn_lines", "unseen_lines", *(f"template_{i}" for i in range(HASH_DIM))],
+    "errors": ["error", "in_client_error"],
+}
+ERROR_GROUP = list(GROUPS).index("errors")
+INPUTS = NUMERIC + [f"template_{i}" for i in range(HASH_DIM)]
+COMPONENTS = ["embedding", *GROUPS, "graph"]  # the scorer's one-class components, in order
+# A trace's one-class score is the largest weighted component. Logs count one and a half times their
+# rarity: on Nezha TrainTicket they carry most of the signal, and on the synthetic fault sets their
+# normal rarity stays low. The embedding's and the graph's distances add more false alarms than
+# faults on both (docs/benchmarks.md, "LogTraceGuard"), so they weigh nothing here; they still feed
+# the PU head.
+COMPONENT_WEIGHTS = {"embedding": 0.0, "timing": 1.0, "structure": 1.0, "logs": 1.5, "errors": 1.0, "graph": 0.0}
 
 
 @dataclass
@@ -26,43 +55,102 @@ class OneClassStatistics:
     node_centre: np.ndarray  # codes x hidden
     node_median: np.ndarray  # codes
     node_scale: np.ndarray  # codes
-    feature_median: np.ndarray  # codes x features
-    feature_scale: np.ndarray  # codes x features; all zero = input deviations not scored
+    feature_median: np.ndarray  # codes x features (timing: where its tail's rarity would be 0 nats)
+    feature_scale: np.ndarray  # codes x features: the mean move (timing: the tail's mean excess)
+    feature_move_nats: np.ndarray  # codes x features: -log of the share of calls in which the input moved
+    feature_timing: np.ndarray  # features: 1 = a timing input
+    feature_log_count: np.ndarray  # features: log of the input's group size (Bonferroni)
+    feature_groups: np.ndarray  # features x groups: 1 = the input is in the group (GROUPS' order)
+    feature_doubles: np.ndarray  # features: 1 = doubles the node's error rarity (UNLOGGED)
     graph_centre: np.ndarray  # 2 x hidden
     graph_median: float
     graph_scale: float
+    component_weight: np.ndarray  # per component of COMPONENTS
 
 
-def per_code_spread(features: np.ndarray, code: np.ndarray, n_codes: int,
-                    rare: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per operation code and feature: the training nodes' median, and a spread that covers their
-    rare moves too: the larger of 1.4826 MAD and the 99th percentile deviation over 2.576 (where a
-    normal's 99th percentile lies), as :func:`detectors.robust.robust_baseline` does with its
-    ``tail_quantile``. An error flag or a child count that moves in 2% of an operation's training
-    calls then does not score as if it never moved.
+def input_groups() -> dict[str, np.ndarray]:
+    """Per input of :data:`INPUTS`: ``timing`` (1 = a :data:`TIMING` input), ``log_count`` (log of
+    its group's size), ``groups`` (a row of 1 in its group's column, in the order of
+    :data:`GROUPS`) and ``doubles`` (the :data:`UNLOGGED` flag)."""
+    table = {"timing": np.array([name in TIMING for name in INPUTS], dtype=float),
+             "log_count": np.zeros(len(INPUTS)), "groups": np.zeros((len(INPUTS), len(GROUPS))),
+             "doubles": np.array([name == UNLOGGED for name in INPUTS], dtype=float)}
+    for group, columns in enumerate(GROUPS.values()):
+        index = [INPUTS.index(name) for name in columns]
+        table["log_count"][index], table["groups"][index, group] = np.log(len(columns)), 1.0
+    return table
 
-    Rare codes take the fleet's. The spread is floored at ``FEATURE_FLOOR`` (features are on unit
-    scales: z-scores over 3, log counts, flags, a normalised bag), so an input that never moved
-    for an operation scores its first move in tenths, not by division by zero.
+
+def input_rarity(features: np.ndarray, code: np.ndarray, n_codes: int,
+                 rare: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per operation code and input: median, scale and move nats, so that a deviation ``d`` from the
+    median scores ``move_nats + SIZE_SHAPE x log(1 + |d| / scale)`` nats (0 when it did not move).
+
+    An input moves (leaves its operation's median) in a share ``r`` of the training calls, smoothed
+    as ``(moves + 0.5) / (calls + 1)``; ``move_nats = -log r``. The size of a move has a Lomax
+    (Pareto II) tail of shape 2 whose mean is the operation's mean move (``scale``): a move ten
+    times the usual size adds 4.8 nats, not the 50 of a normal tail, because counts, span counts
+    and template mixes of real systems (Nezha TrainTicket) make large moves far more often than a
+    normal law allows. An input that never moved for an operation takes the fleet's mean move.
+
+    The timing inputs get :func:`timing_tails` instead (median = the tail's zero, scale = its
+    mean excess, move nats unused). Rare codes take the fleet's statistics.
     """
+    def per_group(frame: pd.DataFrame, group: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+        index = np.arange(size)
+        median = frame.groupby(group).median().reindex(index).to_numpy()
+        deviation = (frame - median[group]).abs()
+        moved = deviation > MOVED
+        calls = np.bincount(group, minlength=size)[:, None].astype(float)
+        share = (moved.groupby(group).sum().reindex(index).to_numpy() + 0.5) / (calls + 1.0)
+        move = deviation.where(moved).groupby(group).mean().reindex(index).to_numpy()
+        return median, share, move
+
     frame = pd.DataFrame(features)
-    median = frame.groupby(code).median().reindex(np.arange(n_codes)).to_numpy()
-    deviation = (frame - median[code]).abs().groupby(code)
-    spread = np.maximum(MAD_TO_SIGMA * deviation.median().reindex(np.arange(n_codes)).to_numpy(),
-                        deviation.quantile(0.99).reindex(np.arange(n_codes)).to_numpy() / TAIL_Z)
-    everyone = np.median(features, axis=0)
-    everyone_deviation = np.abs(features - everyone)
-    everyone_spread = np.maximum(MAD_TO_SIGMA * np.median(everyone_deviation, axis=0),
-                                 np.quantile(everyone_deviation, 0.99, axis=0) / TAIL_Z)
-    median = np.where(rare[:, None] | np.isnan(median), everyone, median)
-    spread = np.where(rare[:, None] | np.isnan(spread), everyone_spread, spread)
-    return median, np.maximum(spread, FEATURE_FLOOR)
+    median, share, move = per_group(frame, code, n_codes)
+    fleet = [a[0] for a in per_group(frame, np.zeros(len(frame), dtype=np.int64), 1)]
+    median = np.where(rare[:, None] | np.isnan(median), fleet[0], median)
+    share = np.where(rare[:, None] | np.isnan(share), fleet[1], share)
+    move = np.where(rare[:, None] | np.isnan(move), fleet[2], move)
+    move = np.maximum(np.where(np.isnan(move), 1.0, move), MOVE_FLOOR)  # no call moved it anywhere: unit scale
+    move_nats = -np.log(share)
+    timing = [INPUTS.index(name) for name in TIMING]
+    median[:, timing], move[:, timing] = timing_tails(features[:, timing], code, n_codes)
+    move_nats[:, timing] = 0.0
+    return median, move, move_nats
+
+
+def timing_tails(values: np.ndarray, code: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per operation code and timing input: an exponential tail of the log time above its
+    ``TAIL_QUANTILE`` (a generalised Pareto tail of shape 0 in log time, i.e. a Pareto tail in
+    time, which a heavy-tailed service time such as a Lomax has; Pickands 1975). Returned as the
+    value where the tail's rarity would be zero nats (``origin``) and its mean excess (``scale``),
+    so that a value ``v`` above the quantile scores ``(v - origin) / scale`` nats: the quantile
+    itself scores ``-log(1 - TAIL_QUANTILE)``.
+
+    A normal tail would score a slow call at ``z**2 / 2`` nats: six sigmas of a heavy-tailed time,
+    which 1% of normal calls reach, at 18 nats, above a never-seen missing call. Operations with
+    fewer than ``MIN_TAIL_NODES`` training calls take the fleet's tail.
+    """
+    frame = pd.DataFrame(values)
+    index = np.arange(n_codes)
+    start = frame.groupby(code).quantile(TAIL_QUANTILE).reindex(index).to_numpy()
+    excess = (frame - start[code]).where(frame > start[code])
+    scale = excess.groupby(code).mean().reindex(index).to_numpy()
+    fleet_start = np.quantile(values, TAIL_QUANTILE, axis=0)
+    above = values > fleet_start
+    fleet_scale = ((values - fleet_start) * above).sum(axis=0) / np.maximum(above.sum(axis=0), 1)
+    few = (np.bincount(code, minlength=n_codes) < MIN_TAIL_NODES)[:, None]
+    start = np.where(few | np.isnan(start), fleet_start, start)
+    scale = np.maximum(np.where(few | np.isnan(scale), fleet_scale, scale), TAIL_SCALE_FLOOR)
+    return start + np.log(1 - TAIL_QUANTILE) * scale, scale
 
 
 def one_class_statistics(nodes: np.ndarray, pooled: np.ndarray, x: np.ndarray, n_codes: int,
                          score_features: bool) -> OneClassStatistics:
     """The statistics of training nodes ``nodes`` (embeddings, in the order of their inputs ``x``,
-    whose last column is the operation code) and graphs ``pooled``."""
+    whose last column is the operation code) and graphs ``pooled``. Without ``score_features`` the
+    input groups weigh nothing and the embedding and graph distances count in full (an ablation)."""
     code = x[:, -1].astype(np.int64)
     counts = np.bincount(code, minlength=n_codes)
     centre = np.zeros((n_codes, nodes.shape[1]))
@@ -77,11 +165,15 @@ def one_class_statistics(nodes: np.ndarray, pooled: np.ndarray, x: np.ndarray, n
     all_spread = float(np.median(np.abs(distance - all_median)))
     median = np.where(rare, all_median, median)
     scale = np.maximum(np.where(rare, all_spread, spread) * MAD_TO_SIGMA, max(0.05 * all_median, 1e-3))
-    feature_median, feature_scale = np.zeros((n_codes, x.shape[1] - 1)), np.zeros((n_codes, x.shape[1] - 1))
-    if score_features:
-        feature_median, feature_scale = per_code_spread(x[:, :-1], code, n_codes, rare)
+    feature_median, feature_scale, move_nats = input_rarity(x[:, :-1], code, n_codes, rare)
+    weights = dict(COMPONENT_WEIGHTS)
+    if not score_features:
+        weights = {name: float(name in ("embedding", "graph")) for name in COMPONENTS}
+    table = input_groups()
     graph_centre = pooled.mean(axis=0)
     graph_distance = np.linalg.norm(pooled - graph_centre, axis=1)
     graph_median = float(np.median(graph_distance))
     graph_scale = max(MAD_TO_SIGMA * float(np.median(np.abs(graph_distance - graph_median))), 0.05 * graph_median, 1e-3)
-    return OneClassStatistics(centre, median, scale, feature_median, feature_scale, graph_centre, graph_median, graph_scale)
+    return OneClassStatistics(centre, median, scale, feature_median, feature_scale, move_nats, table["timing"],
+                              table["log_count"], table["groups"], table["doubles"], graph_centre, graph_median,
+                              graph_scale, np.array([weights[name] for name in COMPONENTS]))

@@ -12,19 +12,19 @@ serves without melt or PyTorch Geometric; training lives in :mod:`detectors.trac
 - Contrastive heads (GraphCL, You et al., NeurIPS 2020, at the three levels LogTraceGuard uses):
   projections of nodes, of edges (both ends) and of graphs (mean and max pooling), compared across
   two augmented views with InfoNCE.
-- Scorer: every component on one scale of rarity, the nats of a normal tail (``-log p``): a node's
-  distance to its operation's training centre, as a robust z-score against the distances of that
-  operation's training nodes; the node's input deviations from the same operation's training
-  nodes, each in its own rarity scale (:func:`detectors.traces.ltg_one_class.rarity_scales`),
-  counted against its group's size and weighted by the group (timing, structure, logs, errors);
-  and the graph's distance to the training graphs' centre. A node scores its largest component,
-  a trace its worst node or its graph. Inputs are scored directly because an input that rarely
-  varies in training (an error flag, a missing call) gets little gradient from the contrastive
-  loss, so the embedding alone moves less with it than a direct comparison does; the embedding
-  and graph distances count half and three tenths of their rarity, as on the synthetic fault
-  sets they add more false alarms than faults (docs/benchmarks.md). With a PU head (trained on
-  labelled faulty traces), the head's logit over the graph embedding and the components
-  is added (below).
+- Scorer: every component in nats of rarity (``-log p``). A node's inputs against its operation's
+  training calls (:func:`detectors.traces.ltg_one_class.input_rarity`: how rarely each input moves
+  and a heavy tail for how far; timing on a Pareto tail), in four groups (timing, structure, logs,
+  errors) that each score their rarest input less the log of their size; a trace's worst node per
+  group, its errors added up where they began apart. The node's distance to its operation's
+  training centre in the embedding (a robust z-score against that operation's training nodes)
+  and the graph's distance to the training graphs' centre, on the same scale. The one-class
+  score is the largest weighted component; inputs are scored directly because an input that
+  rarely varies in training (an error flag, a missing call) gets little gradient from the
+  contrastive loss, and the embedding and graph distances weigh 0 by default, as on the
+  synthetic fault sets and on Nezha TrainTicket they add more false alarms than faults
+  (docs/benchmarks.md). With a PU head (trained on labelled faulty traces), the head's logit
+  over the graph embedding and the components is added (below).
 """
 
 from __future__ import annotations

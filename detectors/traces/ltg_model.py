@@ -199,7 +199,7 @@ class LogTraceGuardScorer(nn.Module):
         nats = torch.relu(torch.where(self.feature_timing > 0, deviation / scale, moved) - self.feature_log_count)
         groups = (nats.unsqueeze(2) * self.feature_groups.unsqueeze(0)).amax(dim=1)  # nodes x groups
         doubled = 1.0 + (x[:, :-1] * self.feature_doubles).amax(dim=1)
-        is_error = torch.zeros_like(groups[0])
+        is_error = torch.zeros(groups.shape[1], dtype=h.dtype, device=h.device)
         is_error[self.error_group] = 1.0
         groups = groups * (1.0 + is_error * (doubled.unsqueeze(1) - 1.0))
         failed = (x[:, self.error_column] > 0).to(h.dtype)

@@ -10,8 +10,8 @@ it to a third), its own error status, the shape features of :mod:`detectors.trac
 and from its log lines the counts of lines, error lines, warnings and lines no training template
 matched, a hashed bag of their templates (the values' kinds kept as tokens, as
 :mod:`detectors.traces.teg_graphs` reads them), and whether the span failed without an error line
-of its own (an error its service did not log: a proxy's abort, a killed process; where a system
-logs no errors at all, training sees it with every error and it scores no more than the error);
+of its own (an error its service did not log: a proxy's abort, a killed process; the scorer
+doubles such an error's rarity, so in a system that logs no errors every error counts double);
 last, the operation's code (0 = never seen). Per directed edge (both directions of each call): a
 direction flag, the call's gap (client span less server span) as a z-score against the same
 (caller operation, operation) pair, whether the client span failed, and whether training never saw

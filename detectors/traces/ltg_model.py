@@ -81,12 +81,9 @@ class LogTraceEncoder(nn.Module):
 
 def pool(h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
     """Mean and max of each graph's node embeddings, side by side."""
-    index = batch.unsqueeze(1).expand_as(h)
     total = torch.zeros(num_graphs, h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, batch, h)
     count = torch.zeros(num_graphs, dtype=h.dtype, device=h.device).index_add_(0, batch, torch.ones_like(batch, dtype=h.dtype))
-    largest = torch.full((num_graphs, h.shape[1]), -1e9, dtype=h.dtype, device=h.device).scatter_reduce(
-        0, index, h, reduce="amax", include_self=True)
-    return torch.cat([total / count.clamp(min=1).unsqueeze(1), largest], dim=1)
+    return torch.cat([total / count.clamp(min=1).unsqueeze(1), worst(h, batch, num_graphs)], dim=1)
 
 
 class ContrastiveHeads(nn.Module):
@@ -199,18 +196,15 @@ class LogTraceGuardScorer(nn.Module):
         nats = torch.relu(torch.where(self.feature_timing > 0, deviation / scale, moved) - self.feature_log_count)
         groups = (nats.unsqueeze(2) * self.feature_groups.unsqueeze(0)).amax(dim=1)  # nodes x groups
         doubled = 1.0 + (x[:, :-1] * self.feature_doubles).amax(dim=1)
-        is_error = torch.zeros(groups.shape[1], dtype=h.dtype, device=h.device)
-        is_error[self.error_group] = 1.0
-        groups = groups * (1.0 + is_error * (doubled.unsqueeze(1) - 1.0))
+        groups[:, self.error_group] = groups[:, self.error_group] * doubled
         failed = (x[:, self.error_column] > 0).to(h.dtype)
         depth = x[:, self.depth_column]
         callee = (depth[edge_index[1]] > depth[edge_index[0]]).to(h.dtype)  # edges run both ways; keep caller -> callee
         callee_failed = torch.zeros_like(failed).index_add_(0, edge_index[0], callee * failed[edge_index[1]])
         began = groups[:, self.error_group] * failed * (callee_failed == 0).to(h.dtype)
         error_sum = torch.zeros(num_graphs, dtype=h.dtype, device=h.device).index_add_(0, batch, began)
-        trace_groups = torch.full((num_graphs, groups.shape[1]), -1e9, dtype=h.dtype, device=h.device).scatter_reduce(
-            0, batch.unsqueeze(1).expand_as(groups), groups, reduce="amax", include_self=True)
-        trace_groups = torch.maximum(trace_groups, error_sum.unsqueeze(1) * is_error)
+        trace_groups = worst(groups, batch, num_graphs)
+        trace_groups[:, self.error_group] = torch.maximum(trace_groups[:, self.error_group], error_sum)
         graph = pool(h, batch, num_graphs)
         graph_z = (torch.linalg.vector_norm(graph - self.graph_centre, dim=1) - self.graph_median) / self.graph_scale
         components = torch.cat([worst(embedding, batch, num_graphs).unsqueeze(1), trace_groups,
@@ -230,9 +224,10 @@ class LogTraceGuardScorer(nn.Module):
 
 
 def worst(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-    """Each graph's largest node value."""
-    return torch.full((num_graphs,), -1e9, dtype=values.dtype, device=values.device).scatter_reduce(
-        0, batch, values, reduce="amax", include_self=True)
+    """Each graph's largest node value (per column, for a nodes x columns ``values``)."""
+    index = batch.view([-1] + [1] * (values.dim() - 1)).expand_as(values)
+    return torch.full([num_graphs] + list(values.shape[1:]), -1e9, dtype=values.dtype, device=values.device).scatter_reduce(
+        0, index, values, reduce="amax", include_self=True)
 
 
 def pu_head_for(hidden: int, components: int) -> nn.Module:

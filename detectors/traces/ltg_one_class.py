@@ -133,16 +133,19 @@ def timing_tails(values: np.ndarray, code: np.ndarray, n_codes: int) -> tuple[np
     fewer than ``MIN_TAIL_NODES`` training calls take the fleet's tail.
     """
     frame = pd.DataFrame(values)
-    index = np.arange(n_codes)
-    start = frame.groupby(code).quantile(TAIL_QUANTILE).reindex(index).to_numpy()
-    excess = (frame - start[code]).where(frame > start[code])
-    scale = excess.groupby(code).mean().reindex(index).to_numpy()
-    fleet_start = np.quantile(values, TAIL_QUANTILE, axis=0)
-    above = values > fleet_start
-    fleet_scale = ((values - fleet_start) * above).sum(axis=0) / np.maximum(above.sum(axis=0), 1)
+
+    def per_group(group: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        index = np.arange(size)
+        start = frame.groupby(group).quantile(TAIL_QUANTILE).reindex(index).to_numpy()
+        excess = (frame - start[group]).where(frame > start[group])
+        return start, excess.groupby(group).mean().reindex(index).to_numpy()
+
+    start, scale = per_group(code, n_codes)
+    fleet_start, fleet_scale = (a[0] for a in per_group(np.zeros(len(frame), dtype=np.int64), 1))
     few = (np.bincount(code, minlength=n_codes) < MIN_TAIL_NODES)[:, None]
     start = np.where(few | np.isnan(start), fleet_start, start)
-    scale = np.maximum(np.where(few | np.isnan(scale), fleet_scale, scale), TAIL_SCALE_FLOOR)
+    scale = np.where(few | np.isnan(scale), fleet_scale, scale)
+    scale = np.maximum(np.nan_to_num(scale, nan=0.0), TAIL_SCALE_FLOOR)  # nan: no call above the quantile anywhere
     return start + np.log(1 - TAIL_QUANTILE) * scale, scale
 
 

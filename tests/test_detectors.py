@@ -52,7 +52,7 @@ def test_deterministic(name, split) -> None:
 def test_save_load_gives_same_scores(name, fitted, split, tmp_path) -> None:
     fitted[name].save(tmp_path / name)
     manifest = (tmp_path / name / "manifest.json").read_text()
-    assert '"format_version": 4' in manifest and '"config_hash"' in manifest
+    assert '"format_version": 5' in manifest and '"config_hash"' in manifest
     loaded = type(fitted[name]).load(tmp_path / name)
     pd.testing.assert_frame_equal(loaded.detect(split[1]), fitted[name].detect(split[1]))
 

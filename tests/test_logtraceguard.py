@@ -16,7 +16,7 @@ from detectors.traces.client_calls import fold_calls, server_tree
 from detectors.traces.logtraceguard import LogTraceGuardDetector, truth_traces
 from detectors.traces.ltg_graphs import CALL_COLUMNS, LOG_COLUMNS, NUMERIC
 from detectors.traces.ltg_model import nn_pu_loss
-from detectors.traces.ltg_one_class import COMPONENTS, INPUTS, SIZE_SHAPE, input_rarity
+from detectors.traces.ltg_one_class import COMPONENTS, INPUTS, SIZE_SHAPE, input_rarity, shrunk_shares
 from melt.cli import cli
 from melt.core.bundle import MeltBundle
 from melt.core.errors import PluginError
@@ -90,8 +90,51 @@ def test_a_rare_move_scores_its_share_and_a_lomax_size_not_a_normal_tail() -> No
     assert nats[1] < 10.0**2 / 2  # a normal tail would put a 10-sigma move at 50 nats
 
 
-def test_errors_that_began_apart_add_up_and_a_chain_counts_once(fitted, split) -> None:
-    """Two failed leaves under different callers outrank one failed leaf whose caller failed too."""
+def test_move_shares_shrink_to_the_fleet_where_operations_differ_by_chance_only() -> None:
+    """Fifty operations that all fail at 0.4%: one that happened not to fail in training is not
+    scored as rarer than one that failed four times. Operations that really differ keep their own
+    shares."""
+    rng = np.random.default_rng(0)
+    calls = np.full(50, 1000.0)
+    moves = rng.binomial(1000, 0.004, size=(50, 1)).astype(float)
+    moves[0, 0] = 0.0
+    share = shrunk_shares(moves, calls, np.ones(50, dtype=bool))
+    assert np.ptp(share) < 0.5 * np.ptp(moves / 1000)  # pulled together
+    assert share[0, 0] > 0.003  # near the fleet's 0.4%, not 0.5 / 1001
+    apart = np.vstack([np.full((25, 1), 2.0), np.full((25, 1), 200.0)])  # 0.2% against 20%
+    shares = shrunk_shares(apart, calls, np.ones(50, dtype=bool))
+    assert shares[0, 0] < 0.004 and shares[-1, 0] > 0.19
+
+
+def test_a_failed_node_reads_its_log_lines_against_failed_training_nodes(fitted, split) -> None:
+    """The same error line weighs less on a span that failed (failures usually log one) than on one
+    that did not."""
+    import torch
+
+    graphs = fitted._graphs(split[1])
+    scorer = fitted.network_.double().eval()
+    failed_row = scorer.feature_median.shape[0] - 2
+    error, error_lines = NUMERIC.index("error"), NUMERIC.index("error_lines")
+    assert scorer.feature_median[failed_row, error_lines] > 0  # the tiny bundle's failed training spans log errors
+    x, edges, attr, batch = fitted._tensors(graphs, np.array([0]), torch.float64)
+    depth = x[:, NUMERIC.index("log_depth")]
+    leaf = int(torch.argmax(depth))  # the deepest node: no callee to pass an error on
+    x[:, error] = 0.0
+    x[leaf, error_lines] = scorer.feature_median[failed_row, error_lines]
+    column = 1 + COMPONENTS[1:-1].index("logs")
+
+    def logs(failed: float) -> float:
+        changed = x.clone()
+        changed[leaf, error] = failed
+        with torch.no_grad():
+            return float(scorer.parts(changed, edges, attr, batch, 1)[2][0, column])
+
+    assert logs(1.0) < logs(0.0)
+
+
+def test_errors_that_began_apart_add_up_and_a_chain_counts_at_its_origin(fitted, split) -> None:
+    """Two failed leaves under different callers outrank one failed leaf whose caller failed too;
+    the caller only passed the error on, so the chain scores as its failed leaf alone."""
     import torch
 
     graphs = fitted._graphs(split[1])
@@ -118,7 +161,8 @@ def test_errors_that_began_apart_add_up_and_a_chain_counts_once(fitted, split) -
             return float(scorer.parts(changed, edges, attr, batch, 1)[2][0, column])
 
     one = errors([first])
-    assert errors([first, parent[first]]) == pytest.approx(max(one, errors([parent[first]])))
+    assert one > 0 and errors([parent[first]]) > 0
+    assert errors([first, parent[first]]) == pytest.approx(one)
     assert errors([first, second]) == pytest.approx(one + errors([second]))
     assert errors([first, second]) > errors([first, parent[first]])
 

@@ -249,7 +249,7 @@ def test_a_model_saved_before_the_shapes_parser_asks_to_be_fitted_again(tiny_bun
     root = detector.save(tmp_path / "old")
     manifest = json.loads((root / "manifest.json").read_text())
     (root / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
-    with pytest.raises(PluginError, match="model format 1 is not supported .want 4.; fit it again with 'melt train'"):
+    with pytest.raises(PluginError, match="model format 1 is not supported .want 5.; fit it again with 'melt train'"):
         type(detector).load(root)
 
 

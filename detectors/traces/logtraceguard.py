@@ -55,7 +55,16 @@ from detectors.traces.ltg_graphs import (
     build_log_trace_graphs,
     learn_call_baselines,
 )
-from detectors.traces.ltg_one_class import COMPONENTS, ERROR_GROUP, GROUPS, SIZE_SHAPE, one_class_statistics
+from detectors.traces.ltg_one_class import (
+    CALLEE_FAILED,
+    COMPONENTS,
+    ERROR_GROUP,
+    FAILED,
+    GROUPS,
+    OK,
+    SIZE_SHAPE,
+    one_class_statistics,
+)
 from detectors.traces.teg_graphs import HASH_DIM
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
@@ -198,10 +207,12 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         from detectors.traces.ltg_model import LogTraceGuardScorer, pu_head_for
 
         codes, features = n_operations + 1, len(NUMERIC) + HASH_DIM
+        rows = codes + 2  # the operation codes, then the failed and callee-failed states
         return LogTraceGuardScorer(
             self._encoder(n_operations), torch.zeros(codes, self.hidden), torch.zeros(codes), torch.ones(codes),
-            torch.zeros(codes, features), torch.ones(codes, features), torch.zeros(codes, features),
-            torch.zeros(features), torch.zeros(features), torch.zeros(features, len(GROUPS)), torch.zeros(features),
+            torch.zeros(rows, features), torch.ones(rows, features), torch.zeros(rows, features),
+            torch.zeros(features), torch.zeros(features), torch.zeros(features), torch.zeros(features, len(GROUPS)),
+            torch.zeros(features),
             torch.zeros(2 * self.hidden), torch.zeros(1), torch.ones(1), torch.zeros(len(COMPONENTS)), SIZE_SHAPE,
             ERROR_GROUP, ERROR_COLUMN, DEPTH_COLUMN, pu_head_for(self.hidden, len(COMPONENTS)) if self.pu_fitted_ else None)
 
@@ -315,16 +326,20 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         """The scorer with what the training traces say of normal (:mod:`detectors.traces.ltg_one_class`)."""
         import torch
 
-        from detectors.traces.ltg_model import LogTraceGuardScorer
+        from detectors.traces.ltg_model import LogTraceGuardScorer, failures
 
         nodes, pooled = self._embed(encoder, graphs, train)
-        stats = one_class_statistics(nodes, pooled, gather_edges(graphs, train)[0], len(self.baselines_.operations) + 1,
-                                     self.score_features)
+        x, edges = gather_edges(graphs, train)[:2]
+        failed, callee_failed = (a.numpy() for a in failures(torch.from_numpy(x), torch.from_numpy(edges),
+                                                              ERROR_COLUMN, DEPTH_COLUMN))
+        status = np.where(failed > 0, FAILED, np.where(callee_failed > 0, CALLEE_FAILED, OK))
+        stats = one_class_statistics(nodes, pooled, x, len(self.baselines_.operations) + 1, self.score_features, status)
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
         return LogTraceGuardScorer(encoder, as_tensor(stats.node_centre), as_tensor(stats.node_median),
                                    as_tensor(stats.node_scale), as_tensor(stats.feature_median),
                                    as_tensor(stats.feature_scale), as_tensor(stats.feature_move_nats),
-                                   as_tensor(stats.feature_timing), as_tensor(stats.feature_log_count),
+                                   as_tensor(stats.feature_timing), as_tensor(stats.feature_by_status),
+                                   as_tensor(stats.feature_log_count),
                                    as_tensor(stats.feature_groups), as_tensor(stats.feature_doubles),
                                    as_tensor(stats.graph_centre), as_tensor([stats.graph_median]),
                                    as_tensor([stats.graph_scale]), as_tensor(stats.component_weight), SIZE_SHAPE,

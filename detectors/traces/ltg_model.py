@@ -14,9 +14,10 @@ serves without melt or PyTorch Geometric; training lives in :mod:`detectors.trac
   two augmented views with InfoNCE.
 - Scorer: every component in nats of rarity (``-log p``). A node's inputs against its operation's
   training calls (:func:`detectors.traces.ltg_one_class.input_rarity`: how rarely each input moves
-  and a heavy tail for how far; timing on a Pareto tail), in four groups (timing, structure, logs,
-  errors) that each score their rarest input less the log of their size; a trace's worst node per
-  group, its errors added up where they began apart. The node's distance to its operation's
+  and a heavy tail for how far; timing on a Pareto tail; a failed node's log inputs against failed
+  training nodes), in four groups (timing, structure, logs, errors) that each score their rarest
+  input less the log of their size; a trace's worst node per group, its errors added up where
+  they began. The node's distance to its operation's
   training centre in the embedding (a robust z-score against that operation's training nodes)
   and the graph's distance to the training graphs' centre, on the same scale. The one-class
   score is the largest weighted component; inputs are scored directly because an input that
@@ -120,8 +121,13 @@ class LogTraceGuardScorer(nn.Module):
             operation code itself left out), as :func:`detectors.traces.ltg_one_class.input_rarity`
             gives them: a deviation ``d`` scores ``move_nats + size_shape x log(1 + |d| / scale)``
             nats, a timing input ``(value - median) / scale`` nats.
+            The tables have two rows after the operation codes: the statistics of failed training
+            nodes, then of those whose callee failed.
         feature_timing, feature_log_count: per input, whether it is a timing input, and the log of
             its group's size (taken off the group's rarest input: Bonferroni).
+        feature_by_status: per input, 1 where a node that failed (or whose callee failed) reads it
+            against the failed (callee-failed) row instead of its operation's: the log inputs, so
+            that a failure's own error lines are not a second surprise.
         feature_groups: inputs x groups, 1 where the input belongs to the group (timing,
             structure, logs, errors: :data:`detectors.traces.ltg_one_class.GROUPS`).
         feature_doubles: per input, 1 for the flag that doubles a node's error rarity (an error
@@ -132,9 +138,11 @@ class LogTraceGuardScorer(nn.Module):
         size_shape: the Lomax shape of a move's size.
         error_group, error_column, depth_column: the errors group's column of ``feature_groups``,
             and the inputs that say a span failed and how deep it is. A failed span none of whose
-            callees failed is where an error began, and a trace adds up the error rarities of its
-            beginnings (independent failures multiply their probabilities), so two errors that
-            began apart outrank one that climbed a chain.
+            callees failed is where an error began (as is a call that failed at its client only);
+            a failed span whose callee failed only passed the error on, and its errors count
+            nothing. A trace adds up the error rarities of its beginnings (independent failures
+            multiply their probabilities), so two errors that began apart outrank one that climbed
+            a chain, and a chain counts at its origin, whose service the evidence then names.
         pu_head: a head over ``[graph embedding, asinh of the components]``, or None (one-class).
             With a head, a trace scores its one-class score plus ``pu_weight`` times the head's
             logit as a robust z-score over the unlabelled training traces (buffers ``pu_median``,
@@ -144,7 +152,8 @@ class LogTraceGuardScorer(nn.Module):
 
     def __init__(self, encoder: LogTraceEncoder, node_centre: torch.Tensor, node_median: torch.Tensor,
                  node_scale: torch.Tensor, feature_median: torch.Tensor, feature_scale: torch.Tensor,
-                 feature_move_nats: torch.Tensor, feature_timing: torch.Tensor, feature_log_count: torch.Tensor,
+                 feature_move_nats: torch.Tensor, feature_timing: torch.Tensor, feature_by_status: torch.Tensor,
+                 feature_log_count: torch.Tensor,
                  feature_groups: torch.Tensor, feature_doubles: torch.Tensor, graph_centre: torch.Tensor,
                  graph_median: torch.Tensor, graph_scale: torch.Tensor, component_weight: torch.Tensor,
                  size_shape: float, error_group: int, error_column: int, depth_column: int,
@@ -161,6 +170,7 @@ class LogTraceGuardScorer(nn.Module):
         self.register_buffer("feature_scale", feature_scale)
         self.register_buffer("feature_move_nats", feature_move_nats)
         self.register_buffer("feature_timing", feature_timing)
+        self.register_buffer("feature_by_status", feature_by_status)
         self.register_buffer("feature_log_count", feature_log_count)
         self.register_buffer("feature_groups", feature_groups)
         self.register_buffer("feature_doubles", feature_doubles)
@@ -181,30 +191,30 @@ class LogTraceGuardScorer(nn.Module):
               num_graphs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Node scores (the largest weighted component of each node), graph embeddings, and per
         graph its unweighted one-class components in nats of rarity: its worst node by embedding,
-        by each input group (errors: or the sum of its errors' beginnings, where larger), and its
-        graph."""
+        by each input group (errors: the sum over the nodes where its errors began), and its graph."""
         h = self.encoder(x, edge_index, edge_attr)
         code = x[:, -1].long()
         no_count = torch.zeros(1, dtype=h.dtype, device=h.device)
         embedding_z = (torch.linalg.vector_norm(h - self.node_centre[code], dim=1) - self.node_median[code]) / self.node_scale[code]
         embedding = rarity(embedding_z, no_count)
-        deviation = x[:, :-1] - self.feature_median[code]
-        scale = self.feature_scale[code]
-        moved = torch.where(deviation.abs() > 1e-6,
-                            self.feature_move_nats[code] + self.size_shape * torch.log1p(deviation.abs() / scale),
+        failed, callee_failed = failures(x, edge_index, self.error_column, self.depth_column)
+        n_codes = self.feature_median.shape[0] - 2
+        state = torch.where(failed > 0, torch.full_like(code, n_codes),
+                            torch.where(callee_failed > 0, torch.full_like(code, n_codes + 1), code))
+        by_status = self.feature_by_status > 0
+        deviation = x[:, :-1] - torch.where(by_status, self.feature_median[state], self.feature_median[code])
+        scale = torch.where(by_status, self.feature_scale[state], self.feature_scale[code])
+        move_nats = torch.where(by_status, self.feature_move_nats[state], self.feature_move_nats[code])
+        moved = torch.where(deviation.abs() > 1e-6, move_nats + self.size_shape * torch.log1p(deviation.abs() / scale),
                             torch.zeros_like(deviation))
         nats = torch.relu(torch.where(self.feature_timing > 0, deviation / scale, moved) - self.feature_log_count)
         groups = (nats.unsqueeze(2) * self.feature_groups.unsqueeze(0)).amax(dim=1)  # nodes x groups
         doubled = 1.0 + (x[:, :-1] * self.feature_doubles).amax(dim=1)
-        groups[:, self.error_group] = groups[:, self.error_group] * doubled
-        failed = (x[:, self.error_column] > 0).to(h.dtype)
-        depth = x[:, self.depth_column]
-        callee = (depth[edge_index[1]] > depth[edge_index[0]]).to(h.dtype)  # edges run both ways; keep caller -> callee
-        callee_failed = torch.zeros_like(failed).index_add_(0, edge_index[0], callee * failed[edge_index[1]])
-        began = groups[:, self.error_group] * failed * (callee_failed == 0).to(h.dtype)
-        error_sum = torch.zeros(num_graphs, dtype=h.dtype, device=h.device).index_add_(0, batch, began)
+        began = 1.0 - failed * (callee_failed > 0).to(h.dtype)  # 0 where the error only passed on
+        groups[:, self.error_group] = groups[:, self.error_group] * doubled * began
+        error_sum = torch.zeros(num_graphs, dtype=h.dtype, device=h.device).index_add_(0, batch, groups[:, self.error_group])
         trace_groups = worst(groups, batch, num_graphs)
-        trace_groups[:, self.error_group] = torch.maximum(trace_groups[:, self.error_group], error_sum)
+        trace_groups[:, self.error_group] = error_sum
         graph = pool(h, batch, num_graphs)
         graph_z = (torch.linalg.vector_norm(graph - self.graph_centre, dim=1) - self.graph_median) / self.graph_scale
         components = torch.cat([worst(embedding, batch, num_graphs).unsqueeze(1), trace_groups,
@@ -221,6 +231,16 @@ class LogTraceGuardScorer(nn.Module):
             logit = self.pu_head(torch.cat([graph, torch.asinh(components)], dim=1)).squeeze(1)
             return one_class + self.pu_weight * (logit - self.pu_median) / self.pu_scale, node
         return one_class, node
+
+
+def failures(x: torch.Tensor, edge_index: torch.Tensor, error_column: int, depth_column: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per node, 1.0 where its span failed, and how many of its callees failed (edges run both
+    ways; the callee is the deeper end)."""
+    failed = (x[:, error_column] > 0).to(x.dtype)
+    depth = x[:, depth_column]
+    callee = (depth[edge_index[1]] > depth[edge_index[0]]).to(x.dtype)
+    callee_failed = torch.zeros_like(failed).index_add_(0, edge_index[0], callee * failed[edge_index[1]])
+    return failed, callee_failed
 
 
 def worst(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:

@@ -26,8 +26,9 @@ from melt.core.version import __version__
 SCORE_COLUMNS: tuple[str, ...] = ("timestamp", "service", "detector", "entity", "score", "evidence")
 # 2: log templates saved as templates.json by the shapes parser (issue 28), not drain3_state.json;
 # 3: teg's node spreads and component calibrators, logtraceguard's PU z-score buffers;
-# 4: logtraceguard's rarity scorer (log-ms timing inputs, an unlogged-error input, new buffers)
-FORMAT_VERSION = 4
+# 4: logtraceguard's rarity scorer (log-ms timing inputs, an unlogged-error input, new buffers);
+# 5: logtraceguard's input tables gain the failed and callee-failed rows, and a by-status buffer
+FORMAT_VERSION = 5
 
 
 class Detector:

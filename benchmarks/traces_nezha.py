@@ -5,7 +5,8 @@ Usage: python benchmarks/traces_nezha.py DATA_DIR [--detectors gat_gae,teg,logtr
        [--labelled-share 0.1] [--seed 0] [--variants full,no_logs,...]
 
 DATA_DIR is ``nezha-trainticket``; both subsets are imported as in ``logs_nezha.py`` (the 28 fault
-cases and the fault-free minute). Labels come from the fault windows: a trace is *faulty* when it
+cases and the fault-free minute). The unpacked ``nezha-onlineboutique`` runs the same way; its
+fault types other than the three columns count only in "all". Labels come from the fault windows: a trace is *faulty* when it
 starts inside a fault's window (``inject_time`` to the end ``truth.json`` gives) and passes through
 the fault's root-cause service (``logtraceguard.truth_traces``); *normal* when it starts outside
 every window and its 2 minutes of recovery. Other traces (inside a window, away from the root

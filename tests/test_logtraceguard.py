@@ -16,7 +16,15 @@ from detectors.traces.client_calls import fold_calls, server_tree
 from detectors.traces.logtraceguard import LogTraceGuardDetector, truth_traces
 from detectors.traces.ltg_graphs import CALL_COLUMNS, LOG_COLUMNS, NUMERIC
 from detectors.traces.ltg_model import nn_pu_loss
-from detectors.traces.ltg_one_class import COMPONENTS, INPUTS, SIZE_SHAPE, input_rarity, shrunk_shares
+from detectors.traces.ltg_one_class import (
+    COMPONENTS,
+    FAILED,
+    INPUTS,
+    SIZE_SHAPE,
+    input_rarity,
+    one_class_statistics,
+    shrunk_shares,
+)
 from melt.cli import cli
 from melt.core.bundle import MeltBundle
 from melt.core.errors import PluginError
@@ -129,7 +137,22 @@ def test_a_failed_node_reads_its_log_lines_against_failed_training_nodes(fitted,
         with torch.no_grad():
             return float(scorer.parts(changed, edges, attr, batch, 1)[2][0, column])
 
+    assert scorer.status_known.tolist() == [1.0, 1.0]
     assert logs(1.0) < logs(0.0)
+    scorer.status_known.zero_()  # as if training had seen no failures: the operation's statistics
+    assert logs(1.0) == pytest.approx(logs(0.0))
+
+
+def test_a_failure_state_training_never_saw_is_not_read() -> None:
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(size=(40, len(INPUTS))), np.ones(40)])
+    nodes, pooled = rng.normal(size=(40, 4)), rng.normal(size=(8, 8))
+    status = np.zeros(40, dtype=np.int64)
+    status[:6] = FAILED
+    stats = one_class_statistics(nodes, pooled, x, 2, True, status)
+    assert stats.status_known.tolist() == [1.0, 0.0]
+    assert stats.feature_median.shape == (2 + 2, len(INPUTS))
+    assert np.isfinite(stats.feature_median).all() and np.isfinite(stats.feature_move_nats).all()
 
 
 def test_errors_that_began_apart_add_up_and_a_chain_counts_at_its_origin(fitted, split) -> None:

@@ -211,8 +211,8 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         return LogTraceGuardScorer(
             self._encoder(n_operations), torch.zeros(codes, self.hidden), torch.zeros(codes), torch.ones(codes),
             torch.zeros(rows, features), torch.ones(rows, features), torch.zeros(rows, features),
-            torch.zeros(features), torch.zeros(features), torch.zeros(features), torch.zeros(features, len(GROUPS)),
-            torch.zeros(features),
+            torch.zeros(features), torch.zeros(features), torch.zeros(2), torch.zeros(features),
+            torch.zeros(features, len(GROUPS)), torch.zeros(features),
             torch.zeros(2 * self.hidden), torch.zeros(1), torch.ones(1), torch.zeros(len(COMPONENTS)), SIZE_SHAPE,
             ERROR_GROUP, ERROR_COLUMN, DEPTH_COLUMN, pu_head_for(self.hidden, len(COMPONENTS)) if self.pu_fitted_ else None)
 
@@ -339,7 +339,7 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
                                    as_tensor(stats.node_scale), as_tensor(stats.feature_median),
                                    as_tensor(stats.feature_scale), as_tensor(stats.feature_move_nats),
                                    as_tensor(stats.feature_timing), as_tensor(stats.feature_by_status),
-                                   as_tensor(stats.feature_log_count),
+                                   as_tensor(stats.status_known), as_tensor(stats.feature_log_count),
                                    as_tensor(stats.feature_groups), as_tensor(stats.feature_doubles),
                                    as_tensor(stats.graph_centre), as_tensor([stats.graph_median]),
                                    as_tensor([stats.graph_scale]), as_tensor(stats.component_weight), SIZE_SHAPE,

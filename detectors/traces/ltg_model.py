@@ -125,9 +125,10 @@ class LogTraceGuardScorer(nn.Module):
             nodes, then of those whose callee failed.
         feature_timing, feature_log_count: per input, whether it is a timing input, and the log of
             its group's size (taken off the group's rarest input: Bonferroni).
-        feature_by_status: per input, 1 where a node that failed (or whose callee failed) reads it
-            against the failed (callee-failed) row instead of its operation's: the log inputs, so
-            that a failure's own error lines are not a second surprise.
+        feature_by_status, status_known: per input, 1 where a node that failed (or whose callee
+            failed) reads it against the failed (callee-failed) row instead of its operation's: the
+            log inputs, so that a failure's own error lines are not a second surprise; per failure
+            state, 1 where training saw enough such nodes for its row to be read.
         feature_groups: inputs x groups, 1 where the input belongs to the group (timing,
             structure, logs, errors: :data:`detectors.traces.ltg_one_class.GROUPS`).
         feature_doubles: per input, 1 for the flag that doubles a node's error rarity (an error
@@ -153,7 +154,7 @@ class LogTraceGuardScorer(nn.Module):
     def __init__(self, encoder: LogTraceEncoder, node_centre: torch.Tensor, node_median: torch.Tensor,
                  node_scale: torch.Tensor, feature_median: torch.Tensor, feature_scale: torch.Tensor,
                  feature_move_nats: torch.Tensor, feature_timing: torch.Tensor, feature_by_status: torch.Tensor,
-                 feature_log_count: torch.Tensor,
+                 status_known: torch.Tensor, feature_log_count: torch.Tensor,
                  feature_groups: torch.Tensor, feature_doubles: torch.Tensor, graph_centre: torch.Tensor,
                  graph_median: torch.Tensor, graph_scale: torch.Tensor, component_weight: torch.Tensor,
                  size_shape: float, error_group: int, error_column: int, depth_column: int,
@@ -171,6 +172,7 @@ class LogTraceGuardScorer(nn.Module):
         self.register_buffer("feature_move_nats", feature_move_nats)
         self.register_buffer("feature_timing", feature_timing)
         self.register_buffer("feature_by_status", feature_by_status)
+        self.register_buffer("status_known", status_known)
         self.register_buffer("feature_log_count", feature_log_count)
         self.register_buffer("feature_groups", feature_groups)
         self.register_buffer("feature_doubles", feature_doubles)
@@ -199,8 +201,9 @@ class LogTraceGuardScorer(nn.Module):
         embedding = rarity(embedding_z, no_count)
         failed, callee_failed = failures(x, edge_index, self.error_column, self.depth_column)
         n_codes = self.feature_median.shape[0] - 2
-        state = torch.where(failed > 0, torch.full_like(code, n_codes),
-                            torch.where(callee_failed > 0, torch.full_like(code, n_codes + 1), code))
+        state = torch.where((failed > 0) & (self.status_known[0] > 0), torch.full_like(code, n_codes),
+                            torch.where((callee_failed > 0) & (self.status_known[1] > 0),
+                                        torch.full_like(code, n_codes + 1), code))
         by_status = self.feature_by_status > 0
         deviation = x[:, :-1] - torch.where(by_status, self.feature_median[state], self.feature_median[code])
         scale = torch.where(by_status, self.feature_scale[state], self.feature_scale[code])

@@ -68,6 +68,7 @@ class OneClassStatistics:
     feature_move_nats: np.ndarray  # (codes + 2) x features: -log of the share of calls in which the input moved
     feature_timing: np.ndarray  # features: 1 = a timing input
     feature_by_status: np.ndarray  # features: 1 = read against the last two rows when the node failed or a callee did
+    status_known: np.ndarray  # 2: 1 = at least MIN_NODES training nodes were FAILED (CALLEE_FAILED), so that row is read
     feature_log_count: np.ndarray  # features: log of the input's group size (Bonferroni)
     feature_groups: np.ndarray  # features x groups: 1 = the input is in the group (GROUPS' order)
     feature_doubles: np.ndarray  # features: 1 = doubles the node's error rarity (UNLOGGED)
@@ -200,7 +201,9 @@ def one_class_statistics(nodes: np.ndarray, pooled: np.ndarray, x: np.ndarray, n
                          score_features: bool, status: np.ndarray | None = None) -> OneClassStatistics:
     """The statistics of training nodes ``nodes`` (embeddings, in the order of their inputs ``x``,
     whose last column is the operation code, and their failure ``status``: :data:`OK`,
-    :data:`FAILED` or :data:`CALLEE_FAILED`) and graphs ``pooled``. Without ``score_features`` the
+    :data:`FAILED` or :data:`CALLEE_FAILED`; a failure state with fewer than ``MIN_NODES``
+    training nodes is not read, and its nodes keep their operation's statistics) and graphs
+    ``pooled``. Without ``score_features`` the
     input groups weigh nothing and the embedding and graph distances count in full (an ablation)."""
     code = x[:, -1].astype(np.int64)
     counts = np.bincount(code, minlength=n_codes)
@@ -225,6 +228,8 @@ def one_class_statistics(nodes: np.ndarray, pooled: np.ndarray, x: np.ndarray, n
     graph_distance = np.linalg.norm(pooled - graph_centre, axis=1)
     graph_median = float(np.median(graph_distance))
     graph_scale = max(MAD_TO_SIGMA * float(np.median(np.abs(graph_distance - graph_median))), 0.05 * graph_median, 1e-3)
+    status = np.zeros(len(x), dtype=np.int64) if status is None else status
+    known = np.array([float((status == state).sum() >= MIN_NODES) for state in (FAILED, CALLEE_FAILED)])
     return OneClassStatistics(centre, median, scale, feature_median, feature_scale, move_nats, table["timing"],
-                              table["by_status"], table["log_count"], table["groups"], table["doubles"], graph_centre, graph_median,
+                              table["by_status"], known, table["log_count"], table["groups"], table["doubles"], graph_centre, graph_median,
                               graph_scale, np.array([weights[name] for name in COMPONENTS]))

@@ -164,23 +164,16 @@ class LogTraceGuardScorer(nn.Module):
         self.error_group = error_group
         self.error_column = error_column
         self.depth_column = depth_column
-        self.register_buffer("node_centre", node_centre)
-        self.register_buffer("node_median", node_median)
-        self.register_buffer("node_scale", node_scale)
-        self.register_buffer("feature_median", feature_median)
-        self.register_buffer("feature_scale", feature_scale)
-        self.register_buffer("feature_move_nats", feature_move_nats)
-        self.register_buffer("feature_timing", feature_timing)
-        self.register_buffer("feature_by_status", feature_by_status)
-        self.register_buffer("status_known", status_known)
-        self.register_buffer("feature_log_count", feature_log_count)
-        self.register_buffer("feature_groups", feature_groups)
-        self.register_buffer("feature_doubles", feature_doubles)
-        self.register_buffer("component_weight", component_weight)
-        self.register_buffer("size_shape", torch.tensor([size_shape], dtype=node_centre.dtype))
-        self.register_buffer("graph_centre", graph_centre)
-        self.register_buffer("graph_median", graph_median)
-        self.register_buffer("graph_scale", graph_scale)
+        buffers = {"node_centre": node_centre, "node_median": node_median, "node_scale": node_scale,
+                   "feature_median": feature_median, "feature_scale": feature_scale,
+                   "feature_move_nats": feature_move_nats, "feature_timing": feature_timing,
+                   "feature_by_status": feature_by_status, "status_known": status_known,
+                   "feature_log_count": feature_log_count, "feature_groups": feature_groups,
+                   "feature_doubles": feature_doubles, "component_weight": component_weight,
+                   "size_shape": torch.tensor([size_shape], dtype=node_centre.dtype), "graph_centre": graph_centre,
+                   "graph_median": graph_median, "graph_scale": graph_scale}
+        for name, value in buffers.items():
+            self.register_buffer(name, value)
         hidden = node_centre.shape[1]
         self.pu_head = pu_head if pu_head is not None else pu_head_for(hidden, component_weight.shape[0])
         self.register_buffer("use_pu", torch.tensor([1.0 if pu_head is not None else 0.0], dtype=node_centre.dtype))

@@ -126,12 +126,13 @@ def input_rarity(features: np.ndarray, code: np.ndarray, n_codes: int, rare: np.
     share = shrunk_shares(moves, calls, ~rare)
     status = np.zeros(len(frame), dtype=np.int64) if status is None else status
     by_status = per_group(frame, status, CALLEE_FAILED + 1)
-    median = np.vstack([np.where(rare[:, None] | np.isnan(median), fleet_median, median), by_status[0][FAILED:]])
     share = np.vstack([np.where(rare[:, None], fleet_share, share),
                        (by_status[1][FAILED:] + 0.5) / (by_status[2][FAILED:, None] + 1.0)])
-    move = np.vstack([np.where(rare[:, None] | np.isnan(move), fleet_move, move), by_status[3][FAILED:]])
-    median = np.where(np.isnan(median), fleet_median, median)  # a failure state no training node was in
-    move = np.where(np.isnan(move), fleet_move, move)
+    fleet_rows = np.r_[rare, False, False][:, None]  # and, through NaN, a failure state no training node was in
+    median = np.vstack([median, by_status[0][FAILED:]])
+    median = np.where(fleet_rows | np.isnan(median), fleet_median, median)
+    move = np.vstack([move, by_status[3][FAILED:]])
+    move = np.where(fleet_rows | np.isnan(move), fleet_move, move)
     move = np.maximum(np.where(np.isnan(move), 1.0, move), MOVE_FLOOR)  # no call moved it anywhere: unit scale
     move_nats = -np.log(share)
     timing = [INPUTS.index(name) for name in TIMING]

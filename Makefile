@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/teg_synth.py
 	$(BIN)/python benchmarks/gat_synth.py
 	$(BIN)/python benchmarks/logtraceguard_ablation.py
+	$(BIN)/python benchmarks/logtraceguard_weights.py
 	$(BIN)/python benchmarks/span_latency_ceiling.py
 	$(BIN)/python benchmarks/serve_ingest.py
 	$(BIN)/python benchmarks/serve_load.py --spans 20000 --minutes 10

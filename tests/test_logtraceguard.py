@@ -17,6 +17,7 @@ from detectors.traces.logtraceguard import LogTraceGuardDetector, truth_traces
 from detectors.traces.ltg_graphs import CALL_COLUMNS, LOG_COLUMNS, NUMERIC
 from detectors.traces.ltg_model import nn_pu_loss
 from detectors.traces.ltg_one_class import (
+    COMPONENT_WEIGHTS,
     COMPONENTS,
     FAILED,
     INPUTS,
@@ -80,8 +81,20 @@ def test_one_slow_span_moves_its_own_self_time_and_not_its_parents(fitted, split
     self_z = NUMERIC.index("self_z")
     moved = np.flatnonzero(np.abs(after.x[:, self_z] - before.x[:, self_z]) > 1e-6)
     assert len(moved) == 1 and after.x[moved[0], self_z] > before.x[moved[0], self_z] + 0.5
-    scores = [fitted.trace_scores(MeltBundle(traces=t, logs=logs, validate=False))[0]["score"].iloc[0] for t in (tree, slow)]
-    assert scores[1] > scores[0]
+    rows = [fitted.trace_scores(MeltBundle(traces=t, logs=logs, validate=False))[0].iloc[0] for t in (tree, slow)]
+    assert rows[1]["score"] > rows[0]["score"]
+    assert rows[1]["reason"] == "timing" and rows[1]["timing_nats"] > rows[0]["timing_nats"]
+
+
+def test_a_trace_scores_its_largest_weighted_component_and_says_which(fitted, split) -> None:
+    table = fitted.trace_scores(split[1])[0]
+    nats = table[[f"{name}_nats" for name in COMPONENTS]].to_numpy()
+    weighted = nats * np.array([COMPONENT_WEIGHTS[name] for name in COMPONENTS])
+    np.testing.assert_allclose(table["score"].to_numpy(), weighted.max(axis=1), rtol=1e-9, atol=1e-9)
+    assert (table["reason"].to_numpy() == np.asarray(COMPONENTS)[weighted.argmax(axis=1)]).all()
+    evidence = fitted.score(split[1])["evidence"].iloc[int(table["score"].idxmax())]
+    assert evidence["reason"] == table.loc[table["score"].idxmax(), "reason"]
+    assert list(evidence["rarity_nats"]) == COMPONENTS
 
 
 def test_a_rare_move_scores_its_share_and_a_lomax_size_not_a_normal_tail() -> None:

@@ -390,7 +390,10 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
 
     def trace_scores(self, bundle: MeltBundle, aggregation: str | None = None,
                      batch_size: int | None = None) -> tuple[pd.DataFrame, LogTraceGraphs, np.ndarray]:
-        """One row per trace (trace_id, start_time, score, span_count, service), the graphs and node z-scores.
+        """One row per trace, the graphs and node scores. A row holds trace_id, start_time, score,
+        span_count, service (of the worst node), ``reason`` (the one-class component that set the
+        score: timing, structure, logs or errors, as :data:`COMPONENTS` names them) and each
+        component's rarity in nats (``timing_nats``, ...), so that a user sees why a trace scored.
 
         ``aggregation`` is accepted for ``melt traces`` and ignored: a trace scores by its worst
         node and its graph, or by the PU head.
@@ -402,18 +405,23 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         graphs = self._graphs(bundle)
         scorer = copy.deepcopy(self.network_).double().eval()
         size = batch_size or 512
-        scores, node_z = [], []
+        scores, node_z, parts = [], [], []
         with torch.no_grad():
             for start in range(0, graphs.n_traces, size):
                 chosen = np.arange(start, min(start + size, graphs.n_traces))
-                trace_score, z = scorer(*self._tensors(graphs, chosen, torch.float64), chosen.size)
+                trace_score, z, components = scorer.scores(*self._tensors(graphs, chosen, torch.float64), chosen.size)
                 scores.append(trace_score.numpy())
                 node_z.append(z.numpy())
+                parts.append(components.numpy())
         score = np.concatenate(scores) if scores else np.zeros(0)
         nodes = np.concatenate(node_z) if node_z else np.zeros(0)
+        components = np.concatenate(parts) if parts else np.zeros((0, len(COMPONENTS)))
         worst = pd.Series(nodes).groupby(graphs.node_trace).idxmax().to_numpy() if nodes.size else np.zeros(0, np.int64)
+        reason = np.asarray(COMPONENTS)[(components * scorer.component_weight.numpy()).argmax(axis=1)]
         table = pd.DataFrame({"trace_id": graphs.trace_id.astype(str), "start_time": graphs.trace_start, "score": score,
-                              "span_count": np.diff(graphs.trace_ptr), "service": graphs.service[worst].astype(str)})
+                              "span_count": np.diff(graphs.trace_ptr), "service": graphs.service[worst].astype(str),
+                              "reason": reason.astype(str),
+                              **{f"{name}_nats": components[:, i] for i, name in enumerate(COMPONENTS)}})
         return table, graphs, nodes
 
     def score(self, bundle: MeltBundle) -> pd.DataFrame:
@@ -432,6 +440,9 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
             "value": np.round(table["score"].to_numpy(), 6), "expected_range": [[None, None]] * len(table),
             "anomaly_type": "trace_anomaly", "trace_id": table["trace_id"].to_numpy(),
             "worst_nodes": worst_nodes.reindex(np.arange(graphs.n_traces)).to_numpy(),
+            "reason": table["reason"].to_numpy(),
+            "rarity_nats": table[[f"{name}_nats" for name in COMPONENTS]].round(3).rename(
+                columns=lambda column: column.removesuffix("_nats")).to_dict("records"),
         }).to_dict("records")
         return pd.DataFrame({
             "timestamp": table["start_time"].to_numpy(), "service": table["service"].to_numpy(), "detector": self.name,

@@ -218,15 +218,22 @@ class LogTraceGuardScorer(nn.Module):
         node = torch.maximum(self.component_weight[0] * embedding, (groups * self.component_weight[1:-1]).amax(dim=1))
         return node, graph, components
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
-                num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each trace's score (higher = more anomalous) and each node's score."""
+    def scores(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
+               num_graphs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each trace's score (higher = more anomalous), each node's score, and each trace's
+        unweighted one-class components (what the score is made of: :meth:`parts`)."""
         node, graph, components = self.parts(x, edge_index, edge_attr, batch, num_graphs)
         one_class = (components * self.component_weight).amax(dim=1)
         if bool(self.use_pu[0] > 0):
             logit = self.pu_head(torch.cat([graph, torch.asinh(components)], dim=1)).squeeze(1)
-            return one_class + self.pu_weight * (logit - self.pu_median) / self.pu_scale, node
-        return one_class, node
+            return one_class + self.pu_weight * (logit - self.pu_median) / self.pu_scale, node, components
+        return one_class, node, components
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
+                num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each trace's score (higher = more anomalous) and each node's score."""
+        score, node, _ = self.scores(x, edge_index, edge_attr, batch, num_graphs)
+        return score, node
 
 
 def failures(x: torch.Tensor, edge_index: torch.Tensor, error_column: int, depth_column: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 EVIDENCE_FIELDS = ("id", "service", "component", "feature", "anomaly_type", "value", "expected_range", "score",
-                   "template", "pattern", "operation", "reported_by", "example", "message", "timestamp", "unit")
+                   "template", "pattern", "operation", "reported_by", "example", "message", "timestamp", "unit", "reason")
 MAX_TEXT = 300  # characters kept of a template, pattern or message
 CHARS_PER_TOKEN = 4  # the usual estimate for English and code with GPT-style tokenizers
 

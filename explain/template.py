@@ -23,6 +23,15 @@ RESOURCE_CAUSES = {
     "code_path": "{service} took another code path: {pattern} [{change}]",
     "reported": "{reporter} reports trouble calling {service}: {pattern} [{change}]",
 }
+# A trace detector that says which part of a trace was rare (``logtraceguard``'s ``reason``): the
+# cause in words, and the runbook signature whose recommendation fits it.
+TRACE_CAUSES = {
+    "timing": "{service} responds slowly in traces ({feature}, trace score {value})",
+    "errors": "{service} returns errors in traces ({feature}, trace score {value})",
+    "structure": "{service}'s calls changed shape: {feature} makes or skips calls it usually does not (trace score {value})",
+    "logs": "{service} writes unusual log lines in its calls ({feature}, trace score {value})",
+}
+TRACE_SIGNATURES = {"timing": "latency", "errors": "error", "structure": "code_path", "logs": "error"}
 RECOMMENDATIONS = {
     "cpu": "Check CPU limits and throttling of {service}; scale out or profile the hot path.",
     "memory": "Inspect heap/RSS growth of {service}; look for a leak and OOM restarts.",
@@ -38,6 +47,8 @@ RECOMMENDATIONS = {
 def _signature(item: dict[str, Any]) -> str:
     feature = str(item.get("feature", "")).lower()
     kind = str(item.get("anomaly_type", ""))
+    if item.get("reason") in TRACE_SIGNATURES:
+        return TRACE_SIGNATURES[item["reason"]]
     if item.get("component") == "events":
         return "change"
     if item.get("reported_by"):
@@ -65,6 +76,8 @@ def _inside_expected_range(item: dict[str, Any]) -> bool:
     if not isinstance(rng, list | tuple) or len(rng) != 2 or not isinstance(value, int | float):
         return False
     low, high = rng
+    if low is None and high is None:  # no range at all (a trace's score): nothing to be inside of
+        return False
     return (low is None or low <= value) and (high is None or value <= high)
 
 
@@ -94,7 +107,10 @@ def suggested_causes(facts: dict[str, Any]) -> list[str]:
             continue
         seen.add(signature)
         low, high = _range(item)
-        if signature == "change":
+        if item.get("reason") in TRACE_CAUSES:
+            causes.append(TRACE_CAUSES[item["reason"]].format(service=top, feature=item.get("feature"),
+                                                             value=item.get("value")) + f" [{item['id']}]")
+        elif signature == "change":
             causes.append(f"recent {item.get('feature')} of {top}: {item.get('message', '')} [{item['id']}]")
         elif signature in ("code_path", "reported"):
             causes.append(RESOURCE_CAUSES[signature].format(service=top, pattern=f"\"{item.get('feature')}\"",

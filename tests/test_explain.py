@@ -168,3 +168,26 @@ def test_facts_stay_within_the_token_budget_keeping_the_top_cause_evidence() -> 
     assert estimate_tokens(small) <= 300 or len(small["evidence"]) == 1
     assert small["evidence"][0]["id"] == "E30"
     assert len(small["evidence"]) < 40
+
+
+@pytest.mark.parametrize(("reason", "words", "advice"), [
+    ("errors", "payments returns errors in traces", "Read the stack traces of payments"),
+    ("timing", "payments responds slowly in traces", "Profile payments's own processing"),
+    ("structure", "payments's calls changed shape", "Compare payments's logs"),
+    ("logs", "payments writes unusual log lines", "Read the stack traces of payments"),
+])
+def test_a_trace_reads_by_the_reason_its_detector_gives(reason, words, advice) -> None:
+    from explain.template import TemplateExplainer
+
+    trace = {"id": "E1", "service": "payments", "component": "traces", "detector": "logtraceguard",
+             "feature": "payments POST /charge", "anomaly_type": "trace_anomaly", "value": 65.5,
+             "expected_range": [None, None], "score": 12.4, "timestamp": "2026-01-05T01:00:00+00:00",
+             "reason": reason, "rarity_nats": {"timing": 2.5, "errors": 65.5}}
+    candidates = [{"service": "payments", "score": 0.9, "path": ["payments"], "evidence_ids": ["E1"]}]
+    incident = {"id": "INC-1", "start": "2026-01-05T01:00:00+00:00", "end": "2026-01-05T01:10:00+00:00",
+                "services": ["payments"], "severity": "high", "confidence": 0.9, "peak_score": 12.4}
+    facts = build_facts(incident, candidates, [trace])
+    assert facts["evidence"][0]["reason"] == reason
+    explanation = TemplateExplainer().explain(facts)
+    assert explanation["suggested_causes"][0].startswith(words) and explanation["suggested_causes"][0].endswith("[E1]")
+    assert any(line.startswith(advice) for line in explanation["recommendations"])

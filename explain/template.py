@@ -108,8 +108,10 @@ def suggested_causes(facts: dict[str, Any]) -> list[str]:
         seen.add(signature)
         low, high = _range(item)
         if item.get("reason") in TRACE_CAUSES:
-            causes.append(TRACE_CAUSES[item["reason"]].format(service=top, feature=item.get("feature"),
-                                                             value=item.get("value")) + f" [{item['id']}]")
+            value = item.get("value")
+            causes.append(TRACE_CAUSES[item["reason"]].format(
+                service=top, feature=item.get("feature"), value=f"{value:.4g}" if isinstance(value, int | float) else value)
+                + f" [{item['id']}]")
         elif signature == "change":
             causes.append(f"recent {item.get('feature')} of {top}: {item.get('message', '')} [{item['id']}]")
         elif signature in ("code_path", "reported"):

@@ -180,7 +180,7 @@ def test_a_trace_reads_by_the_reason_its_detector_gives(reason, words, advice) -
     from explain.template import TemplateExplainer
 
     trace = {"id": "E1", "service": "payments", "component": "traces", "detector": "logtraceguard",
-             "feature": "payments POST /charge", "anomaly_type": "trace_anomaly", "value": 65.5,
+             "feature": "payments POST /charge", "anomaly_type": "trace_anomaly", "value": 65.522379,
              "expected_range": [None, None], "score": 12.4, "timestamp": "2026-01-05T01:00:00+00:00",
              "reason": reason, "rarity_nats": {"timing": 2.5, "errors": 65.5}}
     candidates = [{"service": "payments", "score": 0.9, "path": ["payments"], "evidence_ids": ["E1"]}]
@@ -189,5 +189,6 @@ def test_a_trace_reads_by_the_reason_its_detector_gives(reason, words, advice) -
     facts = build_facts(incident, candidates, [trace])
     assert facts["evidence"][0]["reason"] == reason
     explanation = TemplateExplainer().explain(facts)
-    assert explanation["suggested_causes"][0].startswith(words) and explanation["suggested_causes"][0].endswith("[E1]")
+    assert explanation["suggested_causes"][0].startswith(words)
+    assert explanation["suggested_causes"][0].endswith("trace score 65.52) [E1]")
     assert any(line.startswith(advice) for line in explanation["recommendations"])

@@ -14,7 +14,7 @@ benchmark keeps 10% back for its labelled fits), so they differ from its table i
 decimal.
 
 The overlap: per seed, the share of normal test traces with a span whose self time (its duration
-less its children's) is at least 5x its operation's median in training, and the same share among
+less its synchronous children's, ``span_latency.self_time_and_own_error``) is at least 5x its operation's median in training, and the same share among
 the ``span_latency`` copies (one span and its ancestors 5x slower).
 """
 
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.trace_fault_sets import KINDS, fault_sets  # noqa: E402
 from detectors.traces.ltg_one_class import COMPONENT_WEIGHTS, GROUPS  # noqa: E402
+from detectors.traces.span_latency import self_time_and_own_error  # noqa: E402
 from melt.core.config import load_settings  # noqa: E402
 from melt.core.registry import build_detector  # noqa: E402
 
@@ -43,18 +44,17 @@ GRID = {"structure": [0.5, 0.75, 1.0, 1.25, 1.5], "logs": [0.5, 0.75, 1.0, 1.25,
 
 
 def self_times(spans: pd.DataFrame) -> pd.Series:
-    """Each span's duration less its children's (at least 0), indexed like ``spans``."""
-    key = spans["trace_id"].astype(str) + "/" + spans["span_id"].astype(str)
-    parent = spans["trace_id"].astype(str) + "/" + spans["parent_span_id"].fillna("").astype(str)
-    children = spans["duration"].groupby(parent.to_numpy()).sum()
-    return (spans["duration"] - children.reindex(key.to_numpy()).fillna(0.0).to_numpy()).clip(lower=0.0)
+    """Each span's self time (duration less its synchronous children's), per operation."""
+    own = self_time_and_own_error(spans)
+    return pd.Series(own["self_ms"].to_numpy(),
+                     index=(spans["service_name"].astype(str) + " " + spans["span_name"].astype(str)).to_numpy())
 
 
 def slow_share(spans: pd.DataFrame, medians: pd.Series) -> float:
     """The share of traces with a span at least :data:`SLOW` times its operation's median self time."""
-    operation = spans["service_name"].astype(str) + " " + spans["span_name"].astype(str)
-    ratio = self_times(spans) / medians.reindex(operation.to_numpy()).to_numpy()
-    return float((ratio >= SLOW).groupby(spans["trace_id"].to_numpy()).any().mean())
+    own = self_times(spans)
+    ratio = own.to_numpy() / medians.reindex(own.index).to_numpy()
+    return float(pd.Series(ratio >= SLOW).groupby(spans["trace_id"].to_numpy()).any().mean())
 
 
 def components(seed: int, params: dict) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -65,8 +65,8 @@ def components(seed: int, params: dict) -> tuple[dict[str, np.ndarray], dict[str
     out = {"normal": detector.trace_scores(data.bundle(data.normal))[0][columns].to_numpy()}
     for kind in KINDS:
         out[kind] = detector.trace_scores(data.bundle(data.sets[kind]))[0][columns].to_numpy()
-    train = data.train.traces
-    medians = self_times(train).groupby((train["service_name"].astype(str) + " " + train["span_name"].astype(str)).to_numpy()).median()
+    own = self_times(data.train.traces)
+    medians = own.groupby(level=0).median()
     overlap = {"normal": slow_share(data.normal, medians), "span_latency": slow_share(data.sets["span_latency"], medians)}
     return out, overlap
 

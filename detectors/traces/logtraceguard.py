@@ -55,16 +55,7 @@ from detectors.traces.ltg_graphs import (
     build_log_trace_graphs,
     learn_call_baselines,
 )
-from detectors.traces.ltg_one_class import (
-    CALLEE_FAILED,
-    COMPONENTS,
-    ERROR_GROUP,
-    FAILED,
-    GROUPS,
-    OK,
-    SIZE_SHAPE,
-    one_class_statistics,
-)
+from detectors.traces.ltg_one_class import COMPONENTS, ERROR_GROUP, GROUPS, SIZE_SHAPE, one_class_statistics
 from detectors.traces.teg_graphs import HASH_DIM
 from melt.core.bundle import MeltBundle
 from melt.core.detector import Detector, empty_scores
@@ -326,13 +317,11 @@ class LogTraceGuardDetector(TraceSampleMixin, HeldOutCalibrationMixin, TorchNetw
         """The scorer with what the training traces say of normal (:mod:`detectors.traces.ltg_one_class`)."""
         import torch
 
-        from detectors.traces.ltg_model import LogTraceGuardScorer, failures
+        from detectors.traces.ltg_model import LogTraceGuardScorer, failure_state, failures
 
         nodes, pooled = self._embed(encoder, graphs, train)
         x, edges = gather_edges(graphs, train)[:2]
-        failed, callee_failed = (a.numpy() for a in failures(torch.from_numpy(x), torch.from_numpy(edges),
-                                                              ERROR_COLUMN, DEPTH_COLUMN))
-        status = np.where(failed > 0, FAILED, np.where(callee_failed > 0, CALLEE_FAILED, OK))
+        status = failure_state(*failures(torch.from_numpy(x), torch.from_numpy(edges), ERROR_COLUMN, DEPTH_COLUMN)).numpy()
         stats = one_class_statistics(nodes, pooled, x, len(self.baselines_.operations) + 1, self.score_features, status)
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
         return LogTraceGuardScorer(encoder, as_tensor(stats.node_centre), as_tensor(stats.node_median),

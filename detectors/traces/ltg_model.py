@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectors.traces.ltg_one_class import CALLEE_FAILED, FAILED, OK
+
 
 class EdgeConv(nn.Module):
     """GINE layer: ``mlp((1 + eps) h_i + sum_j relu(h_j + W e_ij))``."""
@@ -194,9 +196,9 @@ class LogTraceGuardScorer(nn.Module):
         embedding = rarity(embedding_z, no_count)
         failed, callee_failed = failures(x, edge_index, self.error_column, self.depth_column)
         n_codes = self.feature_median.shape[0] - 2
-        state = torch.where((failed > 0) & (self.status_known[0] > 0), torch.full_like(code, n_codes),
-                            torch.where((callee_failed > 0) & (self.status_known[1] > 0),
-                                        torch.full_like(code, n_codes + 1), code))
+        status = failure_state(failed, callee_failed)
+        readable = torch.cat([torch.zeros(1, dtype=h.dtype, device=h.device), self.status_known])[status] > 0
+        state = torch.where(readable, n_codes + status - 1, code)  # a known failure state reads its row after the codes
         by_status = self.feature_by_status > 0
         deviation = x[:, :-1] - torch.where(by_status, self.feature_median[state], self.feature_median[code])
         scale = torch.where(by_status, self.feature_scale[state], self.feature_scale[code])
@@ -244,6 +246,17 @@ def failures(x: torch.Tensor, edge_index: torch.Tensor, error_column: int, depth
     callee = (depth[edge_index[1]] > depth[edge_index[0]]).to(x.dtype)
     callee_failed = torch.zeros_like(failed).index_add_(0, edge_index[0], callee * failed[edge_index[1]])
     return failed, callee_failed
+
+
+def failure_state(failed: torch.Tensor, callee_failed: torch.Tensor,
+                  states: tuple[int, int, int] = (OK, FAILED, CALLEE_FAILED)) -> torch.Tensor:
+    """Per node, :data:`~detectors.traces.ltg_one_class.FAILED` where its span failed, else
+    ``CALLEE_FAILED`` where a callee failed, else ``OK`` (the rows a node's log inputs are read
+    against, in training and in scoring alike; ``states`` carries the three codes into TorchScript)."""
+    ok, failed_state, callee_state = states
+    return torch.where(failed > 0, torch.full_like(failed, float(failed_state)),
+                       torch.where(callee_failed > 0, torch.full_like(failed, float(callee_state)),
+                                   torch.full_like(failed, float(ok)))).long()
 
 
 def worst(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:

@@ -122,12 +122,12 @@ def input_rarity(features: np.ndarray, code: np.ndarray, n_codes: int, rare: np.
     frame = pd.DataFrame(features)
     median, moves, calls, move = per_group(frame, code, n_codes)
     fleet_median, fleet_moves, fleet_calls, fleet_move = (a[0] for a in per_group(frame, np.zeros(len(frame), dtype=np.int64), 1))
-    fleet_share = (fleet_moves + 0.5) / (fleet_calls + 1.0)
+    fleet_share = smoothed_share(fleet_moves, fleet_calls)
     share = shrunk_shares(moves, calls, ~rare)
     status = np.zeros(len(frame), dtype=np.int64) if status is None else status
     by_status = per_group(frame, status, CALLEE_FAILED + 1)
     share = np.vstack([np.where(rare[:, None], fleet_share, share),
-                       (by_status[1][FAILED:] + 0.5) / (by_status[2][FAILED:, None] + 1.0)])
+                       smoothed_share(by_status[1][FAILED:], by_status[2][FAILED:, None])])
     fleet_rows = np.r_[rare, False, False][:, None]  # and, through NaN, a failure state no training node was in
     median = np.vstack([median, by_status[0][FAILED:]])
     median = np.where(fleet_rows | np.isnan(median), fleet_median, median)
@@ -143,6 +143,12 @@ def input_rarity(features: np.ndarray, code: np.ndarray, n_codes: int, rare: np.
     return median, move, move_nats
 
 
+def smoothed_share(moves: np.ndarray, calls: np.ndarray) -> np.ndarray:
+    """The share of ``calls`` in which an input moved, with half a move added (Jeffreys-like), so
+    that a state seen without moves keeps a finite rarity."""
+    return (moves + 0.5) / (calls + 1.0)
+
+
 def shrunk_shares(moves: np.ndarray, calls: np.ndarray, counted: np.ndarray) -> np.ndarray:
     """Per operation and input, the share of calls in which the input moved, as the posterior mean
     under a beta prior fitted to all operations by the method of moments (empirical Bayes for
@@ -154,7 +160,7 @@ def shrunk_shares(moves: np.ndarray, calls: np.ndarray, counted: np.ndarray) -> 
     in training would otherwise score its first error at ``-log(0.5 / calls)``, several nats above
     one that failed three times, though both fail at the fleet's rate. ``counted``: the operations
     the prior is fitted on (those with enough calls)."""
-    p = (moves.sum(axis=0) + 0.5) / (calls.sum() + 1.0)
+    p = smoothed_share(moves.sum(axis=0), calls.sum())
     n = calls[counted][:, None]
     weight = n / max(float(n.sum()), 1.0)
     spread = (weight * (moves[counted] / np.maximum(n, 1.0) - p) ** 2).sum(axis=0)
